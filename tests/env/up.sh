@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Starts the test servers: a *source* and a *target* PostgreSQL 17 cluster (TimescaleDB preloaded,
+# pgvector available) from the cached trixie root, on loopback only. Writes $ENV_FILE with:
+#   PGSHIFT_TEST_SOURCE / PGSHIFT_TEST_TARGET  libpq URLs without password (superuser postgres)
+#   PGSHIFT_TEST_PASSWORD                      the superuser password (same on both clusters)
+#   PGSHIFT_TEST_ROOT, PGSHIFT_TEST_IMAGE      the root (PostgreSQL 17 tools run from it) and image
+# Usage: bash tests/env/up.sh && . /var/cache/pgshift-test/state/env.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+[ "$(id -u)" = 0 ] || die "run as root (it builds a chroot and starts servers in it)"
+bash "$here/build-root.sh"
+mkdir -p "$STATE"
+chmod 700 "$STATE"
+mount_root
+
+pwfile="$ROOT/srv/pgshift/superuser.pw"
+mkdir -p "$ROOT/srv/pgshift"
+if [ ! -s "$pwfile" ]; then
+    head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$pwfile"
+fi
+chroot "$ROOT" chown postgres:postgres /srv/pgshift "/srv/pgshift/superuser.pw"
+chmod 600 "$pwfile"
+
+for c in $CLUSTERS; do
+    name=${c%%:*}
+    port=${c##*:}
+    data=/srv/pgshift/$name
+    if [ ! -f "$ROOT$data/PG_VERSION" ]; then
+        log "initdb $name"
+        as_postgres "$PGBIN/initdb" -D "$data" -U postgres --pwfile=/srv/pgshift/superuser.pw \
+            --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
+        cat >> "$ROOT$data/postgresql.conf" <<CONF
+# pgshift test server ($name)
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$data'
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+max_connections = 200
+shared_buffers = 256MB
+maintenance_work_mem = 512MB
+max_parallel_maintenance_workers = 2
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_min_messages = warning
+CONF
+    fi
+    if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        log "$name already running on 127.0.0.1:$port"
+    else
+        as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null \
+            || { tail -n 20 "$ROOT$data/server.log" >&2; die "$name server did not start"; }
+        log "$name started on 127.0.0.1:$port"
+    fi
+done
+
+pw=$(cat "$pwfile")
+umask 077
+cat > "$ENV_FILE" <<ENV
+export PGSHIFT_TEST_SOURCE='postgresql://postgres@127.0.0.1:$SOURCE_PORT/postgres'
+export PGSHIFT_TEST_TARGET='postgresql://postgres@127.0.0.1:$TARGET_PORT/postgres'
+export PGSHIFT_TEST_PASSWORD='$pw'
+export PGSHIFT_TEST_ROOT='$ROOT'
+export PGSHIFT_TEST_IMAGE='$IMAGE'
+ENV
+log "environment written to $ENV_FILE"

@@ -1,0 +1,246 @@
+//! Source against target: counts per class, per-name differences, rows and checksums per table, and
+//! the classic six counts with where they mislead. Pure data in, report out.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Class, Inventory, NaiveCounts};
+use crate::allow::{AllowList, Change};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassCount {
+    pub class: Class,
+    pub source: usize,
+    pub target: usize,
+    pub difference: i64,
+    pub missing: usize,
+    pub extra: usize,
+    pub changed: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Difference {
+    /// A class key, or "rows" for table data.
+    pub class: String,
+    pub name: String,
+    pub change: Change,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why it does not count: the allow file's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowStatus {
+    Same,
+    CountDiffers,
+    ContentDiffers,
+    MissingOnTarget,
+    ExtraOnTarget,
+    Unreadable,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableRows {
+    pub name: String,
+    pub kind: String,
+    pub source_rows: Option<i64>,
+    pub target_rows: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_checksum: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_checksum: Option<String>,
+    pub status: RowStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NaiveRow {
+    pub check: String,
+    pub source: i64,
+    pub target: i64,
+    pub user_source: usize,
+    pub user_target: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Compares the object classes. Both inventories must be complete.
+pub fn compare_objects(source: &Inventory, target: &Inventory, allow: &AllowList) -> (Vec<ClassCount>, Vec<Difference>) {
+    let mut counts = Vec::new();
+    let mut diffs = Vec::new();
+    for class in Class::ALL {
+        let (s, t) = (source.class(class), target.class(class));
+        if s.is_empty() && t.is_empty() && !source.objects.contains_key(&class) && !target.objects.contains_key(&class) {
+            continue;
+        }
+        let mut count = ClassCount {
+            class,
+            source: s.len(),
+            target: t.len(),
+            difference: t.len() as i64 - s.len() as i64,
+            missing: 0,
+            extra: 0,
+            changed: 0,
+        };
+        let mut push = |name: &str, change: Change, sd: Option<&String>, td: Option<&String>| {
+            diffs.push(Difference {
+                class: class.key().into(),
+                name: name.into(),
+                change,
+                source: sd.cloned(),
+                target: td.cloned(),
+                allowed: allow.reason(class.key(), name, change).map(String::from),
+            });
+        };
+        for (name, sd) in s {
+            match t.get(name) {
+                None => {
+                    count.missing += 1;
+                    push(name, Change::Missing, Some(sd), None);
+                }
+                Some(td) if td != sd => {
+                    count.changed += 1;
+                    push(name, Change::Changed, Some(sd), Some(td));
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, td) in t {
+            if !s.contains_key(name) {
+                count.extra += 1;
+                push(name, Change::Extra, None, Some(td));
+            }
+        }
+        counts.push(count);
+    }
+    (counts, diffs)
+}
+
+/// Compares row counts (and checksums when measured) of every table on either side.
+pub fn compare_rows(source: &Inventory, target: &Inventory, allow: &AllowList) -> (Vec<TableRows>, Vec<Difference>) {
+    let mut names: Vec<&str> = source.tables.iter().chain(&target.tables).map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut rows = Vec::new();
+    let mut diffs = Vec::new();
+    for name in names {
+        let (s, t) = (source.table(name), target.table(name));
+        let kind = s.or(t).map(|x| x.kind.clone()).unwrap_or_default();
+        let (status, note) = match (s, t) {
+            (Some(_), None) => (RowStatus::MissingOnTarget, None),
+            (None, Some(_)) => (RowStatus::ExtraOnTarget, None),
+            (Some(s), Some(t)) => {
+                if let Some(e) = s.error.as_ref().or(t.error.as_ref()) {
+                    (RowStatus::Unreadable, Some(e.clone()))
+                } else if s.rows != t.rows {
+                    (RowStatus::CountDiffers, None)
+                } else if s.checksum != t.checksum {
+                    (RowStatus::ContentDiffers, Some("same row count, different content".into()))
+                } else {
+                    (RowStatus::Same, None)
+                }
+            }
+            (None, None) => continue,
+        };
+        let table_kind_note = match (s, t) {
+            (Some(s), Some(t)) if s.kind != t.kind => Some(format!("{} on source, {} on target", s.kind, t.kind)),
+            _ => None,
+        };
+        let entry = TableRows {
+            name: name.into(),
+            kind,
+            source_rows: s.and_then(|x| x.rows),
+            target_rows: t.and_then(|x| x.rows),
+            source_checksum: s.and_then(|x| x.checksum.clone()),
+            target_checksum: t.and_then(|x| x.checksum.clone()),
+            status,
+            note: note.or(table_kind_note),
+        };
+        if status != RowStatus::Same {
+            let change = match status {
+                RowStatus::MissingOnTarget => Change::Missing,
+                RowStatus::ExtraOnTarget => Change::Extra,
+                _ => Change::Changed,
+            };
+            let describe = |rows: Option<i64>, sum: &Option<String>| {
+                rows.map(|r| match sum {
+                    Some(c) => format!("{r} rows, checksum {c}"),
+                    None => format!("{r} rows"),
+                })
+            };
+            diffs.push(Difference {
+                class: "rows".into(),
+                name: name.into(),
+                change,
+                source: describe(entry.source_rows, &entry.source_checksum).or_else(|| s.and(entry.note.clone())),
+                target: describe(entry.target_rows, &entry.target_checksum).or_else(|| t.and(entry.note.clone())),
+                allowed: allow.reason("rows", name, change).map(String::from),
+            });
+        }
+        rows.push(entry);
+    }
+    (rows, diffs)
+}
+
+/// The classic six counts, each beside the precise user count, with a note where it misleads.
+pub fn naive_rows(source: &Inventory, target: &Inventory, counts: &[ClassCount]) -> Vec<NaiveRow> {
+    let user = |inv: &Inventory, classes: &[Class]| classes.iter().map(|c| inv.class(*c).len()).sum::<usize>();
+    let differing = |classes: &[Class]| {
+        counts
+            .iter()
+            .filter(|c| classes.contains(&c.class))
+            .map(|c| c.missing + c.extra + c.changed)
+            .sum::<usize>()
+    };
+    let pick = |n: &NaiveCounts, check: &str| match check {
+        "tables" => n.tables,
+        "views" => n.views,
+        "functions" => n.functions,
+        "triggers" => n.triggers,
+        "policies" => n.policies,
+        _ => n.indexes,
+    };
+    let checks: [(&str, &[Class]); 6] = [
+        ("tables", &[Class::Tables]),
+        ("views", &[Class::Views, Class::ContinuousAggregates]),
+        ("functions", &[Class::Functions, Class::Procedures, Class::Aggregates]),
+        ("triggers", &[Class::Triggers]),
+        ("policies", &[Class::Policies]),
+        ("indexes", &[Class::Indexes]),
+    ];
+    checks
+        .iter()
+        .map(|(check, classes)| {
+            let (ns, nt) = (pick(&source.naive, check), pick(&target.naive, check));
+            let (us, ut) = (user(source, classes), user(target, classes));
+            let hidden = differing(classes);
+            let mut notes = Vec::new();
+            if ns == nt && hidden > 0 {
+                notes.push(format!("equal counts hide {hidden} {check} that differ by name or definition"));
+            }
+            if ns != nt && hidden == 0 && us == ut {
+                notes.push("the counts differ only through internal or extension objects: nothing user-made differs".into());
+            }
+            let internal_s = ns - us as i64;
+            let internal_t = nt - ut as i64;
+            if internal_s != 0 || internal_t != 0 {
+                notes.push(format!(
+                    "includes {internal_s} (source) / {internal_t} (target) TimescaleDB-internal or extension-owned {check}"
+                ));
+            }
+            NaiveRow {
+                check: check.to_string(),
+                source: ns,
+                target: nt,
+                user_source: us,
+                user_target: ut,
+                note: if notes.is_empty() { None } else { Some(notes.join("; ")) },
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,340 @@
+//! The inventory of one database: every object class with names and normalized definitions,
+//! TimescaleDB and pgvector state, exact row counts, and what was left out as internal.
+
+pub mod class;
+pub mod diff;
+pub mod extensions;
+pub mod queries;
+pub mod rows;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+pub use class::Class;
+pub use extensions::TimescaleInfo;
+use rows::{RowJob, RowMode, RowStats};
+
+use crate::conn::ConnSpec;
+use crate::error::UserError;
+
+/// Name → normalized definition, for one class.
+pub type Definitions = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    pub version_num: i32,
+    pub database: String,
+    pub user: String,
+}
+
+/// Objects kept out of the user counts, shown so nothing is silently hidden.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Excluded {
+    /// `extension timescaledb`, `TimescaleDB internal`, ...
+    pub owner: String,
+    pub what: String,
+    pub count: i64,
+}
+
+/// The six counts of the classic runbook check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NaiveCounts {
+    pub tables: i64,
+    pub views: i64,
+    pub functions: i64,
+    pub triggers: i64,
+    pub policies: i64,
+    pub indexes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub name: String,
+    /// table, partition, hypertable, materialized view, continuous aggregate
+    pub kind: String,
+    pub bytes: i64,
+    pub columns: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TableInfo {
+    /// What follows FROM to read exactly this table's own rows.
+    pub fn from_clause(&self) -> String {
+        match self.kind.as_str() {
+            "hypertable" | "continuous aggregate" | "materialized view" => self.name.clone(),
+            _ => format!("ONLY {}", self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inventory {
+    pub pgshift_version: String,
+    pub server: ServerInfo,
+    pub timescaledb: Option<TimescaleInfo>,
+    pub pgvector: Option<String>,
+    pub objects: BTreeMap<Class, Definitions>,
+    pub excluded: Vec<Excluded>,
+    pub naive: NaiveCounts,
+    pub tables: Vec<TableInfo>,
+    pub warnings: Vec<String>,
+}
+
+impl Inventory {
+    pub fn class(&self, class: Class) -> &Definitions {
+        static EMPTY: Definitions = BTreeMap::new();
+        self.objects.get(&class).unwrap_or(&EMPTY)
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableInfo> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Fills `rows`/`checksum`/`error` of each table from a measurement.
+    pub fn apply_rows(&mut self, results: &rows::RowResults) {
+        for t in &mut self.tables {
+            match results.get(&t.name) {
+                Some(Ok(RowStats { rows, checksum })) => {
+                    t.rows = Some(*rows);
+                    t.checksum = checksum.clone();
+                }
+                Some(Err(e)) => t.error = Some(e.clone()),
+                None => {}
+            }
+        }
+    }
+}
+
+/// One read-only connection holding a repeatable-read snapshot that row readers can share.
+pub struct Session {
+    pub spec: ConnSpec,
+    client: Client,
+    snapshot: Option<String>,
+}
+
+impl Session {
+    pub async fn open(spec: &ConnSpec) -> Result<Self, UserError> {
+        let client = spec.connect().await?;
+        let fail = |e: tokio_postgres::Error| {
+            UserError::new(
+                format!("{} {}: cannot open a read-only snapshot ({})", spec.role, spec.label(), db_message(&e)),
+                "connect as a role that can read the catalog (a superuser or the database owner)",
+            )
+        };
+        client.batch_execute(rows::CANONICAL_SETTINGS).await.map_err(fail)?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(fail)?;
+        // A standby cannot export snapshots before PostgreSQL 10; then readers take their own.
+        let snapshot = match client.query_one("SELECT pg_export_snapshot()", &[]).await {
+            Ok(row) => Some(row.get::<_, String>(0)),
+            Err(_) => {
+                client.batch_execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(fail)?;
+                None
+            }
+        };
+        Ok(Self { spec: spec.clone(), client, snapshot })
+    }
+
+    /// Every class, TimescaleDB and pgvector state, exclusions, naive counts and the table list.
+    /// Row counts are not read here (see [`Session::measure_rows`]).
+    pub async fn inventory(&self) -> Result<Inventory, UserError> {
+        let c = &self.client;
+        let row = c
+            .query_one(
+                "SELECT version(), current_setting('server_version_num')::int, current_database(), current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| self.query_error("server version", &e))?;
+        let server = ServerInfo { version: row.get(0), version_num: row.get(1), database: row.get(2), user: row.get(3) };
+
+        let mut objects = BTreeMap::new();
+        for class in Class::ALL {
+            if let Some(sql) = queries::class_query(class) {
+                objects.insert(class, self.definitions(class, &sql).await?);
+            }
+        }
+
+        let mut warnings = Vec::new();
+        let timescaledb = match c.query_opt(extensions::TIMESCALE_VERSION, &[]).await {
+            Ok(Some(r)) => Some(TimescaleInfo { version: r.get(0), license: r.get(1) }),
+            Ok(None) => None,
+            Err(e) => return Err(self.query_error("TimescaleDB version", &e)),
+        };
+        let mut cagg_names = BTreeSet::new();
+        let mut hypertable_names = BTreeSet::new();
+        if timescaledb.is_some() {
+            for class in [Class::Hypertables, Class::CompressionSettings, Class::ContinuousAggregates, Class::Jobs] {
+                let sql = extensions::timescale_query(class).expect("timescale class");
+                match self.optional_definitions(class, sql).await {
+                    Ok(defs) => {
+                        objects.insert(class, defs);
+                    }
+                    Err(w) => warnings.push(w),
+                }
+            }
+            cagg_names = self.names(extensions::CAGG_VIEWS).await.unwrap_or_default();
+            hypertable_names = self.names(extensions::HYPERTABLE_NAMES).await.unwrap_or_default();
+            if let Some(views) = objects.get_mut(&Class::Views) {
+                views.retain(|name, _| !cagg_names.contains(name));
+            }
+        }
+        let pgvector = match c.query_opt(extensions::VECTOR_VERSION, &[]).await {
+            Ok(r) => r.map(|r| r.get::<_, String>(0)),
+            Err(e) => return Err(self.query_error("pgvector version", &e)),
+        };
+        if pgvector.is_some() {
+            for class in [Class::VectorColumns, Class::VectorIndexes] {
+                let sql = extensions::vector_query(class).expect("vector class");
+                match self.optional_definitions(class, sql).await {
+                    Ok(defs) => {
+                        objects.insert(class, defs);
+                    }
+                    Err(w) => warnings.push(w),
+                }
+            }
+        }
+
+        let excluded = c
+            .query(queries::excluded_counts(), &[])
+            .await
+            .map_err(|e| self.query_error("excluded objects", &e))?
+            .iter()
+            .map(|r| Excluded { owner: r.get(0), what: r.get(1), count: r.get(2) })
+            .collect();
+        let n = c.query_one(queries::naive_counts(), &[]).await.map_err(|e| self.query_error("naive counts", &e))?;
+        let naive = NaiveCounts {
+            tables: n.get(0),
+            views: n.get(1),
+            functions: n.get(2),
+            triggers: n.get(3),
+            policies: n.get(4),
+            indexes: n.get(5),
+        };
+
+        let mut tables = Vec::new();
+        for r in c.query(&queries::row_tables(), &[]).await.map_err(|e| self.query_error("table list", &e))? {
+            let name: String = r.get(0);
+            let relkind: String = r.get(1);
+            let kind = if hypertable_names.contains(&name) {
+                "hypertable"
+            } else if cagg_names.contains(&name) {
+                "continuous aggregate"
+            } else {
+                match relkind.as_str() {
+                    "m" => "materialized view",
+                    "v" => continue,
+                    "p" => "partition",
+                    _ => "table",
+                }
+            };
+            tables.push(TableInfo {
+                name,
+                kind: kind.into(),
+                bytes: r.get(2),
+                columns: r.get(3),
+                rows: None,
+                checksum: None,
+                error: None,
+            });
+        }
+
+        Ok(Inventory {
+            pgshift_version: env!("CARGO_PKG_VERSION").into(),
+            server,
+            timescaledb,
+            pgvector,
+            objects,
+            excluded,
+            naive,
+            tables,
+            warnings,
+        })
+    }
+
+    /// Counts or checksums the given tables with `workers` connections sharing this snapshot.
+    pub async fn measure_rows(&self, jobs: Vec<RowJob>, mode: RowMode, workers: usize) -> Result<rows::RowResults, UserError> {
+        rows::measure(&self.spec, self.snapshot.clone(), jobs, mode, workers).await
+    }
+
+    pub async fn close(self) {
+        let _ = self.client.batch_execute("COMMIT").await;
+    }
+
+    async fn definitions(&self, class: Class, sql: &str) -> Result<Definitions, UserError> {
+        let rows = self.client.query(sql, &[]).await.map_err(|e| self.query_error(&class.label(), &e))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), normalize(r.get::<_, Option<String>>(1)))).collect())
+    }
+
+    /// Like `definitions`, but a failure (an extension version with another catalog) is a warning.
+    async fn optional_definitions(&self, class: Class, sql: &str) -> Result<Definitions, String> {
+        self.client.batch_execute("SAVEPOINT optional_class").await.map_err(|e| e.to_string())?;
+        match self.client.query(sql, &[]).await {
+            Ok(rows) => {
+                let _ = self.client.batch_execute("RELEASE SAVEPOINT optional_class").await;
+                Ok(rows.iter().map(|r| (r.get::<_, String>(0), normalize(r.get::<_, Option<String>>(1)))).collect())
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK TO SAVEPOINT optional_class").await;
+                Err(format!("{} not read: {}", class.label(), db_message(&e)))
+            }
+        }
+    }
+
+    async fn names(&self, sql: &str) -> Result<BTreeSet<String>, tokio_postgres::Error> {
+        self.client.batch_execute("SAVEPOINT names").await?;
+        let result = self.client.query(sql, &[]).await;
+        let undo = if result.is_ok() { "RELEASE SAVEPOINT names" } else { "ROLLBACK TO SAVEPOINT names" };
+        self.client.batch_execute(undo).await?;
+        Ok(result?.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    fn query_error(&self, what: &str, e: &tokio_postgres::Error) -> UserError {
+        UserError::new(
+            format!("{} {}: reading {what} failed ({})", self.spec.role, self.spec.label(), db_message(e)),
+            "connect as a superuser or the database owner so the whole catalog is readable",
+        )
+    }
+}
+
+/// The server's message without the "db error:" prefix.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Trailing blanks on each line are noise between servers; the rest of a definition is kept as is.
+fn normalize(def: Option<String>) -> String {
+    let def = def.unwrap_or_default();
+    let lines: Vec<&str> = def.lines().map(str::trim_end).collect();
+    lines.join("\n").trim().to_string()
+}
+
+/// Row jobs for every table of an inventory (its own columns).
+pub fn row_jobs(inv: &Inventory) -> Vec<RowJob> {
+    inv.tables
+        .iter()
+        .map(|t| RowJob { name: t.name.clone(), from: t.from_clause(), columns: t.columns.clone() })
+        .collect()
+}
+
+/// `pgshift inventory`: everything, with exact row counts.
+pub async fn collect(spec: &ConnSpec, rows: Option<RowMode>, workers: usize) -> Result<Inventory, UserError> {
+    let session = Session::open(spec).await?;
+    let mut inv = session.inventory().await?;
+    if let Some(mode) = rows {
+        let results = session.measure_rows(row_jobs(&inv), mode, workers).await?;
+        inv.apply_rows(&results);
+    }
+    session.close().await;
+    Ok(inv)
+}

@@ -1,0 +1,29 @@
+//! Errors a user can fix: one line with what went wrong and how to fix it, and an exit code.
+
+use std::fmt;
+
+/// Exit code when the comparison finished and found differences.
+pub const EXIT_DIFFERENCES: i32 = 1;
+/// Exit code for bad input or an unreachable/refusing server.
+pub const EXIT_USER_ERROR: i32 = 2;
+
+/// A mistake in the user's input or environment, printed as one line with its fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserError {
+    pub message: String,
+    pub fix: String,
+}
+
+impl UserError {
+    pub fn new(message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { message: message.into(), fix: fix.into() }
+    }
+}
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (fix: {})", self.message, self.fix)
+    }
+}
+
+impl std::error::Error for UserError {}

@@ -1,0 +1,122 @@
+//! `pgshift verify`: inventories both databases at one snapshot each, reads rows (and checksums)
+//! of every table in parallel, and compares everything.
+
+use serde::Serialize;
+
+use crate::allow::AllowList;
+use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, TableRows};
+use crate::catalog::rows::{RowJob, RowMode};
+use crate::catalog::{Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
+use crate::conn::ConnSpec;
+use crate::error::UserError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyOptions {
+    pub checksums: bool,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    pub connection: String,
+    pub server: ServerInfo,
+    pub timescaledb: Option<TimescaleInfo>,
+    pub pgvector: Option<String>,
+    pub excluded: Vec<Excluded>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub pgshift_version: String,
+    pub source: Side,
+    pub target: Side,
+    pub checksums: bool,
+    pub classes: Vec<ClassCount>,
+    pub differences: Vec<Difference>,
+    pub tables: Vec<TableRows>,
+    pub naive: Vec<NaiveRow>,
+    pub warnings: Vec<String>,
+    /// Differences not covered by the allow file.
+    pub unexpected: usize,
+    /// Differences the allow file names as planned.
+    pub planned: usize,
+    pub clean: bool,
+}
+
+impl VerifyReport {
+    pub fn unexpected_differences(&self) -> impl Iterator<Item = &Difference> {
+        self.differences.iter().filter(|d| d.allowed.is_none())
+    }
+}
+
+pub async fn verify(source: &ConnSpec, target: &ConnSpec, allow: &AllowList, opts: VerifyOptions) -> Result<VerifyReport, UserError> {
+    let (s, t) = tokio::try_join!(Session::open(source), Session::open(target))?;
+    let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
+
+    let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
+    let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv);
+    let (s_rows, t_rows) =
+        tokio::try_join!(s.measure_rows(s_jobs, mode, opts.workers), t.measure_rows(t_jobs, mode, opts.workers))?;
+    s_inv.apply_rows(&s_rows);
+    t_inv.apply_rows(&t_rows);
+    tokio::join!(s.close(), t.close());
+
+    let (classes, mut differences) = diff::compare_objects(&s_inv, &t_inv, allow);
+    let (tables, row_diffs) = diff::compare_rows(&s_inv, &t_inv, allow);
+    differences.extend(row_diffs);
+    let naive = diff::naive_rows(&s_inv, &t_inv, &classes);
+    let unexpected = differences.iter().filter(|d| d.allowed.is_none()).count();
+    let planned = differences.len() - unexpected;
+    let warnings = s_inv
+        .warnings
+        .iter()
+        .map(|w| format!("source: {w}"))
+        .chain(t_inv.warnings.iter().map(|w| format!("target: {w}")))
+        .collect();
+    Ok(VerifyReport {
+        pgshift_version: env!("CARGO_PKG_VERSION").into(),
+        source: side(source, s_inv),
+        target: side(target, t_inv),
+        checksums: opts.checksums,
+        classes,
+        differences,
+        tables,
+        naive,
+        warnings,
+        unexpected,
+        planned,
+        clean: unexpected == 0,
+    })
+}
+
+/// Jobs for both sides. A table on both sides is read through the columns both have, in the
+/// source's order, so a planned extra column does not make every row differ.
+fn row_jobs(s: &Inventory, t: &Inventory) -> (Vec<RowJob>, Vec<RowJob>) {
+    let mut s_jobs = Vec::new();
+    let mut t_jobs = Vec::new();
+    for st in &s.tables {
+        let columns = match t.table(&st.name) {
+            Some(tt) => {
+                let common: Vec<String> = st.columns.iter().filter(|c| tt.columns.contains(c)).cloned().collect();
+                t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: common.clone() });
+                common
+            }
+            None => st.columns.clone(),
+        };
+        s_jobs.push(RowJob { name: st.name.clone(), from: st.from_clause(), columns });
+    }
+    for tt in t.tables.iter().filter(|tt| s.table(&tt.name).is_none()) {
+        t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: tt.columns.clone() });
+    }
+    (s_jobs, t_jobs)
+}
+
+fn side(spec: &ConnSpec, inv: Inventory) -> Side {
+    Side {
+        connection: spec.label(),
+        server: inv.server,
+        timescaledb: inv.timescaledb,
+        pgvector: inv.pgvector,
+        excluded: inv.excluded,
+    }
+}

@@ -81,7 +81,8 @@ pub fn class_query(class: Class) -> Option<String> {
             "p.prokind = 'a'",
             r#"(SELECT format('aggregate kind %s, sfunc %s, stype %s, finalfunc %s, combinefunc %s, initcond %s',
                   ag.aggkind, ag.aggtransfn, format_type(ag.aggtranstype, NULL),
-                  nullif(ag.aggfinalfn::oid, 0)::regproc, nullif(ag.aggcombinefn::oid, 0)::regproc, ag.agginitval)
+                  coalesce(nullif(ag.aggfinalfn::oid, 0)::regproc::text, '-'), coalesce(nullif(ag.aggcombinefn::oid, 0)::regproc::text, '-'),
+                  coalesce(ag.agginitval, '-'))
                 FROM pg_aggregate ag WHERE ag.aggfnoid = p.oid)"#,
         ),
         Class::Triggers => format!(

@@ -1,0 +1,96 @@
+//! Shared helpers for the integration tests: the real source and target servers started by
+//! `tests/env/up.sh`, fresh databases on them, and the fixture. A test that cannot reach the
+//! servers fails with the command that starts them.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use pgshift::conn::ConnSpec;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+pub const ROLES_SQL: &str = include_str!("../fixtures/roles.sql");
+pub const RICH_SOURCE_SQL: &str = include_str!("../fixtures/rich_source.sql");
+
+pub struct Servers {
+    /// libpq URLs without password, database `postgres`.
+    pub source: String,
+    pub target: String,
+    pub password: String,
+}
+
+pub fn servers() -> Servers {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: start the test servers with `bash tests/env/up.sh && . /var/cache/pgshift-test/state/env.sh` (or run `bash tests/env/test.sh`)")
+        })
+    };
+    Servers { source: get("PGSHIFT_TEST_SOURCE"), target: get("PGSHIFT_TEST_TARGET"), password: get("PGSHIFT_TEST_PASSWORD") }
+}
+
+/// The same server, database `db`.
+pub fn url_for(server_url: &str, db: &str) -> String {
+    let base = server_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(server_url);
+    format!("{base}/{db}")
+}
+
+pub async fn connect(url: &str) -> Client {
+    let mut config: tokio_postgres::Config = url.parse().expect("test URL");
+    config.password(servers().password);
+    let (client, conn) = config
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach test server {url}: {e} — run `bash tests/env/up.sh`"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A ConnSpec as a user would give it: URL without password, password from the environment.
+pub fn spec(role: &'static str, url: &str) -> ConnSpec {
+    let mut spec = ConnSpec::parse(role, url).expect("test URL parses");
+    spec.config.password(servers().password);
+    spec
+}
+
+static ROLES_LOADED: OnceLock<Mutex<[bool; 2]>> = OnceLock::new();
+
+async fn ensure_roles(server_url: &str, index: usize) {
+    let lock = ROLES_LOADED.get_or_init(|| Mutex::new([false, false]));
+    let mut done = lock.lock().await;
+    if !done[index] {
+        connect(server_url).await.batch_execute(ROLES_SQL).await.expect("roles.sql loads");
+        done[index] = true;
+    }
+}
+
+/// Creates (or re-creates) an empty database `db` on the server and returns its URL.
+pub async fn fresh_db(server_url: &str, db: &str) -> String {
+    let admin = connect(server_url).await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await.expect("drop test db");
+    admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).await.expect("create test db");
+    url_for(server_url, db)
+}
+
+/// A fresh database `db` holding the rich fixture.
+pub async fn rich_db(server_url: &str, db: &str) -> String {
+    let index = usize::from(server_url != servers().source);
+    ensure_roles(server_url, index).await;
+    let url = fresh_db(server_url, db).await;
+    connect(&url).await.batch_execute(RICH_SOURCE_SQL).await.unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
+    url
+}
+
+pub async fn drop_db(server_url: &str, db: &str) {
+    let admin = connect(server_url).await;
+    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+}
+
+/// The pgshift binary with the test password in its environment (never in its arguments).
+pub fn pgshift() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("pgshift").expect("binary built");
+    cmd.env("PGPASSWORD", servers().password);
+    cmd.env_remove("PGSHIFT_SOURCE").env_remove("PGSHIFT_TARGET").env_remove("PGSHIFT_DB");
+    cmd
+}

@@ -1,0 +1,104 @@
+//! `pgshift inventory` against a real PostgreSQL 17 + TimescaleDB + pgvector server.
+
+mod common;
+
+use pgshift::catalog::{self, rows::RowMode, Class};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_sees_every_class_of_the_rich_source() {
+    let s = common::servers();
+    let url = common::rich_db(&s.source, "inv_rich").await;
+    let inv = catalog::collect(&common::spec("database", &url), Some(RowMode::Count), 2).await.expect("inventory");
+
+    let expect = [
+        (Class::Schemas, "energy"),
+        (Class::Tables, "energy.sites"),
+        (Class::Tables, "energy.tariffs"),
+        (Class::Tables, "energy.tariffs_kr"),
+        (Class::Columns, "energy.devices.label"),
+        (Class::Views, "energy.meter_counts"),
+        (Class::MaterializedViews, "energy.daily_energy"),
+        (Class::Functions, "energy.kwh(watts double precision, hours double precision)"),
+        (Class::Procedures, "energy.purge_audit(IN keep_days integer)"),
+        (Class::Aggregates, "energy.sum_kwh(double precision)"),
+        (Class::Triggers, "energy.devices.devices_audit"),
+        (Class::Policies, "energy.sites.tenant_isolation"),
+        (Class::RlsFlags, "energy.sites"),
+        (Class::Indexes, "energy.devices_site_idx"),
+        (Class::PrimaryKeys, "energy.sites.sites_pkey"),
+        (Class::ForeignKeys, "energy.devices.devices_site_id_fkey"),
+        (Class::UniqueConstraints, "energy.sites.sites_name_key"),
+        (Class::CheckConstraints, "energy.sites.sites_capacity_kw_check"),
+        (Class::ExclusionConstraints, "energy.maintenance.maintenance_device_id_during_excl"),
+        (Class::Sequences, "energy.device_serial"),
+        (Class::Types, "energy.device_kind"),
+        (Class::Types, "energy.percent"),
+        (Class::Types, "energy.reading_pair"),
+        (Class::Extensions, "timescaledb"),
+        (Class::Extensions, "vector"),
+        (Class::Roles, "pgshift_tenant"),
+        (Class::Grants, "table energy.sites to pgshift_app"),
+        (Class::Grants, "column public.kb_documents.title to pgshift_readonly"),
+        (Class::DefaultPrivileges, "for role postgres in schema energy on tables to pgshift_readonly"),
+        (Class::Owners, "table energy.sites"),
+        (Class::Comments, "table energy.sites"),
+        (Class::Hypertables, "energy.readings"),
+        (Class::VectorColumns, "public.kb_documents.embedding"),
+        (Class::VectorIndexes, "public.kb_documents_embedding_idx"),
+    ];
+    for (class, name) in expect {
+        assert!(inv.class(class).contains_key(name), "{} lacks {name}: {:?}", class.key(), inv.class(class).keys().collect::<Vec<_>>());
+    }
+
+    // definitions carry what matters
+    assert_eq!(inv.class(Class::Owners)["table energy.sites"], "pgshift_owner");
+    assert!(inv.class(Class::Sequences)["energy.device_serial"].contains("last value 5000"));
+    assert!(inv.class(Class::RlsFlags)["energy.sites"].contains("enabled, forced"));
+    assert!(inv.class(Class::Policies)["energy.sites.tenant_isolation"].contains("TO pgshift_tenant"));
+    assert!(inv.class(Class::Grants)["table energy.sites to pgshift_app"].contains("INSERT"));
+    assert!(inv.class(Class::Roles)["pgshift_tenant"].contains("member of: pgshift_app"));
+    assert!(inv.class(Class::Hypertables)["energy.readings"].contains("every 1 day"));
+    assert!(inv.class(Class::VectorIndexes)["public.kb_documents_embedding_idx"].contains("hnsw"));
+    assert!(inv.class(Class::VectorIndexes)["public.kb_documents_embedding_idx"].contains("vector_cosine_ops"));
+    assert!(inv.class(Class::VectorColumns)["public.kb_documents.embedding"].contains("vector(3)"));
+
+    // TimescaleDB and pgvector state
+    let ts = inv.timescaledb.as_ref().expect("timescaledb seen");
+    assert_eq!(ts.license, "apache");
+    assert!(inv.pgvector.is_some());
+
+    // internals are kept out of the user counts but shown
+    assert_eq!(inv.class(Class::Triggers).len(), 1, "only the audit trigger is a user trigger");
+    assert!(inv.naive.triggers > 1, "the naive count includes TimescaleDB's triggers");
+    assert!(inv.excluded.iter().any(|e| e.owner == "TimescaleDB internal" && e.what.starts_with("tables")));
+    assert!(inv.excluded.iter().any(|e| e.owner == "extension timescaledb" && e.what == "functions"));
+    assert!(!inv.class(Class::Functions).keys().any(|k| k.contains("time_bucket")), "extension functions are not user functions");
+    assert!(!inv.class(Class::Tables).keys().any(|k| k.contains("_timescaledb")), "chunks are not user tables");
+
+    // exact rows; the hypertable is counted through its chunks
+    let rows = |name: &str| inv.table(name).and_then(|t| t.rows).unwrap_or(-1);
+    assert_eq!(rows("energy.readings"), 1441);
+    assert_eq!(inv.table("energy.readings").unwrap().kind, "hypertable");
+    assert_eq!(rows("energy.devices"), 12);
+    assert_eq!(rows("energy.audit_log"), 12, "one audit row per device insert");
+    assert_eq!(rows("energy.tariffs_kr"), 1);
+    assert!(inv.table("energy.tariffs").is_none(), "a partitioned parent holds no rows of its own");
+    common::drop_db(&s.source, "inv_rich").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_cli_writes_json() {
+    let s = common::servers();
+    let url = common::rich_db(&s.source, "inv_cli").await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("inv.json");
+    let out = common::pgshift().args(["inventory", "--db", &url, "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("energy.readings") && stdout.contains("hypertable"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["timescaledb"]["license"], "apache");
+    assert!(v["objects"]["policies"]["energy.sites.tenant_isolation"].is_string());
+    assert!(!std::fs::read_to_string(&json).unwrap().contains(&s.password), "no password in the inventory");
+    common::drop_db(&s.source, "inv_cli").await;
+}

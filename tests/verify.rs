@@ -1,0 +1,170 @@
+//! `pgshift verify` against real servers: equal databases compare clean; one change per class is
+//! named; planned changes pass with an allow file.
+
+mod common;
+
+use pgshift::allow::{AllowList, Change};
+use pgshift::catalog::diff::RowStatus;
+use pgshift::verify::{verify, VerifyOptions, VerifyReport};
+
+const CHECKSUMS: VerifyOptions = VerifyOptions { checksums: true, workers: 2 };
+
+async fn run_verify(source_url: &str, target_url: &str, allow: &AllowList) -> VerifyReport {
+    verify(&common::spec("source", source_url), &common::spec("target", target_url), allow, CHECKSUMS)
+        .await
+        .expect("verify runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn equal_databases_are_clean_and_the_cli_exits_zero() {
+    let s = common::servers();
+    let (src, tgt) = tokio::join!(common::rich_db(&s.source, "vfy_equal"), common::rich_db(&s.target, "vfy_equal"));
+    let r = run_verify(&src, &tgt, &AllowList::default()).await;
+    let unexpected: Vec<_> = r.unexpected_differences().collect();
+    assert!(r.clean, "equal databases differ: {unexpected:#?}");
+    assert!(r.classes.len() >= 25, "every class compared");
+    assert!(r.tables.len() >= 9 && r.tables.iter().all(|t| t.status == RowStatus::Same));
+    assert!(r.tables.iter().all(|t| t.source_checksum.is_some()), "checksums computed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (json, md) = (dir.path().join("r.json"), dir.path().join("r.md"));
+    let out = common::pgshift()
+        .args(["verify", "--source", &src, "--target", &tgt, "--checksums", "--json"])
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&md)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("CLEAN"), "{stdout}");
+    assert!(stdout.contains("classic check"), "the six classic counts are shown: {stdout}");
+    let markdown = std::fs::read_to_string(&md).unwrap();
+    assert!(markdown.contains("| policies"), "{markdown}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["clean"], true);
+    for file in [&json, &md] {
+        assert!(!std::fs::read_to_string(file).unwrap().contains(&s.password));
+    }
+    tokio::join!(common::drop_db(&s.source, "vfy_equal"), common::drop_db(&s.target, "vfy_equal"));
+}
+
+/// (class, object name, change, SQL applied to the target)
+const MUTATIONS: &[(&str, &str, Change, &str)] = &[
+    ("policies", "energy.sites.tenant_isolation", Change::Missing, "DROP POLICY tenant_isolation ON energy.sites"),
+    ("grants", "table energy.sites to pgshift_app", Change::Changed, "REVOKE INSERT ON energy.sites FROM pgshift_app"),
+    ("owners", "table energy.devices", Change::Changed, "ALTER TABLE energy.devices OWNER TO pgshift_owner"),
+    ("functions", "energy.kwh(watts double precision, hours double precision)", Change::Changed,
+     "CREATE OR REPLACE FUNCTION energy.kwh(watts double precision, hours double precision) RETURNS double precision LANGUAGE sql IMMUTABLE AS $$ SELECT watts * hours / 1000.0 $$"),
+    ("rows", "energy.sites", Change::Changed, "UPDATE energy.sites SET capacity_kw = capacity_kw + 1 WHERE name = 'Busan roof'"),
+    ("rows", "energy.audit_log", Change::Changed, "UPDATE energy.audit_log SET op = 'UPDATE' WHERE id = 3"),
+    ("rows", "energy.readings", Change::Changed, "DELETE FROM energy.readings WHERE time < '2026-01-01 00:30+00'"),
+    ("triggers", "energy.devices.devices_audit", Change::Changed, "ALTER TABLE energy.devices DISABLE TRIGGER devices_audit"),
+    ("rls_flags", "energy.sites", Change::Changed, "ALTER TABLE energy.sites NO FORCE ROW LEVEL SECURITY"),
+    ("indexes", "energy.devices_site_idx", Change::Missing, "DROP INDEX energy.devices_site_idx"),
+    ("views", "energy.meter_counts", Change::Changed,
+     "CREATE OR REPLACE VIEW energy.meter_counts AS SELECT site, devices FROM energy.site_devices WHERE kind = 'inverter'"),
+    ("materialized_views", "energy.daily_energy", Change::Missing, "DROP MATERIALIZED VIEW energy.daily_energy"),
+    ("check_constraints", "energy.sites.sites_capacity_kw_check", Change::Missing, "ALTER TABLE energy.sites DROP CONSTRAINT sites_capacity_kw_check"),
+    ("foreign_keys", "energy.devices.devices_site_id_fkey", Change::Missing, "ALTER TABLE energy.devices DROP CONSTRAINT devices_site_id_fkey"),
+    ("unique_constraints", "energy.sites.sites_name_key", Change::Missing, "ALTER TABLE energy.sites DROP CONSTRAINT sites_name_key"),
+    ("exclusion_constraints", "energy.maintenance.maintenance_device_id_during_excl", Change::Missing,
+     "ALTER TABLE energy.maintenance DROP CONSTRAINT maintenance_device_id_during_excl"),
+    ("primary_keys", "public.kb_documents.kb_documents_pkey", Change::Missing, "ALTER TABLE public.kb_documents DROP CONSTRAINT kb_documents_pkey"),
+    ("sequences", "energy.device_serial", Change::Changed, "SELECT setval('energy.device_serial', 42)"),
+    ("types", "energy.device_kind", Change::Changed, "ALTER TYPE energy.device_kind ADD VALUE 'heat_pump'"),
+    ("columns", "energy.sites.capacity_kw", Change::Changed, "ALTER TABLE energy.sites ALTER COLUMN capacity_kw SET DEFAULT 1"),
+    ("tables", "energy.audit_log", Change::Changed, "ALTER TABLE energy.audit_log SET UNLOGGED"),
+    ("schemas", "scratch", Change::Extra, "CREATE SCHEMA scratch"),
+    ("procedures", "energy.purge_audit(IN keep_days integer)", Change::Missing, "DROP PROCEDURE energy.purge_audit(integer)"),
+    ("aggregates", "energy.max_kwh(double precision)", Change::Extra,
+     "CREATE AGGREGATE energy.max_kwh(double precision) (SFUNC = float8larger, STYPE = double precision)"),
+    ("extensions", "pgcrypto", Change::Missing, "DROP EXTENSION pgcrypto"),
+    ("roles", "pgshift_only_on_target", Change::Extra,
+     "DO $$ BEGIN CREATE ROLE pgshift_only_on_target; EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT SELECT ON energy.devices TO pgshift_only_on_target"),
+    ("default_privileges", "for role postgres in schema energy on tables to pgshift_readonly", Change::Missing,
+     "ALTER DEFAULT PRIVILEGES IN SCHEMA energy REVOKE SELECT ON TABLES FROM pgshift_readonly"),
+    ("comments", "table energy.sites", Change::Changed, "COMMENT ON TABLE energy.sites IS 'changed on the target'"),
+    ("hypertables", "energy.readings", Change::Changed, "SELECT set_chunk_time_interval('energy.readings', interval '2 days')"),
+    ("vector_columns", "public.kb_documents.summary_embedding", Change::Extra, "ALTER TABLE public.kb_documents ADD COLUMN summary_embedding vector(8)"),
+    ("vector_indexes", "public.kb_documents_embedding_idx", Change::Missing, "DROP INDEX public.kb_documents_embedding_idx"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_on_the_target_is_named() {
+    let s = common::servers();
+    let src = common::rich_db(&s.source, "vfy_mut_src").await;
+    let mut failures = Vec::new();
+    for (i, (class, name, change, sql)) in MUTATIONS.iter().enumerate() {
+        let db = format!("vfy_mut_{i}");
+        let tgt = common::rich_db(&s.target, &db).await;
+        common::connect(&tgt).await.batch_execute(sql).await.unwrap_or_else(|e| panic!("mutation {sql}: {e:?}"));
+        let r = run_verify(&src, &tgt, &AllowList::default()).await;
+        let found = r.differences.iter().any(|d| d.class == *class && d.name == *name && d.change == *change);
+        if !found || r.clean {
+            let seen: Vec<_> = r.differences.iter().map(|d| format!("{} {:?} {}", d.class, d.change, d.name)).collect();
+            failures.push(format!("{sql}\n  expected {class} {change:?} {name}\n  seen {seen:#?}"));
+        }
+        if *class == "rows" && *name != "energy.readings" {
+            let t = r.tables.iter().find(|t| t.name == *name).unwrap();
+            assert_eq!(t.source_rows, t.target_rows, "{sql}: count stays equal");
+            assert_eq!(t.status, RowStatus::ContentDiffers, "{sql}: the checksum catches it");
+        }
+        common::drop_db(&s.target, &db).await;
+    }
+    assert!(failures.is_empty(), "changes not named:\n{}", failures.join("\n"));
+    common::drop_db(&s.source, "vfy_mut_src").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_hypertable_conversion_passes_with_an_allow_file() {
+    let s = common::servers();
+    let src = common::fresh_db(&s.source, "vfy_plan").await;
+    let tgt = common::fresh_db(&s.target, "vfy_plan").await;
+    let table = "CREATE EXTENSION timescaledb; CREATE TABLE metrics (ts timestamptz NOT NULL, v int);
+                 INSERT INTO metrics SELECT '2026-01-01'::timestamptz + make_interval(hours => i), i FROM generate_series(1, 200) i;";
+    common::connect(&src).await.batch_execute(table).await.unwrap();
+    let t = common::connect(&tgt).await;
+    t.batch_execute(table).await.unwrap();
+    t.batch_execute("SELECT create_hypertable('metrics', 'ts', migrate_data => true)").await.unwrap();
+
+    let r = run_verify(&src, &tgt, &AllowList::default()).await;
+    assert!(!r.clean, "the conversion is a difference when not planned");
+    assert!(r.differences.iter().any(|d| d.class == "hypertables" && d.name == "public.metrics"));
+    let metrics = r.tables.iter().find(|t| t.name == "public.metrics").unwrap();
+    assert_eq!(metrics.source_checksum, metrics.target_checksum, "same rows through the hypertable");
+
+    let allow = AllowList::parse(
+        r#"
+        [[allow]]
+        class = "hypertables"
+        name = "public.metrics"
+        change = "extra"
+        reason = "converted to a hypertable by the plan"
+        [[allow]]
+        class = "indexes"
+        name = "public.metrics_ts_idx"
+        change = "extra"
+        reason = "create_hypertable's time index"
+        "#,
+    )
+    .unwrap();
+    let r = run_verify(&src, &tgt, &allow).await;
+    let unexpected: Vec<_> = r.unexpected_differences().collect();
+    assert!(r.clean, "{unexpected:#?}");
+    assert_eq!(r.planned, 2);
+    tokio::join!(common::drop_db(&s.source, "vfy_plan"), common::drop_db(&s.target, "vfy_plan"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_exits_one_on_differences() {
+    let s = common::servers();
+    let (src, tgt) = tokio::join!(common::rich_db(&s.source, "vfy_cli1"), common::rich_db(&s.target, "vfy_cli1"));
+    common::connect(&tgt).await.batch_execute("DROP POLICY readonly_all ON energy.sites").await.unwrap();
+    let out = common::pgshift().args(["verify", "--source", &src, "--target", &tgt]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("NOT CLEAN") && stdout.contains("energy.sites.readonly_all"), "{stdout}");
+    assert!(stdout.contains("equal counts hide") || stdout.contains("policies"), "{stdout}");
+    tokio::join!(common::drop_db(&s.source, "vfy_cli1"), common::drop_db(&s.target, "vfy_cli1"));
+}

@@ -93,7 +93,12 @@ impl AllowList {
                 ));
             }
             let name = Glob::new(&r.name)
-                .map_err(|e| UserError::new(format!("bad name pattern \"{}\": {e}", r.name), "use a glob such as public.* or energy.readings"))?
+                .map_err(|e| {
+                    UserError::new(
+                        format!("bad name pattern \"{}\": {e}", r.name),
+                        "use a glob such as public.* or energy.readings",
+                    )
+                })?
                 .compile_matcher();
             rules.push(Rule {
                 class: r.class,
@@ -109,7 +114,11 @@ impl AllowList {
     pub fn reason(&self, class: &str, name: &str, change: Change) -> Option<&str> {
         self.rules
             .iter()
-            .find(|r| (r.class == "*" || r.class == class) && (r.change == Change::Any || r.change == change) && r.name.is_match(name))
+            .find(|r| {
+                (r.class == "*" || r.class == class)
+                    && (r.change == Change::Any || r.change == change)
+                    && r.name.is_match(name)
+            })
             .map(|r| r.reason.as_str())
     }
 

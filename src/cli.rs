@@ -15,7 +15,11 @@ const CONN_HELP: &str = "libpq URL (postgresql://user@host:port/db) or 'key=valu
     missing parts come from PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD and ~/.pgpass";
 
 #[derive(Debug, Parser)]
-#[command(name = "pgshift", version, about = "Move a PostgreSQL database onto TimescaleDB + pgvector and prove nothing was lost")]
+#[command(
+    name = "pgshift",
+    version,
+    about = "Move a PostgreSQL database onto TimescaleDB + pgvector and prove nothing was lost"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

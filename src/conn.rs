@@ -138,7 +138,10 @@ impl ConnSpec {
                 "this build connects without TLS; use sslmode=prefer or disable for now",
             )
         } else {
-            UserError::new(format!("{who}: cannot connect ({text} {source})"), "check the connection string and that the server runs")
+            UserError::new(
+                format!("{who}: cannot connect ({text} {source})"),
+                "check the connection string and that the server runs",
+            )
         }
     }
 }

@@ -39,8 +39,7 @@ pub fn find(text: &str, host: &str, port: u16, database: &str, user: &str) -> Op
         }
         let wanted = [host, port.as_str(), database, user];
         let host_matches = |f: &str, w: &str| f == "*" || f == w || (f == "localhost" && w.starts_with('/'));
-        if host_matches(&fields[0], wanted[0])
-            && wanted[1..].iter().zip(&fields[1..4]).all(|(w, f)| f == "*" || f == w)
+        if host_matches(&fields[0], wanted[0]) && wanted[1..].iter().zip(&fields[1..4]).all(|(w, f)| f == "*" || f == w)
         {
             return Some(fields[4].clone());
         }

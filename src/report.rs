@@ -21,14 +21,17 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), UserError>
 
 pub fn write_file(path: &Path, text: &str) -> Result<(), UserError> {
     std::fs::write(path, text).map_err(|e| {
-        UserError::new(format!("cannot write {}: {e}", path.display()), "choose a writable path (check the directory and free space)")
+        UserError::new(
+            format!("cannot write {}: {e}", path.display()),
+            "choose a writable path (check the directory and free space)",
+        )
     })
 }
 
 fn table(header: &[&str], markdown: bool) -> Table {
     let mut t = Table::new();
     t.load_preset(if markdown { presets::ASCII_MARKDOWN } else { presets::NOTHING });
-    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t.set_header(header.iter().map(Cell::new));
     for i in 1..header.len() {
         if let Some(col) = t.column_mut(i) {
             col.set_cell_alignment(CellAlignment::Right);
@@ -65,7 +68,12 @@ fn side_line(name: &str, side: &Side) -> String {
 pub fn inventory_text(inv: &Inventory, label: &str) -> String {
     let mut out = String::new();
     let ts = inv.timescaledb.as_ref().map(|t| (t.version.as_str(), t.license.as_str()));
-    writeln!(out, "{}", server_line(&format!("inventory of {label}"), &inv.server.version, ts, inv.pgvector.as_deref())).unwrap();
+    writeln!(
+        out,
+        "{}",
+        server_line(&format!("inventory of {label}"), &inv.server.version, ts, inv.pgvector.as_deref())
+    )
+    .unwrap();
     writeln!(out).unwrap();
     let mut t = table(&["objects", "count"], false);
     for class in Class::ALL {
@@ -214,7 +222,10 @@ fn rows_table(r: &VerifyReport, markdown: bool, all: bool) -> Table {
 }
 
 fn naive_table(r: &VerifyReport, markdown: bool) -> Table {
-    let mut t = table(&["classic check", "source", "target", "user objects (source)", "user objects (target)", "note"], markdown);
+    let mut t = table(
+        &["classic check", "source", "target", "user objects (source)", "user objects (target)", "note"],
+        markdown,
+    );
     for n in &r.naive {
         t.add_row(vec![
             Cell::new(&n.check),
@@ -231,9 +242,18 @@ fn naive_table(r: &VerifyReport, markdown: bool) -> Table {
 fn verdict(r: &VerifyReport) -> String {
     let mode = if r.checksums { "row counts and checksums" } else { "row counts (add --checksums to compare content)" };
     if r.clean {
-        format!("CLEAN: no differences beyond {} planned ones; compared {} classes and {mode}", r.planned, r.classes.len())
+        format!(
+            "CLEAN: no differences beyond {} planned ones; compared {} classes and {mode}",
+            r.planned,
+            r.classes.len()
+        )
     } else {
-        format!("NOT CLEAN: {} unexpected difference(s), {} planned; compared {} classes and {mode}", r.unexpected, r.planned, r.classes.len())
+        format!(
+            "NOT CLEAN: {} unexpected difference(s), {} planned; compared {} classes and {mode}",
+            r.unexpected,
+            r.planned,
+            r.classes.len()
+        )
     }
 }
 
@@ -246,8 +266,12 @@ pub fn verify_text(r: &VerifyReport) -> String {
         writeln!(out, "differences ({} unexpected, {} planned):", r.unexpected, r.planned).unwrap();
         for d in &r.differences {
             match &d.allowed {
-                None => writeln!(out, "  {:<10} {} {}: {}", d.class, change_word(d.change), kind_of(d), d.name).unwrap(),
-                Some(why) => writeln!(out, "  planned    {} {} {} ({why})", d.class, change_word(d.change), d.name).unwrap(),
+                None => {
+                    writeln!(out, "  {:<10} {} {}: {}", d.class, change_word(d.change), kind_of(d), d.name).unwrap()
+                }
+                Some(why) => {
+                    writeln!(out, "  planned    {} {} {} ({why})", d.class, change_word(d.change), d.name).unwrap()
+                }
             }
             if d.allowed.is_none() {
                 for l in definition_diff(d, 12) {
@@ -258,7 +282,8 @@ pub fn verify_text(r: &VerifyReport) -> String {
         writeln!(out).unwrap();
     }
     let same = r.tables.iter().filter(|t| t.status == RowStatus::Same).count();
-    writeln!(out, "rows: {} tables compared, {} identical, {} different", r.tables.len(), same, r.tables.len() - same).unwrap();
+    writeln!(out, "rows: {} tables compared, {} identical, {} different", r.tables.len(), same, r.tables.len() - same)
+        .unwrap();
     if same < r.tables.len() {
         writeln!(out, "{}", rows_table(r, false, false)).unwrap();
     }
@@ -300,7 +325,11 @@ pub fn verify_markdown(r: &VerifyReport) -> String {
         writeln!(out, "```\n").unwrap();
     }
     writeln!(out, "## Rows per table\n\n{}\n", rows_table(r, true, true)).unwrap();
-    writeln!(out, "## The classic six counts\n\nWhat a runbook's count queries show, beside the user objects pgshift compares.\n").unwrap();
+    writeln!(
+        out,
+        "## The classic six counts\n\nWhat a runbook's count queries show, beside the user objects pgshift compares.\n"
+    )
+    .unwrap();
     writeln!(out, "{}\n", naive_table(r, true)).unwrap();
     for (name, side) in [("source", &r.source), ("target", &r.target)] {
         if !side.excluded.is_empty() {

@@ -49,7 +49,12 @@ impl VerifyReport {
     }
 }
 
-pub async fn verify(source: &ConnSpec, target: &ConnSpec, allow: &AllowList, opts: VerifyOptions) -> Result<VerifyReport, UserError> {
+pub async fn verify(
+    source: &ConnSpec,
+    target: &ConnSpec,
+    allow: &AllowList,
+    opts: VerifyOptions,
+) -> Result<VerifyReport, UserError> {
     let (s, t) = tokio::try_join!(Session::open(source), Session::open(target))?;
     let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
 

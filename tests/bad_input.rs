@@ -17,14 +17,19 @@ fn assert_one_line_error(out: &Output, needle: &str) {
 
 #[test]
 fn unreachable_host() {
-    let out = common::pgshift().args(["inventory", "--db", "postgresql://postgres@127.0.0.1:1/postgres"]).output().unwrap();
+    let out =
+        common::pgshift().args(["inventory", "--db", "postgresql://postgres@127.0.0.1:1/postgres"]).output().unwrap();
     assert_one_line_error(&out, "connection refused");
 }
 
 #[test]
 fn wrong_password() {
     let s = common::servers();
-    let out = common::pgshift().env("PGPASSWORD", "not-the-password").args(["inventory", "--db", &s.source]).output().unwrap();
+    let out = common::pgshift()
+        .env("PGPASSWORD", "not-the-password")
+        .args(["inventory", "--db", &s.source])
+        .output()
+        .unwrap();
     assert_one_line_error(&out, "password authentication failed");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("not-the-password"));
 }
@@ -39,7 +44,9 @@ fn missing_database() {
 
 #[test]
 fn malformed_connection_strings() {
-    for bad in ["host=127.0.0.1 port=notaport", "postgresql://[::1", "host=h bogus_option=1", "postgresql://u:pw@h:99999/db"] {
+    for bad in
+        ["host=127.0.0.1 port=notaport", "postgresql://[::1", "host=h bogus_option=1", "postgresql://u:pw@h:99999/db"]
+    {
         let out = common::pgshift().args(["inventory", "--db", bad]).output().unwrap();
         assert_one_line_error(&out, "malformed connection string");
         assert!(!String::from_utf8_lossy(&out.stderr).contains(":pw@"), "no password echoed");
@@ -50,7 +57,15 @@ fn malformed_connection_strings() {
 fn unreadable_and_malformed_allow_files() {
     let s = common::servers();
     let args = |allow: &str| {
-        vec!["verify".to_string(), "--source".into(), s.source.clone(), "--target".into(), s.target.clone(), "--allow".into(), allow.into()]
+        vec![
+            "verify".to_string(),
+            "--source".into(),
+            s.source.clone(),
+            "--target".into(),
+            s.target.clone(),
+            "--allow".into(),
+            allow.into(),
+        ]
     };
     let out = common::pgshift().args(args("/nonexistent/allow.toml")).output().unwrap();
     assert_one_line_error(&out, "cannot read allow file");

@@ -47,7 +47,12 @@ async fn inventory_sees_every_class_of_the_rich_source() {
         (Class::VectorIndexes, "public.kb_documents_embedding_idx"),
     ];
     for (class, name) in expect {
-        assert!(inv.class(class).contains_key(name), "{} lacks {name}: {:?}", class.key(), inv.class(class).keys().collect::<Vec<_>>());
+        assert!(
+            inv.class(class).contains_key(name),
+            "{} lacks {name}: {:?}",
+            class.key(),
+            inv.class(class).keys().collect::<Vec<_>>()
+        );
     }
 
     // definitions carry what matters
@@ -72,7 +77,10 @@ async fn inventory_sees_every_class_of_the_rich_source() {
     assert!(inv.naive.triggers > 1, "the naive count includes TimescaleDB's triggers");
     assert!(inv.excluded.iter().any(|e| e.owner == "TimescaleDB internal" && e.what.starts_with("tables")));
     assert!(inv.excluded.iter().any(|e| e.owner == "extension timescaledb" && e.what == "functions"));
-    assert!(!inv.class(Class::Functions).keys().any(|k| k.contains("time_bucket")), "extension functions are not user functions");
+    assert!(
+        !inv.class(Class::Functions).keys().any(|k| k.contains("time_bucket")),
+        "extension functions are not user functions"
+    );
     assert!(!inv.class(Class::Tables).keys().any(|k| k.contains("_timescaledb")), "chunks are not user tables");
 
     // exact rows; the hypertable is counted through its chunks

@@ -70,12 +70,17 @@ pub struct NaiveRow {
 }
 
 /// Compares the object classes. Both inventories must be complete.
-pub fn compare_objects(source: &Inventory, target: &Inventory, allow: &AllowList) -> (Vec<ClassCount>, Vec<Difference>) {
+pub fn compare_objects(
+    source: &Inventory,
+    target: &Inventory,
+    allow: &AllowList,
+) -> (Vec<ClassCount>, Vec<Difference>) {
     let mut counts = Vec::new();
     let mut diffs = Vec::new();
     for class in Class::ALL {
         let (s, t) = (source.class(class), target.class(class));
-        if s.is_empty() && t.is_empty() && !source.objects.contains_key(&class) && !target.objects.contains_key(&class) {
+        if s.is_empty() && t.is_empty() && !source.objects.contains_key(&class) && !target.objects.contains_key(&class)
+        {
             continue;
         }
         let mut count = ClassCount {
@@ -191,11 +196,7 @@ pub fn compare_rows(source: &Inventory, target: &Inventory, allow: &AllowList) -
 pub fn naive_rows(source: &Inventory, target: &Inventory, counts: &[ClassCount]) -> Vec<NaiveRow> {
     let user = |inv: &Inventory, classes: &[Class]| classes.iter().map(|c| inv.class(*c).len()).sum::<usize>();
     let differing = |classes: &[Class]| {
-        counts
-            .iter()
-            .filter(|c| classes.contains(&c.class))
-            .map(|c| c.missing + c.extra + c.changed)
-            .sum::<usize>()
+        counts.iter().filter(|c| classes.contains(&c.class)).map(|c| c.missing + c.extra + c.changed).sum::<usize>()
     };
     let pick = |n: &NaiveCounts, check: &str| match check {
         "tables" => n.tables,

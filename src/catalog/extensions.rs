@@ -13,7 +13,8 @@ pub struct TimescaleInfo {
     pub license: String,
 }
 
-pub const TIMESCALE_VERSION: &str = "SELECT e.extversion, coalesce(current_setting('timescaledb.license', true), 'unknown')
+pub const TIMESCALE_VERSION: &str =
+    "SELECT e.extversion, coalesce(current_setting('timescaledb.license', true), 'unknown')
     FROM pg_extension e WHERE e.extname = 'timescaledb'";
 
 pub const VECTOR_VERSION: &str = "SELECT e.extversion FROM pg_extension e WHERE e.extname = 'vector'";

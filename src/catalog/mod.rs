@@ -135,7 +135,10 @@ impl Session {
         let snapshot = match client.query_one("SELECT pg_export_snapshot()", &[]).await {
             Ok(row) => Some(row.get::<_, String>(0)),
             Err(_) => {
-                client.batch_execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(fail)?;
+                client
+                    .batch_execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(fail)?;
                 None
             }
         };
@@ -153,7 +156,8 @@ impl Session {
             )
             .await
             .map_err(|e| self.query_error("server version", &e))?;
-        let server = ServerInfo { version: row.get(0), version_num: row.get(1), database: row.get(2), user: row.get(3) };
+        let server =
+            ServerInfo { version: row.get(0), version_num: row.get(1), database: row.get(2), user: row.get(3) };
 
         let mut objects = BTreeMap::new();
         for class in Class::ALL {
@@ -260,7 +264,12 @@ impl Session {
     }
 
     /// Counts or checksums the given tables with `workers` connections sharing this snapshot.
-    pub async fn measure_rows(&self, jobs: Vec<RowJob>, mode: RowMode, workers: usize) -> Result<rows::RowResults, UserError> {
+    pub async fn measure_rows(
+        &self,
+        jobs: Vec<RowJob>,
+        mode: RowMode,
+        workers: usize,
+    ) -> Result<rows::RowResults, UserError> {
         rows::measure(&self.spec, self.snapshot.clone(), jobs, mode, workers).await
     }
 

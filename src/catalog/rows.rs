@@ -81,7 +81,10 @@ pub async fn measure(
     }
     let mut all = RowResults::new();
     for h in handles {
-        all.extend(h.await.map_err(|e| UserError::new(format!("row reader stopped: {e}"), "retry; report a bug if it repeats"))?);
+        all.extend(
+            h.await
+                .map_err(|e| UserError::new(format!("row reader stopped: {e}"), "retry; report a bug if it repeats"))?,
+        );
     }
     Ok(all)
 }

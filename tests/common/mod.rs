@@ -25,7 +25,11 @@ pub fn servers() -> Servers {
             panic!("{k} is not set: start the test servers with `bash tests/env/up.sh && . /var/cache/pgshift-test/state/env.sh` (or run `bash tests/env/test.sh`)")
         })
     };
-    Servers { source: get("PGSHIFT_TEST_SOURCE"), target: get("PGSHIFT_TEST_TARGET"), password: get("PGSHIFT_TEST_PASSWORD") }
+    Servers {
+        source: get("PGSHIFT_TEST_SOURCE"),
+        target: get("PGSHIFT_TEST_TARGET"),
+        password: get("PGSHIFT_TEST_PASSWORD"),
+    }
 }
 
 /// The same server, database `db`.
@@ -78,7 +82,11 @@ pub async fn rich_db(server_url: &str, db: &str) -> String {
     let index = usize::from(server_url != servers().source);
     ensure_roles(server_url, index).await;
     let url = fresh_db(server_url, db).await;
-    connect(&url).await.batch_execute(RICH_SOURCE_SQL).await.unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
+    connect(&url)
+        .await
+        .batch_execute(RICH_SOURCE_SQL)
+        .await
+        .unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
     url
 }
 

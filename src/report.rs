@@ -233,7 +233,7 @@ fn naive_table(r: &VerifyReport, markdown: bool) -> Table {
             Cell::new(n.target),
             Cell::new(n.user_source),
             Cell::new(n.user_target),
-            Cell::new(n.note.as_deref().unwrap_or("")).set_alignment(CellAlignment::Left),
+            Cell::new(n.note.as_deref().unwrap_or("")),
         ]);
     }
     t
@@ -266,9 +266,7 @@ pub fn verify_text(r: &VerifyReport) -> String {
         writeln!(out, "differences ({} unexpected, {} planned):", r.unexpected, r.planned).unwrap();
         for d in &r.differences {
             match &d.allowed {
-                None => {
-                    writeln!(out, "  {:<10} {} {}: {}", d.class, change_word(d.change), kind_of(d), d.name).unwrap()
-                }
+                None => writeln!(out, "  {:<22} {:<18} {}", d.class, change_word(d.change), d.name).unwrap(),
                 Some(why) => {
                     writeln!(out, "  planned    {} {} {} ({why})", d.class, change_word(d.change), d.name).unwrap()
                 }
@@ -293,14 +291,6 @@ pub fn verify_text(r: &VerifyReport) -> String {
     }
     writeln!(out, "{}", verdict(r)).unwrap();
     out
-}
-
-fn kind_of(d: &Difference) -> &'static str {
-    if d.class == "rows" {
-        "table"
-    } else {
-        ""
-    }
 }
 
 pub fn verify_markdown(r: &VerifyReport) -> String {

@@ -250,6 +250,15 @@ impl Session {
             });
         }
 
+        // A hypertable's own relation is empty: its size is its chunks'.
+        for t in tables.iter_mut().filter(|t| t.kind == "hypertable") {
+            if let Ok(Some(size)) =
+                self.scalar_i64(&format!("SELECT hypertable_size('{}'::regclass)", t.name.replace('\'', "''"))).await
+            {
+                t.bytes = size;
+            }
+        }
+
         Ok(Inventory {
             pgshift_version: env!("CARGO_PKG_VERSION").into(),
             server,
@@ -295,6 +304,14 @@ impl Session {
                 Err(format!("{} not read: {}", class.label(), db_message(&e)))
             }
         }
+    }
+
+    async fn scalar_i64(&self, sql: &str) -> Result<Option<i64>, tokio_postgres::Error> {
+        self.client.batch_execute("SAVEPOINT scalar").await?;
+        let result = self.client.query_one(sql, &[]).await;
+        let undo = if result.is_ok() { "RELEASE SAVEPOINT scalar" } else { "ROLLBACK TO SAVEPOINT scalar" };
+        self.client.batch_execute(undo).await?;
+        Ok(result?.get(0))
     }
 
     async fn names(&self, sql: &str) -> Result<BTreeSet<String>, tokio_postgres::Error> {

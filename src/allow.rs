@@ -76,7 +76,7 @@ impl AllowList {
         let file: AllowFile = toml::from_str(text).map_err(|e| {
             let place = e
                 .span()
-                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].lines().count().max(1)))
+                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].matches('\n').count() + 1))
                 .unwrap_or_default();
             UserError::new(
                 format!("{place}{}", e.message()),
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_fix() {
         let e = AllowList::parse("[[allow]]\nclass = \"tables\"\nnme = \"x\"\n").unwrap_err();
-        assert!(e.message.contains("line"), "{e}");
+        assert!(e.message.contains("line 3"), "{e}");
         let e = AllowList::parse("[[allow]]\nclass = \"tabels\"\nname = \"x\"\n").unwrap_err();
         assert!(e.message.contains("unknown class"), "{e}");
     }

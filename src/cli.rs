@@ -30,7 +30,7 @@ pub enum Command {
     /// List every object of a database with its definition, and exact row counts per table.
     Inventory {
         /// The database to inventory.
-        #[arg(long, env = "PGSHIFT_DB", help = CONN_HELP)]
+        #[arg(long, env = "PGSHIFT_DB", hide_env_values = true, help = CONN_HELP)]
         db: String,
         /// Also write the whole inventory (names and definitions) as JSON to FILE.
         #[arg(long, value_name = "FILE")]
@@ -45,9 +45,9 @@ pub enum Command {
     /// Compare source and target: objects, definitions, grants, rows, checksums.
     /// Exit code 0: no differences beyond the allow file; 1: differences; 2: bad input.
     Verify {
-        #[arg(long, env = "PGSHIFT_SOURCE", help = CONN_HELP)]
+        #[arg(long, env = "PGSHIFT_SOURCE", hide_env_values = true, help = CONN_HELP)]
         source: String,
-        #[arg(long, env = "PGSHIFT_TARGET", help = CONN_HELP)]
+        #[arg(long, env = "PGSHIFT_TARGET", hide_env_values = true, help = CONN_HELP)]
         target: String,
         /// Compare each table's content with a streamed checksum, not only its row count.
         #[arg(long)]
@@ -76,11 +76,12 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
     match cli.command {
         Command::Inventory { db, json, no_rows, jobs } => {
             let spec = ConnSpec::parse("database", &db)?;
+            let json = json.map(|p| report::OutputFile::create(&p)).transpose()?;
             let inv = catalog::collect(&spec, (!no_rows).then_some(RowMode::Count), jobs).await?;
-            if let Some(path) = json {
-                report::write_json(&path, &inv)?;
-            }
             print!("{}", report::inventory_text(&inv, &spec.label()));
+            if let Some(f) = json {
+                f.write_json(&inv)?;
+            }
             Ok(0)
         }
         Command::Verify { source, target, checksums, allow, json, markdown, jobs } => {
@@ -90,14 +91,17 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
                 Some(p) => AllowList::load(&p)?,
                 None => AllowList::default(),
             };
+            // open the report files first: a bad path fails now, not after hours of checksums
+            let json = json.map(|p| report::OutputFile::create(&p)).transpose()?;
+            let markdown = markdown.map(|p| report::OutputFile::create(&p)).transpose()?;
             let r = verify::verify(&source, &target, &allow, VerifyOptions { checksums, workers: jobs }).await?;
-            if let Some(path) = json {
-                report::write_json(&path, &r)?;
-            }
-            if let Some(path) = markdown {
-                report::write_file(&path, &report::verify_markdown(&r))?;
-            }
             print!("{}", report::verify_text(&r));
+            if let Some(f) = json {
+                f.write_json(&r)?;
+            }
+            if let Some(f) = markdown {
+                f.write_text(&report::verify_markdown(&r))?;
+            }
             Ok(if r.clean { 0 } else { EXIT_DIFFERENCES })
         }
     }

@@ -34,7 +34,9 @@ impl ConnSpec {
                 "write it as postgresql://USER@HOST:PORT/DBNAME or 'host=HOST port=PORT user=USER dbname=DBNAME'",
             )
         })?;
-        complete_from_env(&mut config);
+        let sslmode_given = text.contains("sslmode");
+        complete_from_env(&mut config, sslmode_given)
+            .map_err(|m| UserError::new(format!("{role}: {m}"), "fix or unset that environment variable"))?;
         Ok(Self { role, config })
     }
 
@@ -148,7 +150,7 @@ impl ConnSpec {
 
 /// Fills what the string left out from PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGSSLMODE,
 /// PGCONNECT_TIMEOUT and the password file, with libpq's defaults after that.
-fn complete_from_env(config: &mut Config) {
+fn complete_from_env(config: &mut Config, sslmode_given: bool) -> Result<(), String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if config.get_hosts().is_empty() {
         match env("PGHOST") {
@@ -166,7 +168,10 @@ fn complete_from_env(config: &mut Config) {
         }
     }
     if config.get_ports().is_empty() {
-        let port = env("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432);
+        let port = match env("PGPORT") {
+            Some(p) => p.parse().map_err(|_| format!("PGPORT={p} is not a port number"))?,
+            None => 5432,
+        };
         config.port(port);
     }
     if config.get_user().is_none() {
@@ -178,13 +183,16 @@ fn complete_from_env(config: &mut Config) {
         config.dbname(&db);
     }
     if config.get_connect_timeout().is_none() {
-        let secs = env("PGCONNECT_TIMEOUT").and_then(|s| s.parse().ok()).unwrap_or(10);
+        let secs = match env("PGCONNECT_TIMEOUT") {
+            Some(s) => s.parse().map_err(|_| format!("PGCONNECT_TIMEOUT={s} is not a number of seconds"))?,
+            None => 10,
+        };
         config.connect_timeout(Duration::from_secs(secs));
     }
-    if let Some(mode) = env("PGSSLMODE") {
-        if let Ok(c) = Config::from_str(&format!("sslmode={mode}")) {
-            config.ssl_mode(c.get_ssl_mode());
-        }
+    if let Some(mode) = env("PGSSLMODE").filter(|_| !sslmode_given) {
+        let c =
+            Config::from_str(&format!("sslmode={mode}")).map_err(|_| format!("PGSSLMODE={mode} is not an sslmode"))?;
+        config.ssl_mode(c.get_ssl_mode());
     }
     if config.get_application_name().is_none() {
         config.application_name("pgshift");
@@ -194,6 +202,7 @@ fn complete_from_env(config: &mut Config) {
             config.password(pw);
         }
     }
+    Ok(())
 }
 
 fn password_from_file(config: &Config) -> Option<String> {
@@ -208,7 +217,7 @@ fn password_from_file(config: &Config) -> Option<String> {
 }
 
 /// Removes anything that looks like a password from an error text before it is shown.
-fn scrub(text: &str) -> String {
+pub fn scrub(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for word in text.split_inclusive(char::is_whitespace) {
         let lower = word.to_lowercase();

@@ -57,8 +57,7 @@ fn split_fields(line: &str) -> Vec<String> {
                     fields.last_mut().unwrap().push(n);
                 }
             }
-            // the password is the rest of the line, colons included
-            ':' if fields.len() < 5 => fields.push(String::new()),
+            ':' => fields.push(String::new()),
             _ => fields.last_mut().unwrap().push(c),
         }
     }
@@ -75,6 +74,8 @@ mod tests {
         assert_eq!(find(text, "127.0.0.1", 5433, "app", "bob").as_deref(), Some("s:cret\\x"));
         assert_eq!(find(text, "other", 5432, "db", "bob").as_deref(), Some("nope"));
         assert_eq!(find(text, "x", 1, "y", "z").as_deref(), Some("fallback"));
+        // like libpq, an unescaped colon ends the password
+        assert_eq!(find("h:1:d:u:pw:extra", "h", 1, "d", "u").as_deref(), Some("pw"));
     }
 
     #[test]

@@ -13,19 +13,33 @@ use crate::catalog::{Class, Inventory};
 use crate::error::UserError;
 use crate::verify::{Side, VerifyReport};
 
-/// Writes any report as pretty JSON.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), UserError> {
-    let text = serde_json::to_string_pretty(value).expect("reports serialize");
-    write_file(path, &text)
+/// A report file, created before the work starts so a bad path fails early.
+pub struct OutputFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
 }
 
-pub fn write_file(path: &Path, text: &str) -> Result<(), UserError> {
-    std::fs::write(path, text).map_err(|e| {
-        UserError::new(
-            format!("cannot write {}: {e}", path.display()),
-            "choose a writable path (check the directory and free space)",
-        )
-    })
+impl OutputFile {
+    pub fn create(path: &Path) -> Result<Self, UserError> {
+        let file = std::fs::File::create(path).map_err(|e| write_error(path, &e))?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    pub fn write_json<T: Serialize>(self, value: &T) -> Result<(), UserError> {
+        self.write_text(&serde_json::to_string_pretty(value).expect("reports serialize"))
+    }
+
+    pub fn write_text(mut self, text: &str) -> Result<(), UserError> {
+        use std::io::Write;
+        self.file.write_all(text.as_bytes()).and_then(|_| self.file.sync_all()).map_err(|e| write_error(&self.path, &e))
+    }
+}
+
+fn write_error(path: &Path, e: &std::io::Error) -> UserError {
+    UserError::new(
+        format!("cannot write {}: {e}", path.display()),
+        "choose a writable path (check the directory, its permissions and free space)",
+    )
 }
 
 fn table(header: &[&str], markdown: bool) -> Table {
@@ -96,7 +110,11 @@ pub fn inventory_text(inv: &Inventory, label: &str) -> String {
             (None, Some(e)) => format!("unreadable: {e}"),
             (None, None) => "-".into(),
         };
-        t.add_row(vec![Cell::new(&ti.name), Cell::new(&ti.kind), Cell::new(rows), Cell::new(human_bytes(ti.bytes))]);
+        let kind = match ti.chunks {
+            Some(n) => format!("{} ({n} chunks)", ti.kind),
+            None => ti.kind.clone(),
+        };
+        t.add_row(vec![Cell::new(&ti.name), Cell::new(kind), Cell::new(rows), Cell::new(human_bytes(ti.bytes))]);
     }
     writeln!(out, "{t}\n").unwrap();
     let n = &inv.naive;

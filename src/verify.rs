@@ -72,12 +72,13 @@ pub async fn verify(
     let naive = diff::naive_rows(&s_inv, &t_inv, &classes);
     let unexpected = differences.iter().filter(|d| d.allowed.is_none()).count();
     let planned = differences.len() - unexpected;
-    let warnings = s_inv
+    let warnings: Vec<String> = s_inv
         .warnings
         .iter()
         .map(|w| format!("source: {w}"))
         .chain(t_inv.warnings.iter().map(|w| format!("target: {w}")))
         .collect();
+    let warnings_empty = warnings.is_empty();
     Ok(VerifyReport {
         pgshift_version: env!("CARGO_PKG_VERSION").into(),
         source: side(source, s_inv),
@@ -90,7 +91,8 @@ pub async fn verify(
         warnings,
         unexpected,
         planned,
-        clean: unexpected == 0,
+        // a class that could not be read was not compared: that is not a clean result
+        clean: unexpected == 0 && warnings_empty,
     })
 }
 

@@ -107,3 +107,30 @@ fn password_from_pgpass_file() {
         .unwrap();
     assert_one_line_error(&out, "password");
 }
+
+#[test]
+fn unwritable_report_path_fails_before_any_work() {
+    let s = common::servers();
+    let out = common::pgshift()
+        .args(["verify", "--source", &s.source, "--target", &s.target, "--json", "/nonexistent/dir/report.json"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "cannot write /nonexistent/dir/report.json");
+}
+
+#[test]
+fn a_mistyped_argument_is_not_echoed_with_its_password() {
+    let out = common::pgshift().args(["inventory", "postgresql://alice:s3cretpw@db.example/app"]).output().unwrap();
+    assert_one_line_error(&out, "unexpected argument");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cretpw"));
+}
+
+#[test]
+fn invalid_environment_values() {
+    let out = common::pgshift()
+        .env("PGPORT", "fivefourthreetwo")
+        .args(["inventory", "--db", "host=127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "PGPORT=fivefourthreetwo is not a port number");
+}

@@ -57,6 +57,9 @@ pub struct TableInfo {
     pub kind: String,
     pub bytes: i64,
     pub columns: Vec<String>,
+    /// A hypertable's chunk count (information, not compared: chunk history may differ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,15 +180,17 @@ impl Session {
         if timescaledb.is_some() {
             for class in [Class::Hypertables, Class::CompressionSettings, Class::ContinuousAggregates, Class::Jobs] {
                 let sql = extensions::timescale_query(class).expect("timescale class");
-                match self.optional_definitions(class, sql).await {
+                match self.optional_definitions(class, &sql).await {
                     Ok(defs) => {
                         objects.insert(class, defs);
                     }
                     Err(w) => warnings.push(w),
                 }
             }
-            cagg_names = self.names(extensions::CAGG_VIEWS).await.unwrap_or_default();
-            hypertable_names = self.names(extensions::HYPERTABLE_NAMES).await.unwrap_or_default();
+            cagg_names =
+                self.names(extensions::CAGG_VIEWS).await.map_err(|e| self.query_error("continuous aggregates", &e))?;
+            hypertable_names =
+                self.names(extensions::HYPERTABLE_NAMES).await.map_err(|e| self.query_error("hypertables", &e))?;
             if let Some(views) = objects.get_mut(&Class::Views) {
                 views.retain(|name, _| !cagg_names.contains(name));
             }
@@ -197,7 +202,7 @@ impl Session {
         if pgvector.is_some() {
             for class in [Class::VectorColumns, Class::VectorIndexes] {
                 let sql = extensions::vector_query(class).expect("vector class");
-                match self.optional_definitions(class, sql).await {
+                match self.optional_definitions(class, &sql).await {
                     Ok(defs) => {
                         objects.insert(class, defs);
                     }
@@ -244,6 +249,7 @@ impl Session {
                 kind: kind.into(),
                 bytes: r.get(2),
                 columns: r.get(3),
+                chunks: None,
                 rows: None,
                 checksum: None,
                 error: None,
@@ -251,7 +257,16 @@ impl Session {
         }
 
         // A hypertable's own relation is empty: its size is its chunks'.
+        let chunks: BTreeMap<String, i64> = if timescaledb.is_some() {
+            match c.query(extensions::HYPERTABLE_CHUNKS, &[]).await {
+                Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+                Err(e) => return Err(self.query_error("hypertable chunks", &e)),
+            }
+        } else {
+            BTreeMap::new()
+        };
         for t in tables.iter_mut().filter(|t| t.kind == "hypertable") {
+            t.chunks = chunks.get(&t.name).copied();
             if let Ok(Some(size)) =
                 self.scalar_i64(&format!("SELECT hypertable_size('{}'::regclass)", t.name.replace('\'', "''"))).await
             {
@@ -288,7 +303,7 @@ impl Session {
 
     async fn definitions(&self, class: Class, sql: &str) -> Result<Definitions, UserError> {
         let rows = self.client.query(sql, &[]).await.map_err(|e| self.query_error(&class.label(), &e))?;
-        Ok(rows.iter().map(|r| (r.get::<_, String>(0), normalize(r.get::<_, Option<String>>(1)))).collect())
+        Ok(named_rows(&rows))
     }
 
     /// Like `definitions`, but a failure (an extension version with another catalog) is a warning.
@@ -297,7 +312,7 @@ impl Session {
         match self.client.query(sql, &[]).await {
             Ok(rows) => {
                 let _ = self.client.batch_execute("RELEASE SAVEPOINT optional_class").await;
-                Ok(rows.iter().map(|r| (r.get::<_, String>(0), normalize(r.get::<_, Option<String>>(1)))).collect())
+                Ok(named_rows(&rows))
             }
             Err(e) => {
                 let _ = self.client.batch_execute("ROLLBACK TO SAVEPOINT optional_class").await;
@@ -336,6 +351,16 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
         Some(db) => db.message().to_string(),
         None => e.to_string(),
     }
+}
+
+/// `(name, definition)` rows; a row without a name (an object dropped while being read) is skipped.
+fn named_rows(rows: &[tokio_postgres::Row]) -> Definitions {
+    rows.iter()
+        .filter_map(|r| {
+            let name: Option<String> = r.try_get(0).ok().flatten();
+            name.map(|n| (n, normalize(r.try_get::<_, Option<String>>(1).ok().flatten())))
+        })
+        .collect()
 }
 
 /// Trailing blanks on each line are noise between servers; the rest of a definition is kept as is.

@@ -6,9 +6,15 @@
 
 use super::class::Class;
 
+/// TimescaleDB's own schemas (exact names: a user schema called `timescaledb_app` stays a user schema).
+pub const TS_SCHEMAS: &str = "^(_timescaledb_internal|_timescaledb_catalog|_timescaledb_config|_timescaledb_cache|_timescaledb_functions|_timescaledb_debug|timescaledb_information|timescaledb_experimental)$";
+
 /// A schema that holds user objects (alias of pg_namespace given).
 fn user_ns(n: &str) -> String {
-    format!("{n}.nspname NOT IN ('pg_catalog', 'information_schema') AND {n}.nspname !~ '^(pg_toast|pg_temp_|_?timescaledb_)'")
+    format!(
+        "{n}.nspname NOT IN ('pg_catalog', 'information_schema') AND {n}.nspname !~ '^pg_(toast|temp_)' \
+         AND {n}.nspname !~ '{TS_SCHEMAS}'"
+    )
 }
 
 /// Not a member of any extension.
@@ -94,15 +100,14 @@ pub fn class_query(class: Class) -> Option<String> {
                JOIN pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_proc p ON p.oid = t.tgfoid
                JOIN pg_namespace pn ON pn.oid = p.pronamespace
-               WHERE NOT t.tgisinternal AND {un} AND pn.nspname !~ '^_?timescaledb_' AND {}"#,
+               WHERE NOT t.tgisinternal AND {un} AND pn.nspname !~ '{TS_SCHEMAS}' AND {}"#,
             not_ext("pg_trigger", "t.oid")
         ),
-        Class::Policies => r#"SELECT format('%I.%I.%I', schemaname, tablename, policyname),
+        Class::Policies => format!(r#"SELECT format('%I.%I.%I', schemaname, tablename, policyname),
                 concat_ws(E'\n', permissive || ' FOR ' || cmd,
                   'TO ' || (SELECT string_agg(r, ', ' ORDER BY r) FROM unnest(roles) r),
                   'USING ' || qual, 'WITH CHECK ' || with_check)
-               FROM pg_policies WHERE schemaname !~ '^_?timescaledb_'"#
-            .to_string(),
+               FROM pg_policies WHERE schemaname !~ '{TS_SCHEMAS}'"#),
         Class::RlsFlags => format!(
             r#"SELECT format('%I.%I', n.nspname, c.relname),
                 'row level security ' || CASE WHEN c.relrowsecurity THEN 'enabled' ELSE 'disabled' END
@@ -129,7 +134,8 @@ pub fn class_query(class: Class) -> Option<String> {
                 format('%s start %s increment %s min %s max %s cache %s%s; last value %s',
                   format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache,
                   CASE WHEN s.seqcycle THEN ' cycle' ELSE '' END,
-                  coalesce(pg_sequence_last_value(c.oid)::text, 'none (never used)'))
+                  CASE WHEN NOT has_sequence_privilege(c.oid, 'SELECT,USAGE') THEN 'unreadable (no privilege)'
+                       ELSE coalesce(pg_sequence_last_value(c.oid)::text, 'none (never used)') END)
                 || coalesce((SELECT format('; owned by %s.%I', d.refobjid::regclass, a.attname)
                              FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
                              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
@@ -144,9 +150,9 @@ pub fn class_query(class: Class) -> Option<String> {
                                              FROM pg_enum e WHERE e.enumtypid = t.oid), '') || ')'
                   WHEN 'd' THEN 'domain over ' || format_type(t.typbasetype, t.typtypmod)
                     || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
-                    || coalesce(' DEFAULT ' || t.typdefault, '')
+                    || coalesce(' DEFAULT ' || pg_get_expr(t.typdefaultbin, 0), '')
                     || coalesce((SELECT ' ' || string_agg(pg_get_constraintdef(k.oid, true), ' ' ORDER BY k.conname)
-                                 FROM pg_constraint k WHERE k.contypid = t.oid), '')
+                                 FROM pg_constraint k WHERE k.contypid = t.oid AND k.contype <> 'n'), '')
                   WHEN 'c' THEN 'composite (' || (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
                                   FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) || ')'
                   WHEN 'r' THEN 'range over ' || (SELECT format_type(r.rngsubtype, NULL) FROM pg_range r WHERE r.rngtypid = t.oid)
@@ -168,19 +174,18 @@ pub fn class_query(class: Class) -> Option<String> {
                   CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
                     WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' ELSE d.defaclobjtype::text END,
                   CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END),
-                string_agg(a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
-                           ', ' ORDER BY a.privilege_type)
+                string_agg(DISTINCT a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END, ', ')
                FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace,
                     aclexplode(d.defaclacl) a
                GROUP BY 1"#
             .to_string(),
         Class::Owners => owners(),
-        Class::Comments => r#"SELECT o.type || ' ' || o.identity, d.description
+        Class::Comments => format!(r#"SELECT o.type || ' ' || o.identity, d.description
                FROM pg_description d, LATERAL pg_identify_object(d.classoid, d.objoid, d.objsubid) o
                WHERE d.objoid >= 16384 AND d.classoid <> 'pg_extension'::regclass
-                 AND (o.schema IS NULL OR o.schema !~ '^(pg_catalog|information_schema|pg_toast|pg_temp_|_?timescaledb_)')
-                 AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = d.classoid AND xd.objid = d.objoid AND xd.deptype = 'e')"#
-            .to_string(),
+                 AND o.identity IS NOT NULL
+                 AND (o.schema IS NULL OR (o.schema !~ '^(pg_catalog|information_schema|pg_toast|pg_temp_)' AND o.schema !~ '{TS_SCHEMAS}'))
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = d.classoid AND xd.objid = d.objoid AND xd.deptype = 'e')"#),
         _ => return None,
     };
     Some(q)
@@ -201,7 +206,11 @@ fn constraints(kind: char) -> String {
         r#"SELECT format('%I.%I.%I', n.nspname, c.relname, k.conname),
             pg_get_constraintdef(k.oid, true)
            FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE k.contype = '{kind}' AND {} AND {}"#,
+           WHERE k.contype = '{kind}' AND {} AND {}
+             -- a foreign key to a partitioned table has one derived row per referenced partition,
+             -- named by attach order: the parent constraint stands for them
+             AND NOT (k.contype = 'f' AND k.conparentid <> 0
+                      AND EXISTS (SELECT 1 FROM pg_constraint pk WHERE pk.oid = k.conparentid AND pk.conrelid = k.conrelid))"#,
         user_ns("n"),
         not_ext("pg_class", "c.oid")
     )
@@ -286,8 +295,7 @@ fn grants() -> String {
               FROM pg_database d WHERE d.datname = current_database()
            )
            SELECT kind || ' ' || obj || ' to ' || CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(grantee) END,
-                  string_agg(privilege_type || CASE WHEN is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
-                             ', ' ORDER BY privilege_type)
+                  string_agg(DISTINCT privilege_type || CASE WHEN is_grantable THEN ' WITH GRANT OPTION' ELSE '' END, ', ')
            FROM acl GROUP BY 1"#,
         not_ext("pg_namespace", "n.oid"),
         not_ext("pg_proc", "p.oid")
@@ -363,14 +371,14 @@ pub fn excluded_counts() -> &'static str {
                 WHEN 'S' THEN 'sequences' ELSE 'relations' END,
               count(*)
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname ~ '^_?timescaledb_' AND c.relkind IN ('r', 'i', 'v', 'S')
+       WHERE n.nspname ~ '^(_timescaledb_internal|_timescaledb_catalog|_timescaledb_config|_timescaledb_cache|_timescaledb_functions|_timescaledb_debug|timescaledb_information|timescaledb_experimental)$' AND c.relkind IN ('r', 'i', 'v', 'S')
          AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = 'pg_class'::regclass AND xd.objid = c.oid AND xd.deptype = 'e')
        GROUP BY 1, 2
      UNION ALL
        SELECT 'TimescaleDB internal', 'triggers', count(*)
        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
-       WHERE NOT t.tgisinternal AND (n.nspname ~ '^_?timescaledb_' OR pn.nspname ~ '^_?timescaledb_')
+       WHERE NOT t.tgisinternal AND (n.nspname ~ '^(_timescaledb_internal|_timescaledb_catalog|_timescaledb_config|_timescaledb_cache|_timescaledb_functions|_timescaledb_debug|timescaledb_information|timescaledb_experimental)$' OR pn.nspname ~ '^(_timescaledb_internal|_timescaledb_catalog|_timescaledb_config|_timescaledb_cache|_timescaledb_functions|_timescaledb_debug|timescaledb_information|timescaledb_experimental)$')
        HAVING count(*) > 0
      ORDER BY 1, 2"#
 }

@@ -20,7 +20,8 @@ use crate::error::UserError;
 /// Output settings that make a row's text identical on any server of the same major version.
 pub const CANONICAL_SETTINGS: &str = "SET search_path = pg_catalog; SET DateStyle = 'ISO, YMD'; \
     SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3; \
-    SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET statement_timeout = 0";
+    SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET statement_timeout = 0; \
+    SET idle_in_transaction_session_timeout = 0; SET lock_timeout = '30s'";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowMode {

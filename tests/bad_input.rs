@@ -89,22 +89,18 @@ fn password_from_pgpass_file() {
     let pgpass = dir.path().join("pgpass");
     std::fs::write(&pgpass, format!("127.0.0.1:*:*:postgres:{}\n", s.password)).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = common::pgshift()
-        .env_remove("PGPASSWORD")
-        .env("PGPASSFILE", &pgpass)
-        .args(["inventory", "--no-rows", "--db", &s.source])
-        .output()
-        .unwrap();
+    let inventory_with_mode = |mode: u32| {
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(mode)).unwrap();
+        common::pgshift()
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", &pgpass)
+            .args(["inventory", "--no-rows", "--db", &s.source])
+            .output()
+            .unwrap()
+    };
+    let out = inventory_with_mode(0o600);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = common::pgshift()
-        .env_remove("PGPASSWORD")
-        .env("PGPASSFILE", &pgpass)
-        .args(["inventory", "--no-rows", "--db", &s.source])
-        .output()
-        .unwrap();
+    let out = inventory_with_mode(0o644);
     assert_one_line_error(&out, "password");
 }
 

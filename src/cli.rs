@@ -38,6 +38,9 @@ pub enum Command {
         /// Skip the exact row counts (they read every table).
         #[arg(long)]
         no_rows: bool,
+        /// Also print every object's name and definition, class by class.
+        #[arg(long)]
+        list: bool,
         /// Parallel connections for row counts.
         #[arg(long, default_value_t = default_workers())]
         jobs: usize,
@@ -74,11 +77,14 @@ fn default_workers() -> usize {
 /// Runs a command; returns the process exit code for a finished run, or a user error.
 pub async fn run(cli: Cli) -> Result<i32, UserError> {
     match cli.command {
-        Command::Inventory { db, json, no_rows, jobs } => {
+        Command::Inventory { db, json, no_rows, list, jobs } => {
             let spec = ConnSpec::parse("database", &db)?;
             let json = json.map(|p| report::OutputFile::create(&p)).transpose()?;
             let inv = catalog::collect(&spec, (!no_rows).then_some(RowMode::Count), jobs).await?;
             print!("{}", report::inventory_text(&inv, &spec.label()));
+            if list {
+                print!("{}", report::inventory_listing(&inv));
+            }
             if let Some(f) = json {
                 f.write_json(&inv)?;
             }

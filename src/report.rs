@@ -130,6 +130,21 @@ pub fn inventory_text(inv: &Inventory, label: &str) -> String {
     out
 }
 
+/// Every object, class by class: name, then its definition indented.
+pub fn inventory_listing(inv: &Inventory) -> String {
+    let mut out = String::new();
+    for (class, defs) in &inv.objects {
+        writeln!(out, "\n== {} ({})", class.label(), defs.len()).unwrap();
+        for (name, def) in defs {
+            writeln!(out, "{name}").unwrap();
+            for line in def.lines() {
+                writeln!(out, "    {line}").unwrap();
+            }
+        }
+    }
+    out
+}
+
 fn human_bytes(b: i64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = b as f64;

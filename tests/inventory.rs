@@ -100,10 +100,14 @@ async fn inventory_cli_writes_json() {
     let url = common::rich_db(&s.source, "inv_cli").await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("inv.json");
-    let out = common::pgshift().args(["inventory", "--db", &url, "--json"]).arg(&json).output().unwrap();
+    let out = common::pgshift().args(["inventory", "--list", "--db", &url, "--json"]).arg(&json).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("energy.readings") && stdout.contains("hypertable"), "{stdout}");
+    assert!(
+        stdout.contains("== policies (2)") && stdout.contains("    TO pgshift_tenant"),
+        "--list shows definitions: {stdout}"
+    );
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["timescaledb"]["license"], "apache");
     assert!(v["objects"]["policies"]["energy.sites.tenant_isolation"].is_string());

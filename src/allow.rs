@@ -121,14 +121,6 @@ impl AllowList {
             })
             .map(|r| r.reason.as_str())
     }
-
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
 }
 
 #[cfg(test)]

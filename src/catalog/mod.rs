@@ -308,33 +308,27 @@ impl Session {
 
     /// Like `definitions`, but a failure (an extension version with another catalog) is a warning.
     async fn optional_definitions(&self, class: Class, sql: &str) -> Result<Definitions, String> {
-        self.client.batch_execute("SAVEPOINT optional_class").await.map_err(|e| e.to_string())?;
-        match self.client.query(sql, &[]).await {
-            Ok(rows) => {
-                let _ = self.client.batch_execute("RELEASE SAVEPOINT optional_class").await;
-                Ok(named_rows(&rows))
-            }
-            Err(e) => {
-                let _ = self.client.batch_execute("ROLLBACK TO SAVEPOINT optional_class").await;
-                Err(format!("{} not read: {}", class.label(), db_message(&e)))
-            }
-        }
+        self.guarded_query(sql)
+            .await
+            .map(|rows| named_rows(&rows))
+            .map_err(|e| format!("{} not read: {}", class.label(), db_message(&e)))
     }
 
     async fn scalar_i64(&self, sql: &str) -> Result<Option<i64>, tokio_postgres::Error> {
-        self.client.batch_execute("SAVEPOINT scalar").await?;
-        let result = self.client.query_one(sql, &[]).await;
-        let undo = if result.is_ok() { "RELEASE SAVEPOINT scalar" } else { "ROLLBACK TO SAVEPOINT scalar" };
-        self.client.batch_execute(undo).await?;
-        Ok(result?.get(0))
+        Ok(self.guarded_query(sql).await?.first().and_then(|r| r.get(0)))
     }
 
     async fn names(&self, sql: &str) -> Result<BTreeSet<String>, tokio_postgres::Error> {
-        self.client.batch_execute("SAVEPOINT names").await?;
+        Ok(self.guarded_query(sql).await?.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    /// A query inside a savepoint, so its failure does not abort the snapshot transaction.
+    async fn guarded_query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        self.client.batch_execute("SAVEPOINT guarded").await?;
         let result = self.client.query(sql, &[]).await;
-        let undo = if result.is_ok() { "RELEASE SAVEPOINT names" } else { "ROLLBACK TO SAVEPOINT names" };
+        let undo = if result.is_ok() { "RELEASE SAVEPOINT guarded" } else { "ROLLBACK TO SAVEPOINT guarded" };
         self.client.batch_execute(undo).await?;
-        Ok(result?.iter().map(|r| r.get::<_, String>(0)).collect())
+        result
     }
 
     fn query_error(&self, what: &str, e: &tokio_postgres::Error) -> UserError {

@@ -6,6 +6,10 @@ use std::fmt;
 pub const EXIT_DIFFERENCES: i32 = 1;
 /// Exit code for bad input or an unreachable/refusing server.
 pub const EXIT_USER_ERROR: i32 = 2;
+/// Exit code when a stage started and failed (a tool failed, the disk filled up).
+pub const EXIT_STAGE_FAILED: i32 = 3;
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_CANCELLED: i32 = 130;
 
 /// A mistake in the user's input or environment, printed as one line with its fix.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,10 +2,19 @@
 //! was lost. The library holds everything; `main.rs` only parses the command line.
 
 pub mod allow;
+pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod conn;
+pub mod engine;
 pub mod error;
+pub mod files;
+pub mod headless;
+pub mod journal;
+pub mod manifest;
 pub mod pgpass;
+pub mod process;
 pub mod report;
+pub mod stages;
+pub mod tools;
 pub mod verify;

@@ -287,6 +287,11 @@ impl Session {
         })
     }
 
+    /// The exported snapshot other sessions (pg_dump --snapshot) can share, when the server gave one.
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+
     /// Counts or checksums the given tables with `workers` connections sharing this snapshot.
     pub async fn measure_rows(
         &self,

@@ -4,6 +4,7 @@
 #   PGSHIFT_TEST_SOURCE / PGSHIFT_TEST_TARGET  libpq URLs without password (superuser postgres)
 #   PGSHIFT_TEST_PASSWORD                      the superuser password (same on both clusters)
 #   PGSHIFT_TEST_ROOT, PGSHIFT_TEST_IMAGE      the root (PostgreSQL 17 tools run from it) and image
+#   PGSHIFT_TEST_BIN_DIR                       pg_dump, pg_dumpall, pg_restore, psql 17 for the host
 # Usage: bash tests/env/up.sh && . /var/cache/pgshift-test/state/env.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -57,6 +58,15 @@ CONF
     fi
 done
 
+# PostgreSQL 17 client tools for the host: the root's glibc is newer than the host's, so each tool
+# runs chrooted. They see the host's network but not its files: pgshift streams their stdin/stdout.
+bindir="$STATE/bin"
+mkdir -p "$bindir"
+for tool in pg_dump pg_dumpall pg_restore psql pg_isready; do
+    printf '#!/bin/sh\nexec chroot %s %s/%s "$@"\n' "$ROOT" "$PGBIN" "$tool" > "$bindir/$tool"
+    chmod 755 "$bindir/$tool"
+done
+
 pw=$(cat "$pwfile")
 umask 077
 cat > "$ENV_FILE" <<ENV
@@ -65,5 +75,6 @@ export PGSHIFT_TEST_TARGET='postgresql://postgres@127.0.0.1:$TARGET_PORT/postgre
 export PGSHIFT_TEST_PASSWORD='$pw'
 export PGSHIFT_TEST_ROOT='$ROOT'
 export PGSHIFT_TEST_IMAGE='$IMAGE'
+export PGSHIFT_TEST_BIN_DIR='$bindir'
 ENV
 log "environment written to $ENV_FILE"

@@ -1,0 +1,396 @@
+//! The stage engine: runs stages in order, streams their events on a bounded channel, cancels them
+//! (child processes and server-side queries), and keeps a journal so a later run can resume.
+//! It never touches the terminal: the headless CLI and the TUI are two consumers of its events.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::ConnSpec;
+use crate::error::UserError;
+use crate::journal::Journal;
+
+/// Which stream an output line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// pgshift's own account of what it is doing.
+    Info,
+}
+
+/// What a progress count counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Bytes,
+    Rows,
+    Tables,
+    Steps,
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl StageStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            StageStatus::Pending => "pending",
+            StageStatus::Running => "running",
+            StageStatus::Done => "done",
+            StageStatus::Failed => "failed",
+            StageStatus::Cancelled => "cancelled",
+            StageStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// Everything a consumer (the headless printer, the TUI, a test) learns about a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    StageStarted {
+        stage: String,
+        title: String,
+    },
+    /// One line of a child process or of pgshift's own narration; `source` names the producer
+    /// (`pg_dump data.sql`, `inventory`, ...).
+    Output {
+        stage: String,
+        source: String,
+        stream: Stream,
+        line: String,
+    },
+    Progress {
+        stage: String,
+        item: String,
+        done: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+        unit: Unit,
+    },
+    Warning {
+        stage: String,
+        message: String,
+    },
+    StageFinished {
+        stage: String,
+        status: StageStatus,
+        elapsed_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fix: Option<String>,
+    },
+}
+
+/// Why a stage did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageError {
+    /// Something the user can fix: bad input, a refusing server, a full disk, a failing tool.
+    Failed(UserError),
+    Cancelled,
+}
+
+impl From<UserError> for StageError {
+    fn from(e: UserError) -> Self {
+        StageError::Failed(e)
+    }
+}
+
+/// One step of the checklist.
+pub trait Stage: Send + Sync {
+    /// Stable id used in events and the journal (`backup`, `environment`, ...).
+    fn id(&self) -> &'static str;
+    fn title(&self) -> &'static str;
+    /// Checks that must pass before anything is written anywhere (tools, versions, reachability).
+    fn preflight<'a>(&'a self, _ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Does the work; returns a one-line summary.
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>>;
+}
+
+/// What a running stage gets: where to send events, the cancellation signal, and a tag for the
+/// server sessions it opens so that cancelling can end them on the server too.
+pub struct StageContext {
+    stage: &'static str,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+    application_name: String,
+    servers: Mutex<Vec<ConnSpec>>,
+    run_dir: Option<PathBuf>,
+}
+
+impl StageContext {
+    pub fn new(
+        stage: &'static str,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+        run_id: &str,
+        run_dir: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            stage,
+            events,
+            cancel,
+            application_name: format!("pgshift {stage} {run_id}"),
+            servers: Mutex::new(Vec::new()),
+            run_dir,
+        }
+    }
+
+    pub fn stage(&self) -> &'static str {
+        self.stage
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The `application_name` every session of this stage carries (also given to child tools).
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// `spec` tagged with this stage's application name, remembered so cancelling can end its
+    /// server sessions (queries in flight, a pg_dump waiting for a lock).
+    pub fn tagged(&self, spec: &ConnSpec) -> ConnSpec {
+        let mut tagged = spec.clone();
+        tagged.config.application_name(&self.application_name);
+        self.servers.lock().expect("servers lock").push(tagged.clone());
+        tagged
+    }
+
+    pub async fn send(&self, event: Event) {
+        // A consumer that went away must not stop the work; the journal still records it.
+        let _ = self.events.send(event).await;
+    }
+
+    pub async fn output(&self, source: &str, stream: Stream, line: impl Into<String>) {
+        let line = line.into();
+        self.send(Event::Output { stage: self.stage.into(), source: source.into(), stream, line }).await;
+    }
+
+    pub async fn info(&self, source: &str, line: impl Into<String>) {
+        self.output(source, Stream::Info, line).await;
+    }
+
+    pub async fn progress(&self, item: &str, done: u64, total: Option<u64>, unit: Unit) {
+        self.send(Event::Progress { stage: self.stage.into(), item: item.into(), done, total, unit }).await;
+    }
+
+    /// Progress from synchronous code (a stdout sink): dropped when the consumer lags, since a
+    /// newer count follows anyway.
+    pub fn try_progress(&self, item: &str, done: u64, total: Option<u64>, unit: Unit) {
+        let _ =
+            self.events.try_send(Event::Progress { stage: self.stage.into(), item: item.into(), done, total, unit });
+    }
+
+    /// The directory of this run (backup files, journal), when the run has one.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.run_dir.as_deref()
+    }
+
+    pub async fn warning(&self, message: impl Into<String>) {
+        self.send(Event::Warning { stage: self.stage.into(), message: message.into() }).await;
+    }
+
+    /// Ends, on every server this stage touched, the sessions that carry its application name.
+    async fn end_server_sessions(&self) {
+        let servers: Vec<ConnSpec> = self.servers.lock().expect("servers lock").clone();
+        let mut seen = Vec::new();
+        for spec in servers {
+            let key = spec.label();
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let mut admin = spec.clone();
+            admin.config.application_name("pgshift cancel");
+            admin.config.connect_timeout(Duration::from_secs(5));
+            let Ok(client) = admin.connect().await else { continue };
+            let ended = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    &[&self.application_name],
+                )
+                .await
+                .map(|rows| rows.len())
+                .unwrap_or(0);
+            if ended > 0 {
+                self.info("cancel", format!("ended {ended} server session(s) on {}", spec.label())).await;
+            }
+        }
+    }
+}
+
+/// How long a cancelled stage may take to stop its children before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// The result of a run: each stage's final status, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub statuses: Vec<(&'static str, StageStatus)>,
+    /// The error of the stage that failed, if one did.
+    pub error: Option<UserError>,
+}
+
+impl RunOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.statuses.iter().all(|(_, s)| matches!(s, StageStatus::Done | StageStatus::Skipped))
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.statuses.iter().any(|(_, s)| *s == StageStatus::Cancelled)
+    }
+}
+
+/// Runs stages in order with one event channel, one cancellation token and an optional journal.
+pub struct Engine {
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+    run_id: String,
+    run_dir: Option<PathBuf>,
+}
+
+impl Engine {
+    pub fn new(events: mpsc::Sender<Event>, cancel: CancellationToken) -> Self {
+        let run_id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), std::process::id());
+        Self { events, cancel, run_id, run_dir: None }
+    }
+
+    /// The directory stages write into (backup files) and where the journal lives.
+    pub fn set_run_dir(&mut self, dir: PathBuf) {
+        self.run_dir = Some(dir);
+    }
+
+    pub fn context(&self, stage: &dyn Stage) -> StageContext {
+        StageContext::new(stage.id(), self.events.clone(), self.cancel.clone(), &self.run_id, self.run_dir.clone())
+    }
+
+    /// Runs every stage's pre-flight; the first refusal is reported as that stage failing.
+    pub async fn preflight(&self, stages: &[&dyn Stage]) -> Result<(), UserError> {
+        for stage in stages {
+            let ctx = self.context(*stage);
+            if let Err(e) = stage.preflight(&ctx).await {
+                ctx.send(finished(stage.id(), StageStatus::Failed, Duration::ZERO, None, Some(&e))).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the stages in order, skipping those the journal records as done; stops at the first
+    /// stage that fails or is cancelled (the rest stay pending).
+    pub async fn run(&self, stages: &[&dyn Stage], mut journal: Option<&mut Journal>) -> RunOutcome {
+        let mut statuses: Vec<(&'static str, StageStatus)> =
+            stages.iter().map(|s| (s.id(), StageStatus::Pending)).collect();
+        let mut error = None;
+        for (i, stage) in stages.iter().enumerate() {
+            let ctx = self.context(*stage);
+            if journal.as_ref().is_some_and(|j| j.status(stage.id()) == Some(StageStatus::Done)) {
+                statuses[i].1 = StageStatus::Skipped;
+                let summary = "done in an earlier run (journal)".to_string();
+                ctx.send(finished(stage.id(), StageStatus::Skipped, Duration::ZERO, Some(summary), None)).await;
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                statuses[i].1 = StageStatus::Cancelled;
+                break;
+            }
+            ctx.send(Event::StageStarted { stage: stage.id().into(), title: stage.title().into() }).await;
+            if let Some(j) = journal.as_deref_mut() {
+                if let Err(e) = j.record(stage.id(), StageStatus::Running, None) {
+                    ctx.warning(e).await;
+                }
+            }
+            let started = Instant::now();
+            let result = run_cancellable(*stage, &ctx, &self.cancel).await;
+            let (status, summary, err) = match result {
+                Ok(summary) => (StageStatus::Done, Some(summary), None),
+                Err(StageError::Cancelled) => {
+                    ctx.end_server_sessions().await;
+                    (StageStatus::Cancelled, None, Some(UserError::new("cancelled", "run it again to resume")))
+                }
+                Err(StageError::Failed(e)) => {
+                    ctx.end_server_sessions().await;
+                    (StageStatus::Failed, None, Some(e))
+                }
+            };
+            statuses[i].1 = status;
+            if let Some(j) = journal.as_deref_mut() {
+                let detail = summary.clone().or_else(|| err.as_ref().map(|e| e.to_string()));
+                if let Err(e) = j.record(stage.id(), status, detail) {
+                    ctx.warning(e).await;
+                }
+            }
+            ctx.send(finished(stage.id(), status, started.elapsed(), summary, err.as_ref())).await;
+            if status != StageStatus::Done {
+                if status == StageStatus::Failed {
+                    error = err;
+                }
+                break;
+            }
+        }
+        RunOutcome { statuses, error }
+    }
+}
+
+/// Runs a stage; on cancellation it gets a grace period to stop its children, then is dropped
+/// (dropping kills whatever children are left: they are spawned with kill-on-drop).
+async fn run_cancellable(
+    stage: &dyn Stage,
+    ctx: &StageContext,
+    cancel: &CancellationToken,
+) -> Result<String, StageError> {
+    let work = stage.run(ctx);
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        _ = cancel.cancelled() => match tokio::time::timeout(CANCEL_GRACE, &mut work).await {
+            Ok(Ok(summary)) => Ok(summary), // it finished before it saw the cancel: it is complete
+            Err(_) => Err(StageError::Cancelled),
+            Ok(Err(e)) => Err(match e { StageError::Failed(_) => StageError::Cancelled, c => c }),
+        },
+    }
+}
+
+fn finished(
+    stage: &str,
+    status: StageStatus,
+    elapsed: Duration,
+    summary: Option<String>,
+    error: Option<&UserError>,
+) -> Event {
+    Event::StageFinished {
+        stage: stage.into(),
+        status,
+        elapsed_ms: elapsed.as_millis() as u64,
+        summary,
+        error: error.map(|e| e.message.clone()),
+        fix: error.map(|e| e.fix.clone()),
+    }
+}

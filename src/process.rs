@@ -1,0 +1,244 @@
+//! Child processes (pg_dump, pg_dumpall, pg_restore, psql): started in their own process group with
+//! the password in their environment, never in their arguments; stdout streamed into a sink,
+//! stderr streamed line by line as events; on cancel the whole group is stopped.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio_postgres::config::Host;
+
+use crate::conn::ConnSpec;
+use crate::engine::{StageContext, StageError, Stream, Unit};
+use crate::error::UserError;
+
+/// A tool invocation. `env` may hold the password; only `display()` is ever shown.
+pub struct ToolCommand {
+    /// What the events call it: `pg_dump data.sql`.
+    pub label: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// A file given to the tool as its standard input.
+    pub stdin: Option<PathBuf>,
+}
+
+impl ToolCommand {
+    pub fn new(label: impl Into<String>, program: &std::path::Path, spec: &ConnSpec) -> Self {
+        Self {
+            label: label.into(),
+            program: program.to_path_buf(),
+            args: Vec::new(),
+            env: libpq_env(spec),
+            stdin: None,
+        }
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The command line as shown in logs and the manifest: tool name and arguments (no secrets:
+    /// connection details travel in the environment).
+    pub fn display(&self) -> String {
+        let name = self.program.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        std::iter::once(name).chain(self.args.iter().cloned()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// libpq environment for a connection: host, port, user, database, password, sslmode, timeout,
+/// application name. Variables the user set for other purposes (PGOPTIONS, ...) are inherited.
+pub fn libpq_env(spec: &ConnSpec) -> Vec<(String, String)> {
+    let c = &spec.config;
+    let mut env = Vec::new();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    env.push(("PGHOST".into(), hosts.join(",")));
+    let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+    env.push(("PGPORT".into(), ports.join(",")));
+    if let Some(u) = c.get_user() {
+        env.push(("PGUSER".into(), u.into()));
+    }
+    if let Some(d) = c.get_dbname() {
+        env.push(("PGDATABASE".into(), d.into()));
+    }
+    if let Some(pw) = c.get_password() {
+        env.push(("PGPASSWORD".into(), String::from_utf8_lossy(pw).into_owned()));
+    }
+    if let Some(a) = c.get_application_name() {
+        env.push(("PGAPPNAME".into(), a.into()));
+    }
+    if let Some(t) = c.get_connect_timeout() {
+        env.push(("PGCONNECT_TIMEOUT".into(), t.as_secs().max(1).to_string()));
+    }
+    let sslmode = match c.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => "disable",
+        tokio_postgres::config::SslMode::Require => "require",
+        _ => "prefer",
+    };
+    env.push(("PGSSLMODE".into(), sslmode.into()));
+    env
+}
+
+/// What a stderr line means beyond being shown.
+pub enum LineClass {
+    Plain,
+    Warning(String),
+    Progress { item: String, done: u64, total: Option<u64>, unit: Unit },
+}
+
+/// Receives a tool's standard output.
+pub trait Sink: Send {
+    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError>;
+}
+
+/// Kills the whole process group when dropped (a dropped stage must not leave a pg_dump behind).
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `cmd`, feeding its stdout to `sink` and its stderr lines (classified by `classify`) to the
+/// stage's events. Returns when the tool exited successfully and both pipes are drained.
+pub async fn run_tool(
+    ctx: &StageContext,
+    cmd: &ToolCommand,
+    sink: &mut dyn Sink,
+    classify: &mut (dyn FnMut(&str) -> LineClass + Send),
+) -> Result<(), StageError> {
+    let stdin = match &cmd.stdin {
+        Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| {
+            UserError::new(format!("cannot read {}: {e}", p.display()), "check that the backup directory is complete")
+        })?),
+        None => Stdio::null(),
+    };
+    let mut child = tokio::process::Command::new(&cmd.program)
+        .args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            UserError::new(
+                format!("cannot start {} ({}): {e}", cmd.label, cmd.program.display()),
+                "check the tool's path and permissions, or give --bin-dir",
+            )
+        })?;
+    let pid = child.id().map(|id| Pid::from_raw(id as i32));
+    let mut guard = GroupGuard(pid);
+    ctx.info(&cmd.label, format!("$ {}", cmd.display())).await;
+
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut out_open, mut err_open) = (true, true);
+    let mut error_lines: Vec<String> = Vec::new();
+    let mut last_lines: Vec<String> = Vec::new();
+    while out_open || err_open {
+        tokio::select! {
+            _ = ctx.cancel_token().cancelled() => {
+                stop_group(pid, &mut child).await;
+                guard.0 = None;
+                return Err(StageError::Cancelled);
+            }
+            r = stdout.read(&mut buf), if out_open => match r {
+                Ok(0) => out_open = false,
+                Ok(n) => if let Err(e) = sink.chunk(&buf[..n]) {
+                    stop_group(pid, &mut child).await;
+                    guard.0 = None;
+                    return Err(StageError::Failed(e));
+                },
+                Err(_) => out_open = false,
+            },
+            l = stderr.next_line(), if err_open => match l {
+                Ok(Some(line)) => {
+                    if line.contains("error:") || line.starts_with("ERROR:") || line.starts_with("FATAL:") {
+                        error_lines.push(line.clone());
+                    }
+                    last_lines.push(line.clone());
+                    if last_lines.len() > 5 {
+                        last_lines.remove(0);
+                    }
+                    let class = classify(&line);
+                    ctx.output(&cmd.label, Stream::Stderr, line).await;
+                    match class {
+                        LineClass::Plain => {}
+                        LineClass::Warning(w) => ctx.warning(w).await,
+                        LineClass::Progress { item, done, total, unit } => ctx.progress(&item, done, total, unit).await,
+                    }
+                }
+                _ => err_open = false,
+            },
+        }
+    }
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = ctx.cancel_token().cancelled() => {
+            stop_group(pid, &mut child).await;
+            guard.0 = None;
+            return Err(StageError::Cancelled);
+        }
+    };
+    guard.0 = None;
+    let status = status.map_err(|e| UserError::new(format!("{} did not finish: {e}", cmd.label), "run it again"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let detail = if error_lines.is_empty() { last_lines } else { error_lines };
+    let code = status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
+    Err(StageError::Failed(explain_failure(&cmd.label, &code, &detail)))
+}
+
+/// Stops a tool: SIGTERM to its group, SIGKILL after three seconds.
+async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
+    if let Some(pid) = pid {
+        let _ = killpg(pid, Signal::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+        // members of the group that outlived the leader
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+}
+
+/// A tool's failure as one line with the fix for the usual causes.
+fn explain_failure(label: &str, code: &str, detail: &[String]) -> UserError {
+    let text = crate::conn::scrub(&detail.join(" | "));
+    let lower = text.to_lowercase();
+    let fix = if lower.contains("server version mismatch") {
+        "use client tools at least as new as the server (--bin-dir)"
+    } else if lower.contains("permission denied") {
+        "run as a superuser or the owner of every object (or a role granted pg_read_all_data)"
+    } else if lower.contains("password authentication failed") || lower.contains("no password supplied") {
+        "check the password (PGPASSWORD, ~/.pgpass with mode 0600, or the connection string)"
+    } else if lower.contains("could not obtain lock") || lower.contains("lock timeout") {
+        "a session holds a conflicting lock: find it in pg_locks / pg_stat_activity, then retry"
+    } else if lower.contains("connection to server") || lower.contains("could not connect") {
+        "check that the server runs and accepts connections, then retry"
+    } else if lower.contains("snapshot") {
+        "the exported snapshot ended early (the server restarted or the session was ended); retry"
+    } else {
+        "read the tool's output above for the cause, fix it and retry"
+    };
+    UserError::new(format!("{label} failed ({code}): {text}"), fix)
+}

@@ -1,0 +1,476 @@
+//! Stage 1 — Backup: the source inventory and every dump, all read at one exported snapshot.
+//!
+//! Files in the run directory:
+//! - `schema.sql`  `pg_dump --schema-only --no-owner --no-privileges` (the classic runbook's)
+//! - `data.sql`    `pg_dump --data-only --no-owner --no-privileges`
+//! - `full.dump`   `pg_dump -Fc`: owners and privileges kept, for selective restore
+//! - `roles.sql`   `pg_dumpall --roles-only` (passwords only when asked)
+//! - `after-data.sql` owners, privileges and materialized view refreshes read back from `full.dump`
+//! - `inventory.json` the source inventory; `manifest.json` sizes, sha256, versions, times (last)
+//!
+//! Each file is written as `NAME.partial` and renamed when its tool succeeded; on failure or cancel
+//! the partial files are removed and no manifest is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::archive::AfterData;
+use crate::catalog::rows::RowMode;
+use crate::catalog::{self, Class, Inventory, Session};
+use crate::conn::ConnSpec;
+use crate::engine::{Stage, StageContext, StageError, Unit};
+use crate::error::UserError;
+use crate::files::{self, partial_path, write_atomic, write_error};
+use crate::manifest::{Manifest, ManifestFile, SourceInfo, MANIFEST_FILE};
+use crate::process::{run_tool, LineClass, Sink, ToolCommand};
+use crate::tools::{find_tools, Tool};
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Where to look for pg_dump and friends instead of searching.
+    pub bin_dir: Option<PathBuf>,
+    /// Keep role passwords (hashes) in roles.sql.
+    pub role_passwords: bool,
+    /// Count every table's rows for the inventory (reads every table once more).
+    pub row_counts: bool,
+    /// Dumps run at the same time.
+    pub jobs: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self { bin_dir: None, role_passwords: false, row_counts: true, jobs: 2 }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tools {
+    pg_dump: Tool,
+    pg_dumpall: Tool,
+    pg_restore: Tool,
+}
+
+pub struct BackupStage {
+    source: ConnSpec,
+    options: BackupOptions,
+    tools: Mutex<Option<Tools>>,
+}
+
+impl BackupStage {
+    pub fn new(source: ConnSpec, options: BackupOptions) -> Self {
+        Self { source, options, tools: Mutex::new(None) }
+    }
+
+    async fn find_tools(&self, ctx: &StageContext) -> Result<Tools, UserError> {
+        if let Some(t) = self.tools.lock().expect("tools lock").clone() {
+            return Ok(t);
+        }
+        let client = ctx.tagged(&self.source).connect().await?;
+        let num: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| {
+                UserError::new(
+                    format!(
+                        "source {}: cannot read the server version ({})",
+                        self.source.label(),
+                        catalog::db_message(&e)
+                    ),
+                    "check that the connection reaches a PostgreSQL server",
+                )
+            })?
+            .get(0);
+        let major = (num / 10000) as u32;
+        let found =
+            find_tools(&["pg_dump", "pg_dumpall", "pg_restore"], self.options.bin_dir.as_deref(), major).await?;
+        let tools = Tools { pg_dump: found[0].clone(), pg_dumpall: found[1].clone(), pg_restore: found[2].clone() };
+        ctx.info(
+            "tools",
+            format!(
+                "using pg_dump {} from {} for PostgreSQL {major}",
+                tools.pg_dump.version,
+                tools.pg_dump.path.display()
+            ),
+        )
+        .await;
+        *self.tools.lock().expect("tools lock") = Some(tools.clone());
+        Ok(tools)
+    }
+
+    async fn backup(&self, ctx: &StageContext, dir: &Path) -> Result<String, StageError> {
+        let started_at = chrono::Utc::now();
+        let started = Instant::now();
+        let tools = self.find_tools(ctx).await?;
+        let source = ctx.tagged(&self.source);
+
+        ctx.info("inventory", "reading the source catalog at one snapshot (the dumps share it)").await;
+        let session = Session::open(&source).await?;
+        let snapshot = session.snapshot().map(str::to_string);
+        let mut inv = session.inventory().await?;
+        if self.options.row_counts {
+            let jobs = catalog::row_jobs(&inv);
+            ctx.info("inventory", format!("counting rows of {} tables", jobs.len())).await;
+            let results = session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1)).await?;
+            inv.apply_rows(&results);
+        }
+        let objects: usize = inv.objects.values().map(|d| d.len()).sum();
+        ctx.info(
+            "inventory",
+            format!(
+                "{objects} objects in {} classes, {} tables ({})",
+                inv.objects.len(),
+                inv.tables.len(),
+                rows_text(&inv)
+            ),
+        )
+        .await;
+        let inventory_json = serde_json::to_string_pretty(&inv).expect("inventory serializes");
+        let inventory_path = dir.join("inventory.json");
+        write_atomic(&inventory_path, inventory_json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))?;
+
+        let estimate: u64 = inv.tables.iter().map(|t| t.bytes.max(0) as u64).sum();
+        if let Some(free) = files::free_bytes(dir) {
+            if free < estimate.saturating_mul(2) {
+                ctx.warning(format!(
+                    "{} free in {}; the data is about {} on disk and is dumped twice (data.sql, full.dump)",
+                    human_bytes(free),
+                    dir.display(),
+                    human_bytes(estimate)
+                ))
+                .await;
+            }
+        }
+
+        // tables whose rows pg_dump writes (a materialized view's are not data to it)
+        let user_tables: BTreeSet<String> = inv
+            .tables
+            .iter()
+            .filter(|t| t.kind != "materialized view" && t.kind != "continuous aggregate")
+            .map(|t| t.name.replace('"', ""))
+            .collect();
+        let has_timescaledb = inv.timescaledb.is_some();
+        let snapshot_args: Vec<String> = snapshot.iter().map(|s| format!("--snapshot={s}")).collect();
+        let mut roles_args = vec!["--roles-only".to_string(), "--verbose".into(), "--no-password".into()];
+        if !self.options.role_passwords {
+            roles_args.push("--no-role-passwords".into());
+        }
+        let dumps = vec![
+            Dump {
+                file: "schema.sql",
+                content: "schema: pg_dump --schema-only --no-owner --no-privileges",
+                cmd: ToolCommand::new("pg_dump schema.sql", &tools.pg_dump.path, &source)
+                    .args(["--schema-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
+                    .args(snapshot_args.clone()),
+                estimate: None,
+            },
+            Dump {
+                file: "data.sql",
+                content: "data: pg_dump --data-only --no-owner --no-privileges",
+                cmd: ToolCommand::new("pg_dump data.sql", &tools.pg_dump.path, &source)
+                    .args(["--data-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
+                    .args(snapshot_args.clone()),
+                estimate: Some(estimate),
+            },
+            Dump {
+                file: "full.dump",
+                content: "everything with owners and privileges: pg_dump --format=custom",
+                cmd: ToolCommand::new("pg_dump full.dump", &tools.pg_dump.path, &source)
+                    .args(["--format=custom", "--verbose", "--no-password"])
+                    .args(snapshot_args),
+                estimate: Some(estimate / 3),
+            },
+            Dump {
+                file: "roles.sql",
+                content: if self.options.role_passwords {
+                    "roles and memberships with password hashes: pg_dumpall --roles-only"
+                } else {
+                    "roles and memberships, no passwords: pg_dumpall --roles-only --no-role-passwords"
+                },
+                cmd: ToolCommand::new("pg_dumpall roles.sql", &tools.pg_dumpall.path, &source).args(roles_args),
+                estimate: None,
+            },
+        ];
+        let table_count = user_tables.len() as u64;
+        let mut written: Vec<ManifestFile> = futures_util::stream::iter(dumps)
+            .map(|d| run_dump(ctx, dir, d, &user_tables, table_count, has_timescaledb))
+            .buffer_unordered(self.options.jobs.max(1))
+            .try_collect()
+            .await?;
+        session.close().await;
+
+        // Read the archive back: proves it is readable and yields what the split dumps leave out.
+        let mut after = AfterData::default();
+        let mut cmd = ToolCommand::new("pg_restore full.dump", &tools.pg_restore.path, &source).args(["--file=-"]);
+        cmd.env.retain(|(k, _)| k != "PGPASSWORD"); // reads a file, connects nowhere
+        cmd.stdin = Some(dir.join("full.dump"));
+        let mut sink = AfterDataSink(&mut after);
+        run_tool(ctx, &cmd, &mut sink, &mut |_| LineClass::Plain).await?;
+        after.finish();
+        let after_path = dir.join("after-data.sql");
+        write_atomic(&after_path, after.sql().as_bytes()).map_err(|e| write_error(&after_path, &e))?;
+        ctx.info(
+            "pg_restore full.dump",
+            format!(
+                "archive read back: {} entries; after-data.sql: {} owners, {} privileges, {} materialized view refreshes",
+                after.entries,
+                after.owners.len(),
+                after.privileges.len(),
+                after.refreshes.len()
+            ),
+        )
+        .await;
+
+        for (name, content, command) in [
+            (
+                "after-data.sql",
+                "owners, privileges, materialized view refreshes from full.dump; run after data.sql",
+                Some(cmd.display()),
+            ),
+            ("inventory.json", "the source inventory: every object with its definition, row counts", None),
+        ] {
+            let (bytes, sha256) = files::sha256_file(&dir.join(name)).map_err(|e| write_error(&dir.join(name), &e))?;
+            written.push(ManifestFile { name: name.into(), content: content.into(), bytes, sha256, command });
+        }
+        written.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let extensions: BTreeMap<String, String> = inv
+            .class(Class::Extensions)
+            .iter()
+            .map(|(name, def)| {
+                let version = def.strip_prefix("version ").and_then(|v| v.split(',').next()).unwrap_or(def);
+                (name.clone(), version.to_string())
+            })
+            .collect();
+        let manifest = Manifest {
+            pgshift_version: env!("CARGO_PKG_VERSION").into(),
+            complete: true,
+            started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            duration_ms: started.elapsed().as_millis() as u64,
+            source: SourceInfo {
+                connection: self.source.label(),
+                database: inv.server.database.clone(),
+                server_version: inv.server.version.clone(),
+                server_version_num: inv.server.version_num,
+                timescaledb: inv.timescaledb.clone(),
+                extensions,
+            },
+            snapshot,
+            role_passwords: self.options.role_passwords,
+            tools: vec![tools.pg_dump, tools.pg_dumpall, tools.pg_restore],
+            files: written,
+        };
+        let total: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+        write_atomic(&manifest_path, text.as_bytes()).map_err(|e| write_error(&manifest_path, &e))?;
+        Ok(format!("{} files, {} in {}", manifest.files.len() + 1, human_bytes(total), dir.display()))
+    }
+}
+
+impl Stage for BackupStage {
+    fn id(&self) -> &'static str {
+        "backup"
+    }
+
+    fn title(&self) -> &'static str {
+        "Backup: inventory, pg_dump schema/data/archive, roles, manifest"
+    }
+
+    fn preflight<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
+        Box::pin(async move { self.find_tools(ctx).await.map(|_| ()) })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let dir = ctx.run_dir().map(Path::to_path_buf).ok_or_else(|| {
+                UserError::new("the backup stage has no directory to write to", "give --dir (or the plan's backup dir)")
+            })?;
+            let result = tokio::select! {
+                r = self.backup(ctx, &dir) => r,
+                _ = ctx.cancel_token().cancelled() => Err(StageError::Cancelled),
+            };
+            if result.is_err() {
+                remove_partials(&dir);
+            }
+            result
+        })
+    }
+}
+
+struct Dump {
+    file: &'static str,
+    content: &'static str,
+    cmd: ToolCommand,
+    /// Expected size, for a progress total (an estimate: on-disk size of the tables).
+    estimate: Option<u64>,
+}
+
+async fn run_dump(
+    ctx: &StageContext,
+    dir: &Path,
+    dump: Dump,
+    user_tables: &BTreeSet<String>,
+    table_count: u64,
+    has_timescaledb: bool,
+) -> Result<ManifestFile, StageError> {
+    let path = dir.join(dump.file);
+    let mut sink = FileSink::create(ctx, &path, dump.estimate)?;
+    let mut tables_done = 0u64;
+    let mut circular = false;
+    let item = format!("{} tables", dump.file);
+    let mut classify = |line: &str| -> LineClass {
+        let body = line.split_once(": ").map(|(_, b)| b).unwrap_or(line);
+        if let Some(table) = body.strip_prefix("dumping contents of table ") {
+            let table = table.trim_matches('"').replace('"', "");
+            if user_tables.contains(&table) {
+                tables_done += 1;
+                return LineClass::Progress {
+                    item: item.clone(),
+                    done: tables_done,
+                    total: Some(table_count),
+                    unit: Unit::Tables,
+                };
+            }
+            return LineClass::Plain;
+        }
+        if body.starts_with("warning: there are circular foreign-key constraints") {
+            circular = true;
+            return LineClass::Plain;
+        }
+        if circular {
+            if let Some(table) = body.strip_prefix("detail: ") {
+                circular = false;
+                let internal = ["hypertable", "chunk", "continuous_agg", "dimension", "chunk_constraint"];
+                if has_timescaledb && internal.contains(&table.trim()) {
+                    return LineClass::Plain; // TimescaleDB's own catalog: known noise
+                }
+                return LineClass::Warning(format!(
+                    "{}: circular foreign keys on {}: load data.sql with triggers disabled (session_replication_role = replica)",
+                    dump.file,
+                    table.trim()
+                ));
+            }
+        }
+        if body.starts_with("warning:") {
+            return LineClass::Warning(format!("{}: {body}", dump.file));
+        }
+        LineClass::Plain
+    };
+    run_tool(ctx, &dump.cmd, &mut sink, &mut classify).await?;
+    let (bytes, sha256) = sink.finish()?;
+    ctx.progress(dump.file, bytes, Some(bytes), Unit::Bytes).await;
+    ctx.info(dump.file, format!("{} written, sha256 {}", human_bytes(bytes), &sha256[..16])).await;
+    Ok(ManifestFile {
+        name: dump.file.into(),
+        content: dump.content.into(),
+        bytes,
+        sha256,
+        command: Some(dump.cmd.display()),
+    })
+}
+
+/// Writes a tool's stdout to `NAME.partial`, hashing and counting as it goes; `finish` syncs it
+/// and renames it to `NAME`.
+struct FileSink<'a> {
+    ctx: &'a StageContext,
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    bytes: u64,
+    estimate: Option<u64>,
+    item: String,
+    last_progress: Instant,
+}
+
+impl<'a> FileSink<'a> {
+    fn create(ctx: &'a StageContext, path: &Path, estimate: Option<u64>) -> Result<Self, UserError> {
+        let partial = partial_path(path);
+        let file = files::create_private(&partial).map_err(|e| write_error(&partial, &e))?;
+        Ok(Self {
+            ctx,
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+            estimate,
+            item: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            last_progress: Instant::now(),
+        })
+    }
+
+    fn finish(mut self) -> Result<(u64, String), UserError> {
+        let partial = partial_path(&self.path);
+        self.file.flush().map_err(|e| write_error(&partial, &e))?;
+        self.file.get_ref().sync_all().map_err(|e| write_error(&partial, &e))?;
+        std::fs::rename(&partial, &self.path).map_err(|e| write_error(&self.path, &e))?;
+        files::sync_dir(&self.path).map_err(|e| write_error(&self.path, &e))?;
+        Ok((self.bytes, files::hex(&self.hasher.finalize())))
+    }
+}
+
+impl Sink for FileSink<'_> {
+    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
+        self.file.write_all(data).map_err(|e| write_error(&partial_path(&self.path), &e))?;
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+        if self.last_progress.elapsed() >= Duration::from_millis(200) {
+            self.last_progress = Instant::now();
+            let total = self.estimate.map(|e| e.max(self.bytes));
+            self.ctx.try_progress(&self.item, self.bytes, total, Unit::Bytes);
+        }
+        Ok(())
+    }
+}
+
+struct AfterDataSink<'a>(&'a mut AfterData);
+
+impl Sink for AfterDataSink<'_> {
+    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
+        self.0.feed(data);
+        Ok(())
+    }
+}
+
+/// Removes the `.partial` files of a failed or cancelled backup (they could pass for complete).
+fn remove_partials(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn rows_text(inv: &Inventory) -> String {
+    let counted: Vec<i64> = inv.tables.iter().filter_map(|t| t.rows).collect();
+    if counted.is_empty() {
+        "rows not counted".into()
+    } else {
+        format!("{} rows", counted.iter().sum::<i64>())
+    }
+}
+
+/// `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,3 @@
+//! The checklist's stages, one file each. A stage emits events through its context and never prints.
+
+pub mod backup;

@@ -394,3 +394,134 @@ fn finished(
         fix: error.map(|e| e.fix.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Journal;
+    use crate::process::{run_tool, LineClass, Sink, ToolCommand};
+
+    struct Fixed(&'static str, Result<&'static str, &'static str>);
+
+    impl Stage for Fixed {
+        fn id(&self) -> &'static str {
+            self.0
+        }
+        fn title(&self) -> &'static str {
+            "fixed"
+        }
+        fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+            Box::pin(async move {
+                ctx.info("test", "working").await;
+                match self.1 {
+                    Ok(s) => Ok(s.to_string()),
+                    Err(e) => Err(StageError::Failed(UserError::new(e, "fix it"))),
+                }
+            })
+        }
+    }
+
+    /// Runs a real child (`sleep 30`) that only a cancel can end.
+    struct Sleeper;
+
+    struct Discard;
+    impl Sink for Discard {
+        fn chunk(&mut self, _: &[u8]) -> Result<(), UserError> {
+            Ok(())
+        }
+    }
+
+    impl Stage for Sleeper {
+        fn id(&self) -> &'static str {
+            "sleeper"
+        }
+        fn title(&self) -> &'static str {
+            "sleeps"
+        }
+        fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+            Box::pin(async move {
+                let cmd = ToolCommand {
+                    label: "sleep".into(),
+                    program: "sh".into(),
+                    // the shell's child `sleep` is in the same process group and must die too
+                    args: vec!["-c".into(), "echo started >&2; sleep 30; echo never".into()],
+                    env: vec![],
+                    stdin: None,
+                };
+                run_tool(ctx, &cmd, &mut Discard, &mut |_| LineClass::Plain).await?;
+                Ok("slept".into())
+            })
+        }
+    }
+
+    fn collect(mut rx: mpsc::Receiver<Event>) -> Vec<Event> {
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            v.push(e);
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn a_failing_stage_stops_the_run_and_the_journal_resumes_after_done_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel(100);
+        let engine = Engine::new(tx, CancellationToken::new());
+        let (a, b, c) = (Fixed("a", Ok("fine")), Fixed("b", Err("broken")), Fixed("c", Ok("fine")));
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let out = engine.run(&[&a, &b, &c], Some(&mut journal)).await;
+        assert_eq!(
+            out.statuses,
+            vec![("a", StageStatus::Done), ("b", StageStatus::Failed), ("c", StageStatus::Pending)]
+        );
+        assert_eq!(out.error.unwrap().message, "broken");
+        let events = collect(rx);
+        assert!(events.iter().any(|e| matches!(e, Event::StageFinished { stage, error: Some(m), fix: Some(_), .. }
+            if stage == "b" && m == "broken")));
+
+        // a new run over the same journal skips `a` and runs `b` again
+        let (tx, rx) = mpsc::channel(100);
+        let engine = Engine::new(tx, CancellationToken::new());
+        let fixed_b = Fixed("b", Ok("repaired"));
+        let mut journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.status("b"), Some(StageStatus::Failed));
+        let out = engine.run(&[&a, &fixed_b, &c], Some(&mut journal)).await;
+        assert_eq!(out.statuses, vec![("a", StageStatus::Skipped), ("b", StageStatus::Done), ("c", StageStatus::Done)]);
+        assert!(out.succeeded());
+        assert!(!collect(rx).iter().any(|e| matches!(e, Event::StageStarted { stage, .. } if stage == "a")));
+        let reread = Journal::open(dir.path()).unwrap();
+        assert_eq!(reread.status("c"), Some(StageStatus::Done));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cancelling_kills_the_whole_process_group() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let cancel = CancellationToken::new();
+        let engine = Engine::new(tx, cancel.clone());
+        let run = tokio::spawn(async move { engine.run(&[&Sleeper], None).await });
+        // wait for the child to speak, then find its `sleep`
+        loop {
+            match rx.recv().await.expect("events") {
+                Event::Output { line, .. } if line == "started" => break,
+                _ => {}
+            }
+        }
+        let sleepers = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains("sleep 30"))
+                .collect()
+        };
+        assert!(!sleepers().is_empty(), "the child runs");
+        let started = Instant::now();
+        cancel.cancel();
+        let out = run.await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "stopped promptly");
+        assert_eq!(out.statuses, vec![("sleeper", StageStatus::Cancelled)]);
+        assert!(out.cancelled());
+        assert!(sleepers().is_empty(), "no process left: {:?}", sleepers());
+    }
+}

@@ -8,6 +8,11 @@ repo=$(cd "$here/../.." && pwd)
 . "$here/lib.sh"
 
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+# an older pg_dump than the test servers', for the "pg_dump older than the server" test
+if [ ! -x /usr/lib/postgresql/15/bin/pg_dump ]; then
+    log "installing postgresql-client-15"
+    apt-get install -y -q postgresql-client-15 >/dev/null
+fi
 bash "$here/up.sh"
 trap 'bash "$here/down.sh"' EXIT
 . "$ENV_FILE"

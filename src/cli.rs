@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::allow::AllowList;
 use crate::catalog::{self, rows::RowMode};
 use crate::conn::ConnSpec;
-use crate::engine::Engine;
+use crate::engine::{Engine, StageError};
 use crate::error::{UserError, EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
 use crate::journal::Journal;
 use crate::stages::backup::{BackupOptions, BackupStage};
@@ -195,17 +195,23 @@ async fn run_backup(
         drop(engine);
         let _ = printer.await;
         let _ = std::fs::remove_dir_all(&dir); // nothing was written but the log of the refusal
-        return Err(e);
+        return match e {
+            StageError::Failed(e) => Err(e),
+            StageError::Cancelled => {
+                eprintln!("pgshift: backup cancelled before it started");
+                Ok(EXIT_CANCELLED)
+            }
+        };
     }
     let mut journal = Journal::open(&dir).map_err(|m| UserError::new(m, "use a new --dir"))?;
     let outcome = engine.run(&[&stage], Some(&mut journal)).await;
     drop(engine);
     let _ = printer.await;
     if outcome.succeeded() {
-        if mode == headless::Mode::Json {
-            return Ok(0);
+        if mode != headless::Mode::Json {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{}", dir.display());
         }
-        println!("{}", dir.display());
         Ok(0)
     } else if outcome.cancelled() {
         eprintln!("pgshift: backup cancelled; {} is incomplete (no manifest.json)", dir.display());

@@ -233,7 +233,8 @@ impl StageContext {
             let Ok(client) = admin.connect().await else { continue };
             let ended = client
                 .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                    // waits up to 5 s for each session to be gone (PostgreSQL 14+)
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
                      WHERE application_name = $1 AND pid <> pg_backend_pid()",
                     &[&self.application_name],
                 )
@@ -292,11 +293,19 @@ impl Engine {
     }
 
     /// Runs every stage's pre-flight; the first refusal is reported as that stage failing.
-    pub async fn preflight(&self, stages: &[&dyn Stage]) -> Result<(), UserError> {
+    pub async fn preflight(&self, stages: &[&dyn Stage]) -> Result<(), StageError> {
         for stage in stages {
             let ctx = self.context(*stage);
-            if let Err(e) = stage.preflight(&ctx).await {
-                ctx.send(finished(stage.id(), StageStatus::Failed, Duration::ZERO, None, Some(&e))).await;
+            let result = tokio::select! {
+                r = stage.preflight(&ctx) => r.map_err(StageError::Failed),
+                _ = self.cancel.cancelled() => Err(StageError::Cancelled),
+            };
+            if let Err(e) = result {
+                let (status, err) = match &e {
+                    StageError::Failed(u) => (StageStatus::Failed, Some(u)),
+                    StageError::Cancelled => (StageStatus::Cancelled, None),
+                };
+                ctx.send(finished(stage.id(), status, Duration::ZERO, None, err)).await;
                 return Err(e);
             }
         }
@@ -333,7 +342,7 @@ impl Engine {
                 Ok(summary) => (StageStatus::Done, Some(summary), None),
                 Err(StageError::Cancelled) => {
                     ctx.end_server_sessions().await;
-                    (StageStatus::Cancelled, None, Some(UserError::new("cancelled", "run it again to resume")))
+                    (StageStatus::Cancelled, None, Some(UserError::new("cancelled", "run it again")))
                 }
                 Err(StageError::Failed(e)) => {
                     ctx.end_server_sessions().await;

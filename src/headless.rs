@@ -35,7 +35,7 @@ pub async fn consume(mut events: mpsc::Receiver<Event>, mode: Mode, mut log: Opt
             }
             Mode::Text { verbose } => {
                 if let Some(text) = terminal_line(&event, verbose, &mut last_progress) {
-                    eprintln!("{text}");
+                    let _ = writeln!(std::io::stderr(), "{text}"); // a closed terminal must not stop the run
                 }
             }
         }
@@ -90,10 +90,8 @@ fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, Instan
                 None
             }
         }
-        // a failure's message is printed once, by the command, as its error line
-        Event::StageFinished { stage, status: StageStatus::Failed, elapsed_ms, .. } => {
-            Some(format!("[{stage}] failed after {:.1}s", *elapsed_ms as f64 / 1000.0))
-        }
+        // a failure's message is printed once, by the command, as its one error line
+        Event::StageFinished { status: StageStatus::Failed, .. } => None,
         Event::StageFinished { .. } => Some(line(event)),
     }
 }

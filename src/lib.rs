@@ -1,8 +1,8 @@
 //! pgshift: move a PostgreSQL database onto a TimescaleDB + pgvector server and prove that nothing
 //! was lost. The library holds everything; `main.rs` only parses the command line.
 
+pub mod after_data;
 pub mod allow;
-pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod conn;

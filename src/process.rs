@@ -148,8 +148,9 @@ pub async fn run_tool(
     ctx.info(&cmd.label, format!("$ {}", cmd.display())).await;
 
     let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
     let mut buf = vec![0u8; 1 << 16];
+    let mut err_line: Vec<u8> = Vec::new();
     let (mut out_open, mut err_open) = (true, true);
     let mut error_lines: Vec<String> = Vec::new();
     let mut last_lines: Vec<String> = Vec::new();
@@ -167,10 +168,21 @@ pub async fn run_tool(
                     guard.0 = None;
                     return Err(StageError::Failed(e));
                 },
-                Err(_) => out_open = false,
+                Err(e) => {
+                    stop_group(pid, &mut child).await;
+                    guard.0 = None;
+                    return Err(StageError::Failed(UserError::new(
+                        format!("reading the output of {} failed: {e}", cmd.label),
+                        "run it again; if it repeats, check the machine's memory and process limits",
+                    )));
+                }
             },
-            l = stderr.next_line(), if err_open => match l {
-                Ok(Some(line)) => {
+            // bytes, not text: a tool prints names in the database's encoding, which may not be UTF-8
+            l = stderr.read_until(b'\n', &mut err_line), if err_open => match l {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&err_line).trim_end_matches(['\n', '\r']).to_string();
+                    err_line.clear();
                     if line.contains("error:") || line.starts_with("ERROR:") || line.starts_with("FATAL:") {
                         error_lines.push(line.clone());
                     }
@@ -186,7 +198,6 @@ pub async fn run_tool(
                         LineClass::Progress { item, done, total, unit } => ctx.progress(&item, done, total, unit).await,
                     }
                 }
-                _ => err_open = false,
             },
         }
     }
@@ -208,16 +219,20 @@ pub async fn run_tool(
     Err(StageError::Failed(explain_failure(&cmd.label, &code, &detail)))
 }
 
-/// Stops a tool: SIGTERM to its group, SIGKILL after three seconds.
+/// Stops a tool: SIGTERM to its group, SIGKILL to the group if the leader has not exited after
+/// three seconds. (The leader is reaped only after that, so the group id cannot have been reused.)
 async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
     if let Some(pid) = pid {
         let _ = killpg(pid, Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
-            let _ = killpg(pid, Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = child.wait().await;
-        // members of the group that outlived the leader
         let _ = killpg(pid, Signal::SIGKILL);
+        let _ = child.wait().await;
     }
 }
 

@@ -292,6 +292,12 @@ impl Session {
         self.snapshot.as_deref()
     }
 
+    /// The first column of every row of `sql`, as text, read at this session's snapshot.
+    pub async fn strings(&self, what: &str, sql: &str) -> Result<Vec<String>, UserError> {
+        let rows = self.guarded_query(sql).await.map_err(|e| self.query_error(what, &e))?;
+        Ok(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
+    }
+
     /// Counts or checksums the given tables with `workers` connections sharing this snapshot.
     pub async fn measure_rows(
         &self,

@@ -7,10 +7,22 @@
 use super::class::Class;
 
 /// TimescaleDB's own schemas (exact names: a user schema called `timescaledb_app` stays a user schema).
+/// TimescaleDB's own schemas (catalog, internals, chunks, views about itself).
+pub const TS_SCHEMA_NAMES: [&str; 8] = [
+    "_timescaledb_internal",
+    "_timescaledb_catalog",
+    "_timescaledb_config",
+    "_timescaledb_cache",
+    "_timescaledb_functions",
+    "_timescaledb_debug",
+    "timescaledb_information",
+    "timescaledb_experimental",
+];
+
 pub const TS_SCHEMAS: &str = "^(_timescaledb_internal|_timescaledb_catalog|_timescaledb_config|_timescaledb_cache|_timescaledb_functions|_timescaledb_debug|timescaledb_information|timescaledb_experimental)$";
 
 /// A schema that holds user objects (alias of pg_namespace given).
-fn user_ns(n: &str) -> String {
+pub(crate) fn user_ns(n: &str) -> String {
     format!(
         "{n}.nspname NOT IN ('pg_catalog', 'information_schema') AND {n}.nspname !~ '^pg_(toast|temp_)' \
          AND {n}.nspname !~ '{TS_SCHEMAS}'"
@@ -18,7 +30,7 @@ fn user_ns(n: &str) -> String {
 }
 
 /// Not a member of any extension.
-fn not_ext(catalog: &str, oid: &str) -> String {
+pub(crate) fn not_ext(catalog: &str, oid: &str) -> String {
     format!(
         "NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = '{catalog}'::regclass AND xd.objid = {oid} AND xd.deptype = 'e')"
     )
@@ -394,4 +406,14 @@ pub fn naive_counts() -> &'static str {
         (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal),
         (SELECT count(*) FROM pg_policies),
         (SELECT count(*) FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema'))"#
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timescaledb_schema_regex_matches_the_list() {
+        assert_eq!(TS_SCHEMAS, format!("^({})$", TS_SCHEMA_NAMES.join("|")));
+    }
 }

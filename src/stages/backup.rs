@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::archive::AfterData;
+use crate::after_data;
 use crate::catalog::rows::RowMode;
 use crate::catalog::{self, Class, Inventory, Session};
 use crate::conn::ConnSpec;
@@ -110,15 +110,32 @@ impl BackupStage {
         let tools = self.find_tools(ctx).await?;
         let source = ctx.tagged(&self.source);
 
-        ctx.info("inventory", "reading the source catalog at one snapshot (the dumps share it)").await;
-        let session = Session::open(&source).await?;
+        let read = async {
+            ctx.info("inventory", "reading the source catalog at one snapshot (the dumps share it)").await;
+            let session = Session::open(&source).await?;
+            let mut inv = session.inventory().await?;
+            if self.options.row_counts {
+                let jobs = catalog::row_jobs(&inv);
+                ctx.info("inventory", format!("counting rows of {} tables", jobs.len())).await;
+                let results = session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1)).await?;
+                inv.apply_rows(&results);
+            }
+            let owners = session.strings("owners", &after_data::owner_statements_sql()).await?;
+            Ok::<_, UserError>((session, inv, owners))
+        };
+        // catalog queries do not watch the cancel token: race them against it (dropping them
+        // closes their connections; the engine then ends their server sessions)
+        let (session, inv, owners) = tokio::select! {
+            r = read => r?,
+            _ = ctx.cancel_token().cancelled() => return Err(StageError::Cancelled),
+        };
         let snapshot = session.snapshot().map(str::to_string);
-        let mut inv = session.inventory().await?;
-        if self.options.row_counts {
-            let jobs = catalog::row_jobs(&inv);
-            ctx.info("inventory", format!("counting rows of {} tables", jobs.len())).await;
-            let results = session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1)).await?;
-            inv.apply_rows(&results);
+        if snapshot.is_none() {
+            ctx.warning(
+                "the server exported no snapshot (a standby before PostgreSQL 10?): the dumps and the inventory \
+                 may each show a different moment; stop writes to the source during the backup",
+            )
+            .await;
         }
         let objects: usize = inv.objects.values().map(|d| d.len()).sum();
         ctx.info(
@@ -157,7 +174,14 @@ impl BackupStage {
             .collect();
         let has_timescaledb = inv.timescaledb.is_some();
         let snapshot_args: Vec<String> = snapshot.iter().map(|s| format!("--snapshot={s}")).collect();
-        let mut roles_args = vec!["--roles-only".to_string(), "--verbose".into(), "--no-password".into()];
+        // --database: the database to connect to for the roles (default postgres), which the role
+        // may not be allowed to connect to
+        let mut roles_args = vec![
+            "--roles-only".to_string(),
+            "--verbose".into(),
+            "--no-password".into(),
+            format!("--database={}", self.source.dbname()),
+        ];
         if !self.options.role_passwords {
             roles_args.push("--no-role-passwords".into());
         }
@@ -205,24 +229,32 @@ impl BackupStage {
             .await?;
         session.close().await;
 
-        // Read the archive back: proves it is readable and yields what the split dumps leave out.
-        let mut after = AfterData::default();
-        let mut cmd = ToolCommand::new("pg_restore full.dump", &tools.pg_restore.path, &source).args(["--file=-"]);
-        cmd.env.retain(|(k, _)| k != "PGPASSWORD"); // reads a file, connects nowhere
-        cmd.stdin = Some(dir.join("full.dump"));
-        let mut sink = AfterDataSink(&mut after);
-        run_tool(ctx, &cmd, &mut sink, &mut |_| LineClass::Plain).await?;
-        after.finish();
+        // after-data.sql: owners (read above at the snapshot), and the archive's privilege and
+        // materialized view entries, chosen from its table of contents and printed by pg_restore
+        let archive = dir.join("full.dump");
+        let mut toc = TextSink::default();
+        let list_cmd = restore_command(&tools.pg_restore, &archive, ["--list"]);
+        run_tool(ctx, &list_cmd, &mut toc, &mut |_| LineClass::Plain).await?;
+        let toc = String::from_utf8_lossy(&toc.0).into_owned(); // entries are chosen by their number
+        let (selected, selected_count) = after_data::select_entries(&toc);
+        let list_file = tempfile::Builder::new().prefix("pgshift-list-").tempfile().map_err(|e| {
+            UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
+        })?;
+        std::fs::write(list_file.path(), selected).map_err(|e| write_error(list_file.path(), &e))?;
+        let mut restored = TextSink::default();
+        let use_list = format!("--use-list={}", list_file.path().display());
+        let cmd = restore_command(&tools.pg_restore, &archive, [use_list.as_str(), "--file=-"]);
+        run_tool(ctx, &cmd, &mut restored, &mut |_| LineClass::Plain).await?;
         let after_path = dir.join("after-data.sql");
-        write_atomic(&after_path, after.sql().as_bytes()).map_err(|e| write_error(&after_path, &e))?;
+        let text = after_data::assemble(&owners, &restored.0);
+        write_atomic(&after_path, &text).map_err(|e| write_error(&after_path, &e))?;
         ctx.info(
-            "pg_restore full.dump",
+            "after-data.sql",
             format!(
-                "archive read back: {} entries; after-data.sql: {} owners, {} privileges, {} materialized view refreshes",
-                after.entries,
-                after.owners.len(),
-                after.privileges.len(),
-                after.refreshes.len()
+                "archive holds {} entries; after-data.sql: {} owner statements, {selected_count} privilege and \
+                 materialized view entries",
+                after_data::entry_count(&toc),
+                owners.len(),
             ),
         )
         .await;
@@ -293,10 +325,7 @@ impl Stage for BackupStage {
             let dir = ctx.run_dir().map(Path::to_path_buf).ok_or_else(|| {
                 UserError::new("the backup stage has no directory to write to", "give --dir (or the plan's backup dir)")
             })?;
-            let result = tokio::select! {
-                r = self.backup(ctx, &dir) => r,
-                _ = ctx.cancel_token().cancelled() => Err(StageError::Cancelled),
-            };
+            let result = self.backup(ctx, &dir).await;
             if result.is_err() {
                 remove_partials(&dir);
             }
@@ -430,12 +459,31 @@ impl Sink for FileSink<'_> {
     }
 }
 
-struct AfterDataSink<'a>(&'a mut AfterData);
+/// Keeps a tool's (small) output as bytes (in the archive's encoding): pg_restore's table of contents and privilege entries.
+#[derive(Default)]
+struct TextSink(Vec<u8>);
 
-impl Sink for AfterDataSink<'_> {
+impl Sink for TextSink {
     fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
-        self.0.feed(data);
+        if self.0.len() + data.len() > 256 << 20 {
+            return Err(UserError::new(
+                "pg_restore printed more than 256 MiB of table of contents and privileges",
+                "report this archive's size and object count to the pgshift developers",
+            ));
+        }
+        self.0.extend_from_slice(data);
         Ok(())
+    }
+}
+
+/// `pg_restore ARGS` reading `archive` on its standard input; it connects nowhere.
+fn restore_command<'a>(tool: &Tool, archive: &Path, args: impl IntoIterator<Item = &'a str>) -> ToolCommand {
+    ToolCommand {
+        label: "pg_restore full.dump".into(),
+        program: tool.path.clone(),
+        args: args.into_iter().map(String::from).collect(),
+        env: Vec::new(),
+        stdin: Some(archive.to_path_buf()),
     }
 }
 

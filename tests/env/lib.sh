@@ -21,10 +21,12 @@ mount_root() {
     mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
     mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
     mountpoint -q "$ROOT/dev/shm" || mount --bind /dev/shm "$ROOT/dev/shm"
+    # the host's /tmp at the same path, so the chrooted tools can read files pgshift names there
+    mountpoint -q "$ROOT/tmp" || mount --bind /tmp "$ROOT/tmp"
 }
 
 umount_root() {
-    for m in dev/shm dev proc; do
+    for m in tmp dev/shm dev proc; do
         if mountpoint -q "$ROOT/$m"; then umount "$ROOT/$m" || umount -l "$ROOT/$m"; fi
     done
 }

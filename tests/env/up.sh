@@ -59,7 +59,7 @@ CONF
 done
 
 # PostgreSQL 17 client tools for the host: the root's glibc is newer than the host's, so each tool
-# runs chrooted. They see the host's network but not its files: pgshift streams their stdin/stdout.
+# runs chrooted. They see the host's network and its /tmp (bind-mounted), not its other files.
 bindir="$STATE/bin"
 mkdir -p "$bindir"
 for tool in pg_dump pg_dumpall pg_restore psql pg_isready; do

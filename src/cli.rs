@@ -3,18 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use std::io::Write as _;
 
 use crate::allow::AllowList;
 use crate::catalog::{self, rows::RowMode};
 use crate::conn::ConnSpec;
-use crate::engine::{Engine, StageError};
 use crate::error::{UserError, EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
-use crate::journal::Journal;
 use crate::stages::backup::{BackupOptions, BackupStage};
 use crate::verify::{self, VerifyOptions};
-use crate::{files, headless, report};
+use crate::{env_commands, files, headless, report};
 
 const CONN_HELP: &str = "libpq URL (postgresql://user@host:port/db) or 'key=value' string; \
     missing parts come from PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD and ~/.pgpass";
@@ -101,10 +98,116 @@ pub enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Stage 2: the TimescaleDB + pgvector target in a container (Docker Engine API), or a check of
+    /// an existing server.
+    Env {
+        #[command(subcommand)]
+        action: EnvAction,
+    },
 }
 
-/// Events buffered between the engine and a slow consumer; beyond it, the work waits.
-const EVENT_BUFFER: usize = 1024;
+/// The container's name and its password file, shared by every `env` command.
+#[derive(Debug, clap::Args)]
+pub struct ContainerArgs {
+    /// Container name.
+    #[arg(long, default_value = "pgshift-timescaledb")]
+    pub name: String,
+    /// pgpass-format file with the generated superuser password (default
+    /// ~/.config/pgshift/NAME.pgpass, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvAction {
+    /// Build the image if needed, create and start the container (or reuse it), wait until healthy,
+    /// report versions, license and extensions. With --target: check that server instead.
+    Up {
+        #[command(flatten)]
+        container: ContainerArgs,
+        /// Use this existing server as the target instead of a container.
+        #[arg(long, env = "PGSHIFT_TARGET", hide_env_values = true, help = CONN_HELP)]
+        target: Option<String>,
+        /// Image tag to build or use.
+        #[arg(long, default_value = "pgshift/timescaledb-pgvector:pg17")]
+        image: String,
+        /// Dockerfile to build (default: pgshift's Dockerfile.timescaledb).
+        #[arg(long, value_name = "FILE")]
+        dockerfile: Option<PathBuf>,
+        /// Build context (default: the Dockerfile's directory).
+        #[arg(long, value_name = "DIR")]
+        context: Option<PathBuf>,
+        /// Build argument (repeatable), e.g. --build-arg PG_MAJOR=17.
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_args: Vec<String>,
+        /// Build the image even if it exists.
+        #[arg(long)]
+        rebuild: bool,
+        /// Host address the port is published on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// Host port for PostgreSQL.
+        #[arg(long, default_value_t = 55432)]
+        port: u16,
+        /// Data directory: a named volume (NAME or volume:NAME) or a host path (default volume NAME-data).
+        #[arg(long, value_name = "VOLUME|PATH")]
+        data: Option<String>,
+        /// Shared memory for the container in MiB (parallel index builds need more than Docker's 64).
+        #[arg(long, default_value_t = 1024)]
+        shm_mb: u64,
+        /// Seconds to wait for the health check.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        /// Keep a container that failed to start or become healthy.
+        #[arg(long)]
+        keep_failed: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The container's state and health, and what its server offers (or --target's).
+    Status {
+        #[command(flatten)]
+        container: ContainerArgs,
+        #[arg(long, env = "PGSHIFT_TARGET", hide_env_values = true, help = CONN_HELP)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The container's log.
+    Logs {
+        #[command(flatten)]
+        container: ContainerArgs,
+        /// Lines from the end ("all" for everything).
+        #[arg(long, default_value = "100")]
+        tail: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run psql inside the container (output streamed, psql's exit code returned).
+    Psql {
+        #[command(flatten)]
+        container: ContainerArgs,
+        #[arg(short = 'd', long, default_value = "postgres")]
+        dbname: String,
+        /// SQL to run.
+        #[arg(short = 'c', long, conflicts_with = "file")]
+        command: Option<String>,
+        /// SQL file to run (fed on standard input; "-" reads pgshift's own).
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+    },
+    /// Stop and remove the container (only with --yes); the data volume stays unless --remove-data.
+    Down {
+        #[command(flatten)]
+        container: ContainerArgs,
+        /// Confirm: stop and remove the container.
+        #[arg(long)]
+        yes: bool,
+        /// Also remove the named data volume (all the target's data).
+        #[arg(long)]
+        remove_data: bool,
+    },
+}
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
@@ -152,28 +255,8 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             run_backup(source, &dir, options, mode).await
         }
+        Command::Env { action } => env_commands::run(action).await,
     }
-}
-
-/// Cancels the run on Ctrl-C or SIGTERM.
-fn cancel_on_signals(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated => {}
-        }
-        eprintln!("pgshift: cancelling: stopping child processes and ending server sessions");
-        cancel.cancel();
-    });
 }
 
 async fn run_backup(
@@ -184,41 +267,27 @@ async fn run_backup(
 ) -> Result<i32, UserError> {
     let dir = files::create_run_dir(base)?;
     let log = files::create_private(&dir.join("pgshift.log")).map_err(|e| files::write_error(&dir, &e))?;
-    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-    let printer = tokio::spawn(headless::consume(rx, mode, Some(log)));
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let mut engine = Engine::new(tx, cancel);
-    engine.set_run_dir(dir.clone());
     let stage = BackupStage::new(source, options);
-    if let Err(e) = engine.preflight(&[&stage]).await {
-        drop(engine);
-        let _ = printer.await;
-        let _ = std::fs::remove_dir_all(&dir); // nothing was written but the log of the refusal
-        return match e {
-            StageError::Failed(e) => Err(e),
-            StageError::Cancelled => {
-                eprintln!("pgshift: backup cancelled before it started");
-                Ok(EXIT_CANCELLED)
+    let result = headless::run_stage(&stage, Some(&dir), Some(log), mode).await;
+    match result {
+        Ok(headless::Ended::Done) => {
+            if mode != headless::Mode::Json {
+                let _ = writeln!(std::io::stdout(), "{}", dir.display());
             }
-        };
-    }
-    let mut journal = Journal::open(&dir).map_err(|m| UserError::new(m, "use a new --dir"))?;
-    let outcome = engine.run(&[&stage], Some(&mut journal)).await;
-    drop(engine);
-    let _ = printer.await;
-    if outcome.succeeded() {
-        if mode != headless::Mode::Json {
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), "{}", dir.display());
+            Ok(0)
         }
-        Ok(0)
-    } else if outcome.cancelled() {
-        eprintln!("pgshift: backup cancelled; {} is incomplete (no manifest.json)", dir.display());
-        Ok(EXIT_CANCELLED)
-    } else {
-        let e = outcome.error.unwrap_or_else(|| UserError::new("backup failed", "see the output above"));
-        eprintln!("pgshift: {e}");
-        Ok(EXIT_STAGE_FAILED)
+        Ok(headless::Ended::Refused(e)) => {
+            let _ = std::fs::remove_dir_all(&dir); // nothing was written but the log of the refusal
+            Err(e)
+        }
+        Ok(headless::Ended::Failed(e)) => {
+            eprintln!("pgshift: {e}");
+            Ok(EXIT_STAGE_FAILED)
+        }
+        Ok(headless::Ended::Cancelled) => {
+            eprintln!("pgshift: backup cancelled; {} is incomplete (no manifest.json)", dir.display());
+            Ok(EXIT_CANCELLED)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -33,6 +33,7 @@ pub enum Unit {
     Rows,
     Tables,
     Steps,
+    Seconds,
 }
 
 /// How a stage ended.
@@ -206,6 +207,12 @@ impl StageContext {
     pub fn try_progress(&self, item: &str, done: u64, total: Option<u64>, unit: Unit) {
         let _ =
             self.events.try_send(Event::Progress { stage: self.stage.into(), item: item.into(), done, total, unit });
+    }
+
+    /// A sender for events from synchronous callbacks (`try_send`: output may be dropped when the
+    /// consumer lags far behind).
+    pub fn events_sender(&self) -> mpsc::Sender<Event> {
+        self.events.clone()
     }
 
     /// The directory of this run (backup files, journal), when the run has one.

@@ -6,8 +6,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Event, StageStatus, Stream, Unit};
+use crate::engine::{Engine, Event, Stage, StageError, StageStatus, Stream, Unit};
+use crate::error::UserError;
+use crate::journal::Journal;
 use crate::stages::backup::human_bytes;
 
 /// How events reach the terminal.
@@ -17,6 +20,82 @@ pub enum Mode {
     Text { verbose: bool },
     /// Every event as one JSON object per line on stdout.
     Json,
+}
+
+/// Events buffered between the engine and a slow consumer; beyond it, the work waits.
+const EVENT_BUFFER: usize = 1024;
+
+/// How a headless run of one stage ended.
+#[derive(Debug)]
+pub enum Ended {
+    Done,
+    /// Its pre-flight refused: nothing was done.
+    Refused(UserError),
+    Failed(UserError),
+    Cancelled,
+}
+
+/// Runs one stage through the engine with this view attached: events printed (and logged to
+/// `log`), Ctrl-C/SIGTERM cancel, the journal kept in `run_dir` when there is one.
+pub async fn run_stage(
+    stage: &dyn Stage,
+    run_dir: Option<&std::path::Path>,
+    log: Option<std::fs::File>,
+    mode: Mode,
+) -> Result<Ended, UserError> {
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let printer = tokio::spawn(consume(rx, mode, log));
+    let cancel = CancellationToken::new();
+    let signals = cancel_on_signals(cancel.clone());
+    let mut engine = Engine::new(tx, cancel);
+    if let Some(dir) = run_dir {
+        engine.set_run_dir(dir.to_path_buf());
+    }
+    let ended = match engine.preflight(&[stage]).await {
+        Err(StageError::Failed(e)) => Ended::Refused(e),
+        Err(StageError::Cancelled) => Ended::Cancelled,
+        Ok(()) => {
+            let mut journal = match run_dir {
+                Some(dir) => Some(Journal::open(dir).map_err(|m| UserError::new(m, "use a new directory"))?),
+                None => None,
+            };
+            let outcome = engine.run(&[stage], journal.as_mut()).await;
+            if outcome.succeeded() {
+                Ended::Done
+            } else if outcome.cancelled() {
+                Ended::Cancelled
+            } else {
+                Ended::Failed(
+                    outcome.error.unwrap_or_else(|| UserError::new("the stage failed", "see the output above")),
+                )
+            }
+        }
+    };
+    signals.abort();
+    drop(engine);
+    let _ = printer.await;
+    Ok(ended)
+}
+
+/// Cancels the run on Ctrl-C or SIGTERM.
+fn cancel_on_signals(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        let _ = writeln!(std::io::stderr(), "pgshift: cancelling: stopping child processes and ending server sessions");
+        cancel.cancel();
+    })
 }
 
 /// Prints events until the channel closes; writes every event to `log` as text.
@@ -102,6 +181,7 @@ fn progress(done: u64, total: Option<u64>, unit: Unit) -> String {
         Unit::Rows => format!("{n} rows"),
         Unit::Tables => format!("{n} tables"),
         Unit::Steps => format!("{n} steps"),
+        Unit::Seconds => format!("{n} s"),
     };
     match total {
         Some(t) if t > 0 => format!("{} of {} ({:.0}%)", fmt(done), fmt(t), done as f64 * 100.0 / t as f64),

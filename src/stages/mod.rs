@@ -1,3 +1,4 @@
 //! The checklist's stages, one file each. A stage emits events through its context and never prints.
 
 pub mod backup;
+pub mod environment;

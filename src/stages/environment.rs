@@ -1,0 +1,526 @@
+//! Stage 2 — Environment: the TimescaleDB + pgvector target, built and run through the Docker
+//! Engine API — or an existing server given by connection string.
+//!
+//! `up`: connect to the engine; reuse a container of the same name (start it if stopped); else
+//! build the image (when missing or asked), create the container (generated password in a 0600
+//! file, copied into the container, never in its environment or arguments; data volume or
+//! directory; port on 127.0.0.1; shared memory for parallel index builds; health check), start it,
+//! wait until healthy while streaming its log, and report what the server offers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, PortBinding};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::conn::ConnSpec;
+use crate::docker::{self, Engine};
+use crate::engine::{Stage, StageContext, StageError, Stream, Unit};
+use crate::error::UserError;
+use crate::files;
+
+/// The Dockerfile shipped with pgshift, used when none is given.
+pub const DEFAULT_DOCKERFILE: &str = include_str!("../../Dockerfile.timescaledb");
+/// Label on every container pgshift creates; `env down` removes only those.
+pub const MANAGED_LABEL: &str = "org.pgshift.managed";
+const DATA_DIR: &str = "/var/lib/postgresql/data";
+const PASSWORD_IN_CONTAINER: &str = "/run/pgshift/postgres-password";
+
+/// Where the container keeps its data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    Volume(String),
+    Host(PathBuf),
+}
+
+impl DataDir {
+    /// `volume:NAME`, or a path (anything with a `/`), or a bare volume name.
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix("volume:") {
+            Some(v) => DataDir::Volume(v.to_string()),
+            None if text.contains('/') => DataDir::Host(PathBuf::from(text)),
+            None => DataDir::Volume(text.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    pub name: String,
+    pub image: String,
+    /// None: the embedded Dockerfile.timescaledb.
+    pub dockerfile: Option<PathBuf>,
+    /// The build context (default: the Dockerfile's directory).
+    pub context: Option<PathBuf>,
+    pub build_args: HashMap<String, String>,
+    /// Build even when the image exists.
+    pub rebuild: bool,
+    pub bind: String,
+    pub port: u16,
+    pub data: DataDir,
+    pub shm_size: u64,
+    /// pgpass-format file holding the generated superuser password (mode 0600).
+    pub password_file: PathBuf,
+    pub health_timeout: Duration,
+    /// Keep a container that failed to start or become healthy (for inspection).
+    pub keep_failed: bool,
+}
+
+impl EnvOptions {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            image: "pgshift/timescaledb-pgvector:pg17".into(),
+            dockerfile: None,
+            context: None,
+            build_args: HashMap::new(),
+            rebuild: false,
+            bind: "127.0.0.1".into(),
+            port: 55432,
+            data: DataDir::Volume(format!("{name}-data")),
+            shm_size: 1 << 30,
+            password_file: default_password_file(name),
+            health_timeout: Duration::from_secs(180),
+            keep_failed: false,
+        }
+    }
+
+    /// The target as a connection: superuser over the published port, password from the file.
+    pub fn target(&self) -> Result<ConnSpec, UserError> {
+        let host = if self.bind == "0.0.0.0" { "127.0.0.1" } else { self.bind.as_str() };
+        let mut spec =
+            ConnSpec::parse("target", &format!("host={host} port={} user=postgres dbname=postgres", self.port))?;
+        spec.config.password(read_password(&self.password_file)?);
+        Ok(spec)
+    }
+}
+
+/// `~/.config/pgshift/NAME.pgpass`.
+pub fn default_password_file(name: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("pgshift").join(format!("{name}.pgpass"))
+}
+
+/// The password from a pgpass-format file (`*:*:*:postgres:PASSWORD`).
+pub fn read_password(path: &Path) -> Result<String, UserError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UserError::new(
+            format!("cannot read the target's password file {}: {e}", path.display()),
+            "run pgshift env up first (it writes the file), or give --password-file",
+        )
+    })?;
+    text.lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .and_then(|l| l.splitn(5, ':').nth(4))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            UserError::new(
+                format!("{} is not a pgpass line (host:port:db:user:password)", path.display()),
+                "remove it and run pgshift env up again",
+            )
+        })
+}
+
+/// Reads the password file, or writes a new one with a generated password (0600, directory 0700).
+fn ensure_password(path: &Path) -> Result<(String, bool), UserError> {
+    if path.exists() {
+        return Ok((read_password(path)?, false));
+    }
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| files::write_error(dir, &e))?;
+    }
+    let mut bytes = [0u8; 24];
+    getrandom(&mut bytes).map_err(|e| files::write_error(Path::new("/dev/urandom"), &e))?;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let password: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    let text = format!(
+        "# superuser of the pgshift target container; use with PGPASSFILE={}\n*:*:*:postgres:{password}\n",
+        path.display()
+    );
+    files::write_atomic(path, text.as_bytes()).map_err(|e| files::write_error(path, &e))?;
+    Ok((password, true))
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// What the target server offers, read over a normal connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerReport {
+    pub connection: String,
+    pub version: String,
+    pub version_num: i32,
+    /// Installable TimescaleDB version (`pg_available_extensions`), if any.
+    pub timescaledb_available: Option<String>,
+    /// `timescaledb` is in `shared_preload_libraries` (it must be, to be created).
+    pub timescaledb_preloaded: bool,
+    /// `apache` or `timescale`, as a session with the extension sees it; None when unknown.
+    pub timescaledb_license: Option<String>,
+    pub vector_available: Option<String>,
+}
+
+impl ServerReport {
+    pub fn summary(&self) -> String {
+        let short = self.version.split(" on ").next().unwrap_or(&self.version);
+        let ts = match (&self.timescaledb_available, self.timescaledb_preloaded, &self.timescaledb_license) {
+            (Some(v), true, Some(l)) => format!("TimescaleDB {v} ({l} license)"),
+            (Some(v), true, None) => format!("TimescaleDB {v} (license unknown)"),
+            (Some(v), false, _) => format!("TimescaleDB {v} (not preloaded)"),
+            (None, _, _) => "no TimescaleDB".into(),
+        };
+        let vector = match &self.vector_available {
+            Some(v) => format!("pgvector {v}"),
+            None => "no pgvector".into(),
+        };
+        format!("{short}, {ts}, {vector}")
+    }
+}
+
+pub async fn check_server(spec: &ConnSpec) -> Result<ServerReport, UserError> {
+    let client = spec.connect().await?;
+    let fail = |e: tokio_postgres::Error| {
+        UserError::new(
+            format!("{} {}: {}", spec.role, spec.label(), crate::catalog::db_message(&e)),
+            "check that it is a PostgreSQL server you may query",
+        )
+    };
+    let row = client
+        .query_one(
+            "SELECT version(), current_setting('server_version_num')::int,
+                    'timescaledb' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')),
+                    (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+                    (SELECT default_version FROM pg_available_extensions WHERE name = 'vector')",
+            &[],
+        )
+        .await
+        .map_err(fail)?;
+    let mut report = ServerReport {
+        connection: spec.label(),
+        version: row.get(0),
+        version_num: row.get(1),
+        timescaledb_preloaded: row.get(2),
+        timescaledb_license: None,
+        timescaledb_available: row.get(3),
+        vector_available: row.get(4),
+    };
+    if report.timescaledb_preloaded && report.timescaledb_available.is_some() {
+        report.timescaledb_license = license_probe(&client).await;
+    }
+    Ok(report)
+}
+
+/// The license a session with TimescaleDB sees: its setting exists only once the extension's
+/// library is loaded, so the extension is created inside a transaction that is rolled back.
+async fn license_probe(client: &tokio_postgres::Client) -> Option<String> {
+    client.batch_execute("BEGIN; CREATE EXTENSION IF NOT EXISTS timescaledb").await.ok()?;
+    let license = client
+        .query_one("SELECT current_setting('timescaledb.license', true)", &[])
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<String>>(0));
+    let _ = client.batch_execute("ROLLBACK").await;
+    license
+}
+
+/// Warnings a DBA should see about a target before migrating onto it.
+pub fn report_warnings(r: &ServerReport) -> Vec<String> {
+    let mut w = Vec::new();
+    if r.timescaledb_available.is_none() {
+        w.push("the target has no TimescaleDB extension available: hypertables cannot be created".to_string());
+    } else if !r.timescaledb_preloaded {
+        w.push("TimescaleDB is installed but not in shared_preload_libraries: add it and restart".to_string());
+    } else if r.timescaledb_license.as_deref() == Some("apache") {
+        w.push(
+            "TimescaleDB runs the Apache-only build: compression, continuous aggregates and policies are unavailable \
+             (use the Timescale-licensed image for them)"
+                .to_string(),
+        );
+    }
+    if r.vector_available.is_none() {
+        w.push(
+            "the target has no pgvector extension available: vector columns and indexes cannot be created".to_string(),
+        );
+    }
+    w
+}
+
+/// Stage 2 with a container.
+pub struct ContainerStage {
+    options: EnvOptions,
+}
+
+impl ContainerStage {
+    pub fn new(options: EnvOptions) -> Self {
+        Self { options }
+    }
+
+    async fn up(&self, ctx: &StageContext, created_here: &mut bool) -> Result<String, StageError> {
+        let o = &self.options;
+        let engine = docker::connect().await?;
+        ctx.info("docker", format!("Docker engine {} (API {}) at {}", engine.version, engine.api_version, engine.host))
+            .await;
+        let (password, new_password) = ensure_password(&o.password_file)?;
+        if new_password {
+            ctx.info(
+                "password",
+                format!("generated a superuser password in {} (mode 0600)", o.password_file.display()),
+            )
+            .await;
+        }
+
+        match docker::inspect(&engine, &o.name).await? {
+            Some(c) if c.state.as_ref().and_then(|s| s.running).unwrap_or(false) => {
+                ctx.info("container", format!("container {} is running: reusing it", o.name)).await;
+            }
+            Some(_) => {
+                ctx.info("container", format!("container {} exists but is stopped: starting it", o.name)).await;
+                docker::start(&engine, &o.name, o.port).await?;
+            }
+            None => {
+                self.build_if_needed(ctx, &engine).await?;
+                docker::create(&engine, &o.name, self.container_body()?).await?;
+                *created_here = true;
+                ctx.info("container", format!("created container {} from {}", o.name, o.image)).await;
+                let tar = docker::tar_file(PASSWORD_IN_CONTAINER.trim_start_matches('/'), password.as_bytes(), 0o600);
+                docker::upload(&engine, &o.name, tar).await?;
+                docker::start(&engine, &o.name, o.port).await?;
+                ctx.info("container", format!("started; port {} on {}", o.port, o.bind)).await;
+            }
+        }
+        self.wait_healthy(ctx, &engine).await?;
+
+        let target = o.target()?;
+        let report = check_server(&target).await?;
+        for w in report_warnings(&report) {
+            ctx.warning(w).await;
+        }
+        Ok(format!("{} ready: {}", target.label(), report.summary()))
+    }
+
+    async fn build_if_needed(&self, ctx: &StageContext, engine: &Engine) -> Result<(), StageError> {
+        let o = &self.options;
+        if !o.rebuild && docker::image_exists(engine, &o.image).await? {
+            ctx.info("docker build", format!("image {} exists: not rebuilt (--rebuild builds it again)", o.image))
+                .await;
+            return Ok(());
+        }
+        let (context, dockerfile_name) = match &o.dockerfile {
+            Some(path) => {
+                let dir = o.context.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+                let name = path
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| dir.canonicalize().ok().and_then(|d| p.strip_prefix(d).ok().map(Path::to_path_buf)))
+                    .ok_or_else(|| {
+                        UserError::new(
+                            format!("{} is not inside its build context {}", path.display(), dir.display()),
+                            "check --dockerfile and --context",
+                        )
+                    })?;
+                (docker::tar_context(&dir, 200 << 20)?, name.to_string_lossy().into_owned())
+            }
+            None => (docker::tar_file("Dockerfile", DEFAULT_DOCKERFILE.as_bytes(), 0o644), "Dockerfile".into()),
+        };
+        ctx.info("docker build", format!("building {} ({} KiB context)", o.image, context.len() >> 10)).await;
+        let events = ctx.events_sender();
+        let stage = ctx.stage();
+        let mut line = move |l: String| {
+            let _ = events.try_send(crate::engine::Event::Output {
+                stage: stage.into(),
+                source: "docker build".into(),
+                stream: Stream::Stdout,
+                line: l,
+            });
+        };
+        tokio::select! {
+            r = docker::build_image(engine, context, &dockerfile_name, &o.image, &o.build_args, &mut line) => r?,
+            _ = ctx.cancel_token().cancelled() => return Err(StageError::Cancelled),
+        }
+        ctx.info("docker build", format!("built {}", o.image)).await;
+        Ok(())
+    }
+
+    fn container_body(&self) -> Result<ContainerCreateBody, UserError> {
+        let o = &self.options;
+        let bind = match &o.data {
+            DataDir::Volume(v) => format!("{v}:{DATA_DIR}"),
+            DataDir::Host(p) => {
+                std::fs::create_dir_all(p).map_err(|e| files::write_error(p, &e))?;
+                let abs = p.canonicalize().map_err(|e| files::write_error(p, &e))?;
+                format!("{}:{DATA_DIR}", abs.display())
+            }
+        };
+        let seconds = |s: i64| s * 1_000_000_000;
+        let mut ports = HashMap::new();
+        ports.insert(
+            "5432/tcp".to_string(),
+            Some(vec![PortBinding { host_ip: Some(o.bind.clone()), host_port: Some(o.port.to_string()) }]),
+        );
+        Ok(ContainerCreateBody {
+            image: Some(o.image.clone()),
+            env: Some(vec![format!("POSTGRES_PASSWORD_FILE={PASSWORD_IN_CONTAINER}"), format!("PGDATA={DATA_DIR}")]),
+            exposed_ports: Some(vec!["5432/tcp".into()]),
+            labels: Some(HashMap::from([(MANAGED_LABEL.to_string(), "true".to_string())])),
+            healthcheck: Some(HealthConfig {
+                test: Some(
+                    ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres"].map(String::from).to_vec(),
+                ),
+                interval: Some(seconds(2)),
+                timeout: Some(seconds(5)),
+                retries: Some(5),
+                start_period: Some(seconds(600)),
+                start_interval: None,
+            }),
+            host_config: Some(HostConfig {
+                binds: Some(vec![bind]),
+                port_bindings: Some(ports),
+                shm_size: Some(o.shm_size as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Waits for the health check to pass, streaming the container's log meanwhile.
+    async fn wait_healthy(&self, ctx: &StageContext, engine: &Engine) -> Result<(), StageError> {
+        let o = &self.options;
+        let started = Instant::now();
+        let mut last_status = String::new();
+        let mut log = Box::pin(docker::logs(engine, &o.name, "20", true));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = ctx.cancel_token().cancelled() => return Err(StageError::Cancelled),
+                Some(line) = log.next() => ctx.output("container", Stream::Stdout, line).await,
+                _ = tick.tick() => {
+                    let c = docker::inspect(engine, &o.name).await?.ok_or_else(|| {
+                        UserError::new(format!("container {} disappeared", o.name), "run pgshift env up again")
+                    })?;
+                    let state = c.state.unwrap_or_default();
+                    if !state.running.unwrap_or(false) {
+                        let tail = docker::last_log_lines(engine, &o.name, 3).await.join(" | ");
+                        return Err(UserError::new(
+                            format!("container {} stopped (exit code {}): {tail}", o.name, state.exit_code.unwrap_or(-1)),
+                            "read pgshift env logs; check the image, the data directory and the password file",
+                        ).into());
+                    }
+                    let status = match state.health.and_then(|h| h.status) {
+                        Some(HealthStatusEnum::HEALTHY) => {
+                            ctx.info("health", format!("healthy after {:.1}s", started.elapsed().as_secs_f64())).await;
+                            return Ok(());
+                        }
+                        Some(HealthStatusEnum::UNHEALTHY) => "unhealthy".to_string(),
+                        Some(s) => s.to_string(),
+                        None => "no health check".to_string(),
+                    };
+                    if status != last_status {
+                        ctx.info("health", status.clone()).await;
+                        last_status = status;
+                    }
+                    let waited = started.elapsed();
+                    ctx.progress("health check", waited.as_secs(), Some(o.health_timeout.as_secs()), Unit::Seconds).await;
+                    if waited >= o.health_timeout {
+                        let tail = docker::last_log_lines(engine, &o.name, 3).await.join(" | ");
+                        return Err(UserError::new(
+                            format!(
+                                "container {} did not become healthy within {} s (health: {last_status}); last log lines: {tail}",
+                                o.name,
+                                o.health_timeout.as_secs()
+                            ),
+                            "read pgshift env logs; check the health check (pg_isready), memory and the data directory, \
+                             or raise --timeout",
+                        ).into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fails when something already listens on `bind:port` (a local engine would fail later, with a
+/// half-created container).
+pub fn check_port_free(bind: &str, port: u16) -> Result<(), UserError> {
+    let addr = format!("{bind}:{port}");
+    match std::net::TcpListener::bind(&addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(docker::port_in_use(port)),
+        Err(_) => Ok(()), // an address this host does not have: the engine decides
+    }
+}
+
+impl Stage for ContainerStage {
+    fn id(&self) -> &'static str {
+        "environment"
+    }
+
+    fn title(&self) -> &'static str {
+        "Environment: TimescaleDB + pgvector container"
+    }
+
+    fn preflight<'a>(&'a self, _ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
+        Box::pin(async move {
+            let engine = docker::connect().await?;
+            if docker::inspect(&engine, &self.options.name).await?.is_none() {
+                // a local engine would fail only at start, after a long build
+                check_port_free(&self.options.bind, self.options.port)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let mut created_here = false;
+            let result = self.up(ctx, &mut created_here).await;
+            if result.is_err() && created_here && !self.options.keep_failed {
+                // nothing half-created is left behind (the data volume is kept: it may hold data)
+                if let Ok(engine) = docker::connect().await {
+                    if docker::remove(&engine, &self.options.name).await.is_ok() {
+                        ctx.info("container", format!("removed the failed container {}", self.options.name)).await;
+                    }
+                }
+            }
+            result
+        })
+    }
+}
+
+/// Stage 2 with an existing server: check it and report what it offers.
+pub struct ExistingServerStage {
+    target: ConnSpec,
+}
+
+impl ExistingServerStage {
+    pub fn new(target: ConnSpec) -> Self {
+        Self { target }
+    }
+}
+
+impl Stage for ExistingServerStage {
+    fn id(&self) -> &'static str {
+        "environment"
+    }
+
+    fn title(&self) -> &'static str {
+        "Environment: existing target server"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let report = check_server(&ctx.tagged(&self.target)).await?;
+            for w in report_warnings(&report) {
+                ctx.warning(w).await;
+            }
+            Ok(format!("{} ready: {}", report.connection, report.summary()))
+        })
+    }
+}

@@ -30,17 +30,18 @@ pub enum Change {
 #[serde(deny_unknown_fields)]
 struct AllowFile {
     #[serde(default)]
-    allow: Vec<RuleText>,
+    allow: Vec<AllowRule>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `[[allow]]` entry as written (also part of the plan file).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RuleText {
-    class: String,
-    name: String,
+pub struct AllowRule {
+    pub class: String,
+    pub name: String,
     #[serde(default = "any")]
-    change: Change,
-    reason: Option<String>,
+    pub change: Change,
+    pub reason: Option<String>,
 }
 
 fn any() -> Change {
@@ -83,8 +84,13 @@ impl AllowList {
                 "write [[allow]] entries with class, name, optional change (missing|extra|changed|any) and reason",
             )
         })?;
+        Self::from_rules(file.allow)
+    }
+
+    /// Checks and compiles written rules.
+    pub fn from_rules(written: Vec<AllowRule>) -> Result<Self, UserError> {
         let mut rules = Vec::new();
-        for r in file.allow {
+        for r in written {
             if r.class != "*" && r.class != "rows" && Class::from_key(&r.class).is_none() {
                 let known: Vec<&str> = Class::ALL.iter().map(|c| c.key()).collect();
                 return Err(UserError::new(

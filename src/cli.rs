@@ -98,11 +98,48 @@ pub enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Run the whole plan: backup, environment, schema, data, post-data, verify. A rerun resumes
+    /// the latest unfinished run. Exit code 0: migrated and verified clean; 1: verify found
+    /// differences; 2: refused; 3: a stage failed; 130: cancelled.
+    Run {
+        /// The plan (TOML; pgshift plan init writes one).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// Confirm: the run writes to the target.
+        #[arg(long)]
+        yes: bool,
+        /// Start a new run instead of resuming the latest unfinished one.
+        #[arg(long)]
+        restart: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Write a commented plan from the source's inventory.
+    Plan {
+        #[command(subcommand)]
+        action: PlanAction,
+    },
     /// Stage 2: the TimescaleDB + pgvector target in a container (Docker Engine API), or a check of
     /// an existing server.
     Env {
         #[command(subcommand)]
         action: EnvAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanAction {
+    /// Write a plan for this source, suggesting hypertable candidates.
+    Init {
+        #[arg(long, env = "PGSHIFT_SOURCE", hide_env_values = true, help = CONN_HELP)]
+        source: String,
+        #[arg(long, default_value = "pgshift.toml", value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -256,6 +293,13 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             run_backup(source, &dir, options, mode).await
         }
         Command::Env { action } => env_commands::run(action).await,
+        Command::Run { plan, yes, restart, json, verbose } => {
+            let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
+            crate::run::run(&plan, yes, restart, mode).await
+        }
+        Command::Plan { action: PlanAction::Init { source, out, overwrite } } => {
+            crate::run::init(&source, &out, overwrite).await
+        }
     }
 }
 
@@ -280,7 +324,7 @@ async fn run_backup(
             let _ = std::fs::remove_dir_all(&dir); // nothing was written but the log of the refusal
             Err(e)
         }
-        Ok(headless::Ended::Failed(e)) => {
+        Ok(headless::Ended::Failed(_, e)) => {
             eprintln!("pgshift: {e}");
             Ok(EXIT_STAGE_FAILED)
         }

@@ -189,7 +189,7 @@ fn finish(ended: Ended, success_line: Option<String>) -> Result<i32, UserError> 
             Ok(0)
         }
         Ended::Refused(e) => Err(e),
-        Ended::Failed(e) => {
+        Ended::Failed(_, e) => {
             eprintln!("pgshift: {e}");
             Ok(EXIT_STAGE_FAILED)
         }

@@ -25,20 +25,32 @@ pub enum Mode {
 /// Events buffered between the engine and a slow consumer; beyond it, the work waits.
 const EVENT_BUFFER: usize = 1024;
 
-/// How a headless run of one stage ended.
+/// How a headless run ended.
 #[derive(Debug)]
 pub enum Ended {
     Done,
-    /// Its pre-flight refused: nothing was done.
+    /// A pre-flight refused: nothing was done.
     Refused(UserError),
-    Failed(UserError),
+    /// A stage failed (its id and error).
+    Failed(&'static str, UserError),
     Cancelled,
 }
 
-/// Runs one stage through the engine with this view attached: events printed (and logged to
-/// `log`), Ctrl-C/SIGTERM cancel, the journal kept in `run_dir` when there is one.
+/// Runs one stage; see [`run_stages`].
 pub async fn run_stage(
     stage: &dyn Stage,
+    run_dir: Option<&std::path::Path>,
+    log: Option<std::fs::File>,
+    mode: Mode,
+) -> Result<Ended, UserError> {
+    run_stages(&[stage], run_dir, log, mode).await
+}
+
+/// Runs stages through the engine with this view attached: every pre-flight first, then the
+/// stages in order; events printed (and logged to `log`); Ctrl-C/SIGTERM cancel; the journal kept
+/// in `run_dir` when there is one (stages it records as done are skipped).
+pub async fn run_stages(
+    stages: &[&dyn Stage],
     run_dir: Option<&std::path::Path>,
     log: Option<std::fs::File>,
     mode: Mode,
@@ -51,7 +63,7 @@ pub async fn run_stage(
     if let Some(dir) = run_dir {
         engine.set_run_dir(dir.to_path_buf());
     }
-    let ended = match engine.preflight(&[stage]).await {
+    let ended = match engine.preflight(stages).await {
         Err(StageError::Failed(e)) => Ended::Refused(e),
         Err(StageError::Cancelled) => Ended::Cancelled,
         Ok(()) => {
@@ -59,13 +71,15 @@ pub async fn run_stage(
                 Some(dir) => Some(Journal::open(dir).map_err(|m| UserError::new(m, "use a new directory"))?),
                 None => None,
             };
-            let outcome = engine.run(&[stage], journal.as_mut()).await;
+            let outcome = engine.run(stages, journal.as_mut()).await;
             if outcome.succeeded() {
                 Ended::Done
             } else if outcome.cancelled() {
                 Ended::Cancelled
             } else {
+                let failed = outcome.statuses.iter().find(|(_, s)| *s == StageStatus::Failed);
                 Ended::Failed(
+                    failed.map(|(id, _)| *id).unwrap_or("?"),
                     outcome.error.unwrap_or_else(|| UserError::new("the stage failed", "see the output above")),
                 )
             }

@@ -122,6 +122,26 @@ pub async fn run_tool(
     sink: &mut dyn Sink,
     classify: &mut (dyn FnMut(&str) -> LineClass + Send),
 ) -> Result<(), StageError> {
+    match run_tool_status(ctx, cmd, sink, classify).await? {
+        ToolExit::Success => Ok(()),
+        ToolExit::Failed(e) => Err(StageError::Failed(e)),
+    }
+}
+
+/// How a tool that ran to its end exited.
+pub enum ToolExit {
+    Success,
+    /// A non-zero exit, explained (pg_restore exits 1 when it skipped failed entries).
+    Failed(UserError),
+}
+
+/// Like [`run_tool`], but a non-zero exit is returned rather than an error.
+pub async fn run_tool_status(
+    ctx: &StageContext,
+    cmd: &ToolCommand,
+    sink: &mut dyn Sink,
+    classify: &mut (dyn FnMut(&str) -> LineClass + Send),
+) -> Result<ToolExit, StageError> {
     let stdin = match &cmd.stdin {
         Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| {
             UserError::new(format!("cannot read {}: {e}", p.display()), "check that the backup directory is complete")
@@ -212,11 +232,11 @@ pub async fn run_tool(
     guard.0 = None;
     let status = status.map_err(|e| UserError::new(format!("{} did not finish: {e}", cmd.label), "run it again"))?;
     if status.success() {
-        return Ok(());
+        return Ok(ToolExit::Success);
     }
     let detail = if error_lines.is_empty() { last_lines } else { error_lines };
     let code = status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
-    Err(StageError::Failed(explain_failure(&cmd.label, &code, &detail)))
+    Ok(ToolExit::Failed(explain_failure(&cmd.label, &code, &detail)))
 }
 
 /// Stops a tool: SIGTERM to its group, SIGKILL to the group if the leader has not exited after

@@ -29,6 +29,14 @@ pub(crate) fn user_ns(n: &str) -> String {
     )
 }
 
+/// `schema_expr` (a name) is a user schema.
+pub(crate) fn user_ns_name(schema_expr: &str) -> String {
+    format!(
+        "{schema_expr} NOT IN ('pg_catalog', 'information_schema') AND {schema_expr} !~ '^pg_(toast|temp_)' \
+         AND {schema_expr} !~ '{TS_SCHEMAS}'"
+    )
+}
+
 /// Not a member of any extension.
 pub(crate) fn not_ext(catalog: &str, oid: &str) -> String {
     format!(

@@ -128,7 +128,7 @@ pub fn read_password(path: &Path) -> Result<String, UserError> {
 }
 
 /// Reads the password file, or writes a new one with a generated password (0600, directory 0700).
-fn ensure_password(path: &Path) -> Result<(String, bool), UserError> {
+pub fn ensure_password(path: &Path) -> Result<(String, bool), UserError> {
     if path.exists() {
         return Ok((read_password(path)?, false));
     }

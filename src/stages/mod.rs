@@ -1,4 +1,7 @@
 //! The checklist's stages, one file each. A stage emits events through its context and never prints.
 
 pub mod backup;
+pub mod data;
 pub mod environment;
+pub mod schema;
+pub mod verify;

@@ -1,0 +1,311 @@
+//! The migration plan (TOML): source, target (a container pgshift runs, or an existing server),
+//! backup directory, stage options, tables to turn into hypertables, vector columns to add, and the
+//! differences the plan makes on purpose (allowed by verify).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::allow::{AllowList, AllowRule};
+use crate::conn::ConnSpec;
+use crate::error::UserError;
+use crate::stages::environment::{default_password_file, DataDir, EnvOptions};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub source: SourcePlan,
+    pub target: TargetPlan,
+    #[serde(default)]
+    pub backup: BackupPlan,
+    #[serde(default)]
+    pub data: DataPlan,
+    #[serde(default)]
+    pub verify: VerifyPlan,
+    #[serde(default)]
+    pub hypertables: Vec<HypertablePlan>,
+    #[serde(default)]
+    pub vectors: Vec<VectorPlan>,
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePlan {
+    /// libpq URL or key=value string, without the password (PGPASSWORD or ~/.pgpass give it).
+    pub connection: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetPlan {
+    /// An existing server (and database) to migrate onto.
+    pub connection: Option<String>,
+    /// Or a container pgshift builds and runs.
+    pub container: Option<ContainerPlan>,
+    /// The target database (default: the source's name); created when missing.
+    pub database: Option<String>,
+    /// Migrate into a database that already holds objects (they may collide).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPlan {
+    #[serde(default = "default_container_name")]
+    pub name: String,
+    pub image: Option<String>,
+    pub dockerfile: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub port: Option<u16>,
+    pub data: Option<String>,
+    pub shm_mb: Option<u64>,
+    pub password_file: Option<PathBuf>,
+    pub timeout_seconds: Option<u64>,
+}
+
+fn default_container_name() -> String {
+    "pgshift-timescaledb".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPlan {
+    #[serde(default = "default_backup_dir")]
+    pub dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub role_passwords: bool,
+}
+
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("backups")
+}
+
+impl Default for BackupPlan {
+    fn default() -> Self {
+        Self { dir: default_backup_dir(), bin_dir: None, role_passwords: false }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPlan {
+    /// Tables copied at the same time.
+    #[serde(default = "default_jobs")]
+    pub jobs: usize,
+}
+
+fn default_jobs() -> usize {
+    2
+}
+
+impl Default for DataPlan {
+    fn default() -> Self {
+        Self { jobs: default_jobs() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPlan {
+    #[serde(default = "yes")]
+    pub checksums: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for VerifyPlan {
+    fn default() -> Self {
+        Self { checksums: true }
+    }
+}
+
+/// A plain source table to turn into a hypertable on the target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HypertablePlan {
+    pub table: String,
+    pub time_column: String,
+    /// `'1 day'`-style interval; default: suggested from the data.
+    pub chunk_interval: Option<String>,
+}
+
+/// A vector column (and index) to add on the target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VectorPlan {
+    pub table: String,
+    pub column: String,
+    pub dimensions: u32,
+    /// `hnsw` (default) or `ivfflat`; `none` for no index.
+    pub index: Option<String>,
+    pub opclass: Option<String>,
+    pub m: Option<u32>,
+    pub ef_construction: Option<u32>,
+    pub lists: Option<u32>,
+}
+
+impl Plan {
+    pub fn load(path: &Path) -> Result<Self, UserError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            UserError::new(
+                format!("cannot read plan {}: {e}", path.display()),
+                "check the path, or write one with pgshift plan init --source CONN",
+            )
+        })?;
+        Self::parse(&text).map_err(|e| UserError::new(format!("plan {}: {}", path.display(), e.message), e.fix))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, UserError> {
+        let plan: Plan = toml::from_str(text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .unwrap_or_default();
+            UserError::new(
+                format!("{place}{}", e.message().trim()),
+                "compare with the plan pgshift plan init writes (sections [source], [target], [backup], [data], \
+                 [verify], [[hypertables]], [[vectors]], [[allow]])",
+            )
+        })?;
+        plan.check()?;
+        Ok(plan)
+    }
+
+    fn check(&self) -> Result<(), UserError> {
+        ConnSpec::parse("source", &self.source.connection)
+            .map_err(|e| UserError::new(format!("[source] connection: {}", e.message), e.fix))?;
+        match (&self.target.connection, &self.target.container) {
+            (Some(c), None) => {
+                ConnSpec::parse("target", c)
+                    .map_err(|e| UserError::new(format!("[target] connection: {}", e.message), e.fix))?;
+            }
+            (None, Some(_)) => {}
+            _ => {
+                return Err(UserError::new(
+                    "[target] needs exactly one of connection = \"...\" or a [target.container] section",
+                    "give the existing server's connection, or [target.container] for a container pgshift runs",
+                ))
+            }
+        }
+        if self.data.jobs == 0 {
+            return Err(UserError::new("[data] jobs must be at least 1", "set jobs = 2 (or the number of cores)"));
+        }
+        AllowList::from_rules(self.allow.clone())
+            .map_err(|e| UserError::new(format!("[[allow]]: {}", e.message), e.fix))?;
+        Ok(())
+    }
+
+    pub fn source(&self) -> Result<ConnSpec, UserError> {
+        ConnSpec::parse("source", &self.source.connection)
+    }
+
+    pub fn allow_list(&self) -> Result<AllowList, UserError> {
+        AllowList::from_rules(self.allow.clone())
+    }
+
+    /// The target database's name: the plan's, else the connection's, else the source's.
+    pub fn target_database(&self, source: &ConnSpec) -> String {
+        if let Some(d) = &self.target.database {
+            return d.clone();
+        }
+        if let Some(c) = &self.target.connection {
+            if let Ok(spec) = ConnSpec::parse("target", c) {
+                if c.contains("dbname") || c.contains('/') && !c.trim_end().ends_with('/') {
+                    return spec.dbname().to_string();
+                }
+            }
+        }
+        source.dbname().to_string()
+    }
+
+    /// The container's options, when the target is a container.
+    pub fn container_options(&self) -> Option<EnvOptions> {
+        let c = self.target.container.as_ref()?;
+        let mut o = EnvOptions::new(&c.name);
+        if let Some(i) = &c.image {
+            o.image = i.clone();
+        }
+        o.dockerfile = c.dockerfile.clone();
+        if let Some(b) = &c.bind {
+            o.bind = b.clone();
+        }
+        if let Some(p) = c.port {
+            o.port = p;
+        }
+        if let Some(d) = &c.data {
+            o.data = DataDir::parse(d);
+        }
+        if let Some(s) = c.shm_mb {
+            o.shm_size = s << 20;
+        }
+        o.password_file = c.password_file.clone().unwrap_or_else(|| default_password_file(&c.name));
+        if let Some(t) = c.timeout_seconds {
+            o.health_timeout = std::time::Duration::from_secs(t);
+        }
+        Some(o)
+    }
+
+    /// The target connection (to the target database).
+    pub fn target(&self, source: &ConnSpec) -> Result<ConnSpec, UserError> {
+        let db = self.target_database(source);
+        let spec = match (&self.target.connection, self.container_options()) {
+            (Some(c), _) => ConnSpec::parse("target", c)?,
+            (None, Some(o)) => o.target()?,
+            (None, None) => unreachable!("checked when the plan was read"),
+        };
+        Ok(spec.with_dbname(&db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+connection = "postgresql://postgres@127.0.0.1:5432/EcoAnP"
+
+[target.container]
+name = "tsdb"
+port = 55433
+
+[[hypertables]]
+table = "energy.meter"
+time_column = "taken_at"
+
+[[allow]]
+class = "hypertables"
+name = "energy.meter"
+reason = "converted by the plan"
+"#;
+
+    #[test]
+    fn a_plan_reads_with_defaults() {
+        let p = Plan::parse(GOOD).unwrap();
+        assert_eq!(p.data.jobs, 2);
+        assert!(p.verify.checksums);
+        assert_eq!(p.backup.dir, PathBuf::from("backups"));
+        assert_eq!(p.container_options().unwrap().port, 55433);
+        let src = p.source().unwrap();
+        assert_eq!(p.target_database(&src), "EcoAnP");
+        assert_eq!(p.hypertables[0].time_column, "taken_at");
+    }
+
+    #[test]
+    fn mistakes_name_their_line_and_fix() {
+        let e = Plan::parse(&GOOD.replace("port = 55433", "port = \"high\"")).unwrap_err();
+        assert!(e.message.starts_with("line 7:"), "{e}");
+        let e = Plan::parse(&GOOD.replace("time_column", "time_col")).unwrap_err();
+        assert!(e.message.contains("line 11") && e.message.contains("unknown field"), "{e}");
+        let e = Plan::parse("[source]\nconnection = \"host=h\"\n[target]\n").unwrap_err();
+        assert!(e.message.contains("[target] needs exactly one"), "{e}");
+        let e = Plan::parse(&GOOD.replace("class = \"hypertables\"", "class = \"hypertabels\"")).unwrap_err();
+        assert!(e.message.contains("unknown class"), "{e}");
+    }
+}

@@ -1,0 +1,201 @@
+//! `pgshift run --plan FILE --yes`: the whole checklist headless — backup, environment, schema,
+//! data, post-data, verify — in one run directory under the plan's backup directory. A rerun
+//! resumes the latest run: stages its journal records as done are skipped. And `pgshift plan init`.
+
+use std::path::{Path, PathBuf};
+
+use crate::catalog::{self, Class};
+use crate::conn::ConnSpec;
+use crate::engine::Stage;
+use crate::error::{UserError, EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
+use crate::files;
+use crate::headless::{self, Ended, Mode};
+use crate::journal::{Journal, JOURNAL_FILE};
+use crate::plan::Plan;
+use crate::stages::backup::{BackupOptions, BackupStage};
+use crate::stages::data::DataStage;
+use crate::stages::environment::{ensure_password, ContainerStage, ExistingServerStage};
+use crate::stages::schema::{PostDataStage, SchemaStage};
+use crate::stages::verify::VerifyStage;
+use crate::verify::VerifyOptions;
+
+const STAGES: [&str; 6] = ["backup", "environment", "schema", "data", "post-data", "verify"];
+
+/// The run directory to use: the latest unfinished one (resume), else a new one.
+fn run_dir(base: &Path, restart: bool) -> Result<(PathBuf, bool), UserError> {
+    if !restart {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(base)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.join(JOURNAL_FILE).exists()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        if let Some(last) = dirs.pop() {
+            let journal = Journal::open(&last).map_err(|m| UserError::new(m, "run with --restart"))?;
+            let all_done = STAGES.iter().all(|s| journal.status(s) == Some(crate::engine::StageStatus::Done));
+            if !all_done {
+                return Ok((last, true));
+            }
+        }
+    }
+    Ok((files::create_run_dir(base)?, false))
+}
+
+pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Result<i32, UserError> {
+    let plan = Plan::load(plan_path)?;
+    if !yes {
+        return Err(UserError::new(
+            "pgshift run writes to the target server",
+            "read the plan, then add --yes to run it",
+        ));
+    }
+    let source = plan.source()?;
+    let container = plan.container_options();
+    if let Some(o) = &container {
+        ensure_password(&o.password_file)?; // the container is created with it; later stages connect with it
+    }
+    let target = plan.target(&source)?;
+    let (dir, resuming) = run_dir(&plan.backup.dir, restart)?;
+    let schema_started = resuming && Journal::open(&dir).ok().and_then(|j| j.status("schema")).is_some();
+
+    let backup = BackupStage::new(
+        source.clone(),
+        BackupOptions {
+            bin_dir: plan.backup.bin_dir.clone(),
+            role_passwords: plan.backup.role_passwords,
+            row_counts: true,
+            jobs: 2,
+        },
+    );
+    let environment: Box<dyn Stage> = match container {
+        Some(o) => Box::new(ContainerStage::new(o)),
+        None => Box::new(ExistingServerStage::new(target.with_dbname("postgres"))),
+    };
+    // a resumed run finds its own earlier work in the target database
+    let force = plan.target.force || schema_started;
+    let schema = SchemaStage::new(
+        source.clone(),
+        target.clone(),
+        plan.target.container.is_some(),
+        force,
+        plan.hypertables.clone(),
+    );
+    let data = DataStage::new(source.clone(), target.clone(), plan.data.jobs);
+    let post = PostDataStage::new(target.clone());
+    let workers = plan.data.jobs.max(1);
+    let verify = VerifyStage::new(
+        source,
+        target,
+        plan.allow_list()?,
+        VerifyOptions { checksums: plan.verify.checksums, workers },
+    );
+    let stages: [&dyn Stage; 6] = [&backup, environment.as_ref(), &schema, &data, &post, &verify];
+
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("pgshift.log"))
+        .map_err(|e| files::write_error(&dir, &e))?;
+    if resuming && mode != Mode::Json {
+        eprintln!("pgshift: resuming the run in {}", dir.display());
+    }
+    match headless::run_stages(&stages, Some(&dir), Some(log), mode).await? {
+        Ended::Done => {
+            if mode != Mode::Json {
+                println!("migration complete and verified clean; run directory {}", dir.display());
+            }
+            Ok(0)
+        }
+        Ended::Refused(e) => {
+            if !resuming {
+                let _ = std::fs::remove_dir_all(&dir); // nothing was written
+            }
+            Err(e)
+        }
+        Ended::Failed(stage, e) => {
+            eprintln!("pgshift: {e}");
+            Ok(if stage == "verify" { EXIT_DIFFERENCES } else { EXIT_STAGE_FAILED })
+        }
+        Ended::Cancelled => {
+            eprintln!("pgshift: cancelled; run it again to resume from {}", dir.display());
+            Ok(EXIT_CANCELLED)
+        }
+    }
+}
+
+/// `pgshift plan init`: a commented plan from the source's inventory, with hypertable candidates.
+pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32, UserError> {
+    let source = ConnSpec::parse("source", source_text)?;
+    if out.exists() && !overwrite {
+        return Err(UserError::new(
+            format!("{} exists", out.display()),
+            "choose another --out, or add --overwrite to replace it",
+        ));
+    }
+    let inv = catalog::collect(&source, None, 1).await?;
+    let client = source.connect().await?;
+    let candidates = client
+        .query(
+            &format!(
+                "SELECT format('%I.%I', n.nspname, c.relname), quote_ident(a.attname), format_type(a.atttypid, a.atttypmod)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                 WHERE c.relkind = 'r' AND NOT c.relispartition AND {} AND {}
+                   AND a.attnotnull AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+                   AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum)
+                 ORDER BY 1, a.attnum",
+                catalog::queries::user_ns("n"),
+                catalog::queries::not_ext("pg_class", "c.oid"),
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| UserError::new(format!("reading candidates: {}", catalog::db_message(&e)), "connect as a superuser"))?;
+    let hypertables: Vec<&String> = inv.class(Class::Hypertables).keys().collect();
+    let mut text = format!(
+        "# pgshift migration plan, written by `pgshift plan init` from {source}.\n\
+         # Run it with: pgshift run --plan {out} --yes\n\
+         # Passwords never go here: PGPASSWORD or ~/.pgpass (mode 0600) give them.\n\n\
+         [source]\nconnection = \"{conn}\"\n\n\
+         [target]\n\
+         # Either an existing server (and database) ...\n\
+         # connection = \"postgresql://postgres@127.0.0.1:5432/{db}\"\n\
+         # ... or a container pgshift builds and runs (Docker engine):\n\
+         database = \"{db}\"\n\
+         # force = true   # migrate into a database that already holds objects\n\n\
+         [target.container]\nname = \"pgshift-timescaledb\"\n# image = \"pgshift/timescaledb-pgvector:pg17\"\n\
+         # dockerfile = \"Dockerfile.timescaledb\"\nport = 55432\n# data = \"./data/postgresql\"   # default: volume NAME-data\n\n\
+         [backup]\ndir = \"backups\"\n# bin_dir = \"/usr/lib/postgresql/17/bin\"\n# role_passwords = false\n\n\
+         [data]\njobs = 2\n\n[verify]\nchecksums = true\n",
+        source = source.label(),
+        out = out.display(),
+        conn = source_text.replace('"', "\\\""),
+        db = source.dbname(),
+    );
+    if !hypertables.is_empty() {
+        text.push_str("\n# Hypertables on the source are recreated on the target automatically:\n");
+        for h in &hypertables {
+            text.push_str(&format!("#   {h}\n"));
+        }
+    }
+    text.push_str("\n# Plain tables that look like time series (a NOT NULL time column that leads an index).\n");
+    text.push_str("# Uncomment to turn them into hypertables on the target:\n");
+    if candidates.is_empty() {
+        text.push_str("# (none found)\n");
+    }
+    for r in &candidates {
+        let (table, column, ty): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        text.push_str(&format!(
+            "# [[hypertables]]\n# table = \"{table}\"\n# time_column = \"{column}\"   # {ty}\n# chunk_interval = \"7 days\"\n\n"
+        ));
+    }
+    text.push_str(
+        "\n# Vector columns to add (pgvector), e.g.:\n# [[vectors]]\n# table = \"public.documents\"\n# column = \"embedding\"\n\
+         # dimensions = 384\n# index = \"hnsw\"\n\n\
+         # Differences the plan makes on purpose, allowed by the final verify, e.g.:\n\
+         # [[allow]]\n# class = \"hypertables\"\n# name = \"energy.meter\"\n# reason = \"converted by the plan\"\n",
+    );
+    Plan::parse(&text)
+        .map_err(|e| UserError::new(format!("the written plan does not read back: {}", e.message), e.fix))?;
+    files::write_atomic(out, text.as_bytes()).map_err(|e| files::write_error(out, &e))?;
+    println!("wrote {} ({} hypertable candidate(s))", out.display(), candidates.len());
+    Ok(0)
+}

@@ -1,0 +1,559 @@
+//! Stage 3 — roles and schema before the data; and stage 5 — indexes, constraints, triggers,
+//! policies, privileges and materialized views after it.
+//!
+//! Roles come from `roles.sql` through psql. The schema comes from the backup's full archive
+//! (`full.dump`, owners and privileges kept) through pg_restore, entry by entry from its table of
+//! contents: TimescaleDB's internals (chunks, catalog) are left out and hypertables are recreated
+//! with `create_hypertable` instead, so nothing depends on the TimescaleDB version. pg_restore
+//! reports each failing entry; failed entries are retried after the rest (dependency order: a view
+//! over a view, a policy whose function comes later), and what still fails is reported with a hint.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use futures_util::future::BoxFuture;
+
+use crate::catalog;
+use crate::conn::ConnSpec;
+use crate::engine::{Stage, StageContext, StageError};
+use crate::error::UserError;
+use crate::files::{write_atomic, write_error};
+use crate::manifest::Manifest;
+use crate::plan::HypertablePlan;
+use crate::process::{libpq_env, run_tool, run_tool_status, LineClass, Sink, ToolCommand};
+use crate::toc::{self, Entry, FailureLog};
+
+const MAX_ROUNDS: usize = 5;
+const FAILED_FILE: &str = "schema-failures.json";
+
+/// The backup files this stage restores from, found in the run directory.
+struct Backup {
+    dir: PathBuf,
+    pg_restore: PathBuf,
+    psql: PathBuf,
+}
+
+impl Backup {
+    fn open(ctx: &StageContext) -> Result<Self, UserError> {
+        let dir = ctx.run_dir().ok_or_else(|| UserError::new("no run directory", "run through pgshift run"))?;
+        let manifest = Manifest::load(dir)?;
+        let problems = manifest.check(dir);
+        if !problems.is_empty() {
+            return Err(UserError::new(
+                format!("the backup in {} does not match its manifest: {}", dir.display(), problems.join("; ")),
+                "run again with --restart to take a new backup",
+            ));
+        }
+        let pg_restore = manifest
+            .tools
+            .iter()
+            .find(|t| t.name == "pg_restore")
+            .map(|t| t.path.clone())
+            .ok_or_else(|| UserError::new("the manifest names no pg_restore", "run again with --restart"))?;
+        let psql = pg_restore.with_file_name("psql");
+        if !psql.exists() {
+            return Err(UserError::new(
+                format!("no psql beside {}", pg_restore.display()),
+                "install the PostgreSQL client package completely (psql comes with pg_restore)",
+            ));
+        }
+        Ok(Self { dir: dir.to_path_buf(), pg_restore, psql })
+    }
+
+    fn archive(&self) -> PathBuf {
+        self.dir.join("full.dump")
+    }
+}
+
+/// Discards a tool's stdout.
+struct Discard;
+
+impl Sink for Discard {
+    fn chunk(&mut self, _: &[u8]) -> Result<(), UserError> {
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Collect(Vec<u8>);
+
+impl Sink for Collect {
+    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+async fn list_section(ctx: &StageContext, backup: &Backup, section: &str) -> Result<Vec<Entry>, StageError> {
+    let mut out = Collect::default();
+    let cmd = ToolCommand {
+        label: "pg_restore --list".into(),
+        program: backup.pg_restore.clone(),
+        args: vec!["--list".into(), format!("--section={section}")],
+        env: Vec::new(),
+        stdin: Some(backup.archive()),
+    };
+    run_tool(ctx, &cmd, &mut out, &mut |_| LineClass::Plain).await?;
+    Ok(toc::parse_list(&String::from_utf8_lossy(&out.0)))
+}
+
+/// Entries pgshift restores from the archive: not data, not TimescaleDB's internals.
+fn restorable(entries: Vec<Entry>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .filter(|e| !e.is_data() && !e.is_timescaledb_internal())
+        // created by create_hypertable on the target
+        .filter(|e| !(e.kind == "TRIGGER" && e.rest.contains(" ts_insert_blocker ")))
+        .collect()
+}
+
+/// One pg_restore run over `entries` into `target`; returns the entries that failed, with errors.
+async fn restore_round(
+    ctx: &StageContext,
+    backup: &Backup,
+    target: &ConnSpec,
+    entries: &[&Entry],
+    label: &str,
+) -> Result<Vec<(Entry, String)>, StageError> {
+    let list = tempfile::Builder::new().prefix("pgshift-restore-").tempfile().map_err(|e| {
+        UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
+    })?;
+    std::fs::write(list.path(), toc::list_file_text(entries)).map_err(|e| write_error(list.path(), &e))?;
+    let cmd = ToolCommand {
+        label: label.into(),
+        program: backup.pg_restore.clone(),
+        args: vec![
+            format!("--dbname={}", target.dbname()),
+            "--no-password".into(),
+            "--verbose".into(),
+            format!("--use-list={}", list.path().display()),
+        ],
+        env: libpq_env(target),
+        stdin: Some(backup.archive()),
+    };
+    let mut log = FailureLog::default();
+    run_tool_status(ctx, &cmd, &mut Discard, &mut |line| {
+        log.line(line);
+        LineClass::Plain
+    })
+    .await?;
+    Ok(entries.iter().filter_map(|e| log.failures.get(&e.id).map(|err| ((*e).clone(), err.clone()))).collect())
+}
+
+/// Restores `entries`, then retries the failed ones (in their order) while a round makes progress.
+async fn restore_with_retries(
+    ctx: &StageContext,
+    backup: &Backup,
+    target: &ConnSpec,
+    entries: Vec<Entry>,
+    what: &str,
+) -> Result<Vec<(Entry, String)>, StageError> {
+    let total = entries.len();
+    let refs: Vec<&Entry> = entries.iter().collect();
+    let mut failed = restore_round(ctx, backup, target, &refs, &format!("pg_restore {what}")).await?;
+    ctx.info(what, format!("{} of {total} entries restored, {} failed", total - failed.len(), failed.len())).await;
+    for round in 2..=MAX_ROUNDS {
+        if failed.is_empty() {
+            break;
+        }
+        let retry: Vec<&Entry> = failed.iter().map(|(e, _)| e).collect();
+        let again = restore_round(ctx, backup, target, &retry, &format!("pg_restore {what} (retry {round})")).await?;
+        ctx.info(
+            what,
+            format!(
+                "retry {round}: {} of {} restored now (dependency order)",
+                failed.len() - again.len(),
+                failed.len()
+            ),
+        )
+        .await;
+        let progress = again.len() < failed.len();
+        failed = again;
+        if !progress {
+            break;
+        }
+    }
+    Ok(failed)
+}
+
+async fn report_failures(ctx: &StageContext, failed: &[(Entry, String)]) {
+    for (e, err) in failed {
+        ctx.warning(format!("{} still fails: {err} (hint: {})", e.describe(), toc::hint(&e.kind, err))).await;
+    }
+}
+
+/// Stage 3: roles, the target database, the schema before the data, hypertables.
+pub struct SchemaStage {
+    source: ConnSpec,
+    /// The target database (created when missing).
+    target: ConnSpec,
+    /// The target is a container that may not exist before the environment stage.
+    target_is_container: bool,
+    force: bool,
+    hypertables: Vec<HypertablePlan>,
+}
+
+impl SchemaStage {
+    pub fn new(
+        source: ConnSpec,
+        target: ConnSpec,
+        target_is_container: bool,
+        force: bool,
+        hypertables: Vec<HypertablePlan>,
+    ) -> Self {
+        Self { source, target, target_is_container, force, hypertables }
+    }
+
+    async fn check_target(&self) -> Result<(), UserError> {
+        let admin = self.target.with_dbname("postgres");
+        let server = match admin.connect().await {
+            Ok(c) => c,
+            Err(_) if self.target_is_container => return Ok(()), // created by the environment stage
+            Err(e) => return Err(e),
+        };
+        let source = self.source.connect().await?;
+        let q = |e: tokio_postgres::Error| {
+            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
+        };
+        let smajor: i32 =
+            source.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await.map_err(q)?.get(0);
+        let tmajor: i32 =
+            server.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await.map_err(q)?.get(0);
+        if tmajor < smajor {
+            return Err(UserError::new(
+                format!("the target runs PostgreSQL {tmajor}, older than the source's {smajor}"),
+                "use a target server at least as new as the source",
+            ));
+        }
+        let wanted: Vec<String> = source
+            .query("SELECT extname FROM pg_extension ORDER BY 1", &[])
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let available: BTreeSet<String> = server
+            .query("SELECT name FROM pg_available_extensions", &[])
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let missing: Vec<&String> = wanted.iter().filter(|e| !available.contains(*e)).collect();
+        if !missing.is_empty() {
+            return Err(UserError::new(
+                format!(
+                    "the target server cannot install extension(s) the source uses: {}",
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                "install them on the target (its image or packages) before migrating",
+            ));
+        }
+        let exists: bool = server
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])
+            .await
+            .map_err(q)?
+            .get(0);
+        if exists && !self.force {
+            let db = self.target.connect().await?;
+            let sql = format!(
+                "SELECT count(*), string_agg(name, ', ' ORDER BY name) FILTER (WHERE rn <= 3) FROM (
+                   SELECT format('%I.%I', n.nspname, c.relname) AS name, row_number() OVER () AS rn
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {} AND {}
+                   UNION ALL
+                   SELECT format('%I.%I()', n.nspname, p.proname), 0
+                   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {} AND {}) o",
+                catalog::queries::user_ns("n"),
+                catalog::queries::not_ext("pg_class", "c.oid"),
+                catalog::queries::user_ns("n"),
+                catalog::queries::not_ext("pg_proc", "p.oid"),
+            );
+            let row = db.query_one(&sql, &[]).await.map_err(q)?;
+            let count: i64 = row.get(0);
+            if count > 0 {
+                let some: Option<String> = row.get(1);
+                return Err(UserError::new(
+                    format!(
+                        "the target database {} is not empty: {count} objects (e.g. {})",
+                        self.target.label(),
+                        some.unwrap_or_default()
+                    ),
+                    "migrate into an empty database, or set force = true in the plan's [target] if you mean to",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore_roles(&self, ctx: &StageContext, backup: &Backup) -> Result<(), StageError> {
+        let admin = ctx.tagged(&self.target.with_dbname("postgres"));
+        let me = admin.config.get_user().unwrap_or("postgres").to_string();
+        let text = std::fs::read_to_string(backup.dir.join("roles.sql"))
+            .map_err(|e| UserError::new(format!("cannot read roles.sql: {e}"), "run again with --restart"))?;
+        // the role pgshift connects as is the target's, not the source's: leave it alone
+        let quoted = quote_ident(&me);
+        let filtered: String = text
+            .lines()
+            .filter(|l| *l != format!("CREATE ROLE {quoted};") && !l.starts_with(&format!("ALTER ROLE {quoted} ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = tempfile::Builder::new().prefix("pgshift-roles-").tempfile().map_err(|e| {
+            UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
+        })?;
+        std::fs::write(file.path(), filtered).map_err(|e| write_error(file.path(), &e))?;
+        let cmd = ToolCommand {
+            label: "psql roles.sql".into(),
+            program: backup.psql.clone(),
+            args: vec!["-X".into(), "-q".into(), "--no-password".into(), format!("--dbname={}", admin.dbname())],
+            env: libpq_env(&admin),
+            stdin: Some(file.path().to_path_buf()),
+        };
+        let mut existed = 0;
+        let mut errors = Vec::new();
+        run_tool(ctx, &cmd, &mut Discard, &mut |line| {
+            if line.contains("already exists") || line.contains("has already been granted") {
+                existed += 1;
+            } else if line.contains("ERROR:") {
+                errors.push(line.to_string());
+            }
+            LineClass::Plain
+        })
+        .await?;
+        ctx.info("roles", format!("roles.sql applied ({existed} roles or memberships already there)")).await;
+        for e in errors {
+            ctx.warning(format!("roles.sql: {e}")).await;
+        }
+        Ok(())
+    }
+
+    async fn create_database(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let admin = ctx.tagged(&self.target.with_dbname("postgres")).connect().await?;
+        let source = ctx.tagged(&self.source).connect().await?;
+        let q = |e: tokio_postgres::Error| {
+            StageError::Failed(UserError::new(
+                format!("creating the target database failed: {}", catalog::db_message(&e)),
+                "connect to the target as a superuser (or a role with CREATEDB)",
+            ))
+        };
+        let row = source
+            .query_one(
+                "SELECT pg_encoding_to_char(encoding), pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(q)?;
+        let (encoding, owner): (String, String) = (row.get(0), row.get(1));
+        let db = self.target.dbname();
+        let exists: bool = admin
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
+            .await
+            .map_err(q)?
+            .get(0);
+        if !exists {
+            let sql = format!("CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}'", quote_ident(db));
+            admin.batch_execute(&sql).await.map_err(q)?;
+            ctx.info("database", format!("created database {db} ({encoding})")).await;
+        }
+        let sql = format!("ALTER DATABASE {} OWNER TO {}", quote_ident(db), quote_ident(&owner));
+        if let Err(e) = admin.batch_execute(&sql).await {
+            ctx.warning(format!("database owner not set to {owner}: {}", catalog::db_message(&e))).await;
+        }
+        Ok(())
+    }
+
+    /// Recreates the source's hypertables (every dimension, its interval) and the plan's new ones,
+    /// before any data, so rows go straight into chunks.
+    async fn create_hypertables(&self, ctx: &StageContext) -> Result<usize, StageError> {
+        let target = ctx.tagged(&self.target).connect().await?;
+        let source = ctx.tagged(&self.source).connect().await?;
+        let q = |what: &str, e: tokio_postgres::Error| {
+            StageError::Failed(UserError::new(
+                format!("{what}: {}", catalog::db_message(&e)),
+                "check the hypertable's time column and that unique keys include it",
+            ))
+        };
+        let has_ts: bool = source
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
+            .await
+            .map_err(|e| q("reading the source's extensions", e))?
+            .get(0);
+        let mut statements: Vec<(String, String)> = Vec::new();
+        if has_ts {
+            // dimension_number 1 is the partitioning column create_hypertable takes; others are added
+            let rows = source
+                .query(
+                    "SELECT format('%I.%I', hypertable_schema, hypertable_name), dimension_number, column_name,
+                            dimension_type, time_interval::text, integer_interval, num_partitions
+                     FROM timescaledb_information.dimensions ORDER BY 1, 2",
+                    &[],
+                )
+                .await
+                .map_err(|e| q("reading the source's hypertables", e))?;
+            for r in rows {
+                let (table, n, column): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
+                let kind: String = r.get(3);
+                let interval = match (r.get::<_, Option<String>>(4), r.get::<_, Option<i64>>(5)) {
+                    (Some(t), _) => format!("INTERVAL {}", quote_literal(&t)),
+                    (None, Some(i)) => i.to_string(),
+                    (None, None) => "NULL".into(),
+                };
+                let partitions: Option<i16> = r.get(6);
+                let lit = quote_literal(&table);
+                let col = quote_literal(&column);
+                let sql = match (n, kind.as_str()) {
+                    (1, _) => format!(
+                        "SELECT create_hypertable({lit}::regclass, {col}, chunk_time_interval => {interval}, \
+                         create_default_indexes => false)"
+                    ),
+                    (_, "Space") => format!(
+                        "SELECT add_dimension({lit}::regclass, {col}, number_partitions => {})",
+                        partitions.unwrap_or(1)
+                    ),
+                    _ => format!("SELECT add_dimension({lit}::regclass, {col}, chunk_time_interval => {interval})"),
+                };
+                statements.push((table, sql));
+            }
+        }
+        for h in &self.hypertables {
+            let interval = h.chunk_interval.as_deref().unwrap_or("7 days");
+            statements.push((
+                h.table.clone(),
+                format!(
+                    "SELECT create_hypertable({}::regclass, {}, chunk_time_interval => INTERVAL {})",
+                    quote_literal(&h.table),
+                    quote_literal(&h.time_column),
+                    quote_literal(interval)
+                ),
+            ));
+        }
+        let mut tables = BTreeSet::new();
+        for (table, sql) in statements {
+            target.batch_execute(&sql).await.map_err(|e| q(&format!("making {table} a hypertable"), e))?;
+            tables.insert(table);
+        }
+        for t in &tables {
+            ctx.info("hypertables", format!("{t} is a hypertable on the target")).await;
+        }
+        Ok(tables.len())
+    }
+}
+
+impl Stage for SchemaStage {
+    fn id(&self) -> &'static str {
+        "schema"
+    }
+
+    fn title(&self) -> &'static str {
+        "Schema: roles, database, tables and functions, hypertables"
+    }
+
+    fn preflight<'a>(&'a self, _ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
+        Box::pin(self.check_target())
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            // the container may be new: check again now that it runs
+            self.check_target().await?;
+            let backup = Backup::open(ctx)?;
+            self.restore_roles(ctx, &backup).await?;
+            self.create_database(ctx).await?;
+            let target = ctx.tagged(&self.target);
+            let entries = restorable(list_section(ctx, &backup, "pre-data").await?);
+            let failed = restore_with_retries(ctx, &backup, &target, entries, "schema").await?;
+            // what still fails may work once post-data objects exist: the post-data stage retries it
+            let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).collect();
+            let path = backup.dir.join(FAILED_FILE);
+            write_atomic(&path, serde_json::to_string(&ids).expect("ids").as_bytes())
+                .map_err(|e| write_error(&path, &e))?;
+            let hypertables = self.create_hypertables(ctx).await?;
+            Ok(format!(
+                "schema restored into {}; {hypertables} hypertable(s); {} entr(ies) left for after the data",
+                self.target.label(),
+                failed.len()
+            ))
+        })
+    }
+}
+
+/// Stage 5: what is built after the data — indexes, constraints, triggers, rules, policies, RLS,
+/// default privileges, materialized view contents — and the schema entries that failed before.
+pub struct PostDataStage {
+    target: ConnSpec,
+}
+
+impl PostDataStage {
+    pub fn new(target: ConnSpec) -> Self {
+        Self { target }
+    }
+}
+
+impl Stage for PostDataStage {
+    fn id(&self) -> &'static str {
+        "post-data"
+    }
+
+    fn title(&self) -> &'static str {
+        "Indexes, constraints, triggers, policies, privileges, materialized views"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let backup = Backup::open(ctx)?;
+            let target = ctx.tagged(&self.target);
+            let earlier: BTreeSet<u32> = std::fs::read_to_string(backup.dir.join(FAILED_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let mut entries: Vec<Entry> = if earlier.is_empty() {
+                Vec::new()
+            } else {
+                restorable(list_section(ctx, &backup, "pre-data").await?)
+                    .into_iter()
+                    .filter(|e| earlier.contains(&e.id))
+                    .collect()
+            };
+            entries.extend(restorable(list_section(ctx, &backup, "post-data").await?));
+            let total = entries.len();
+            let failed = restore_with_retries(ctx, &backup, &target, entries, "post-data").await?;
+            report_failures(ctx, &failed).await;
+            Ok(format!("{} of {total} entries restored, {} still failing", total - failed.len(), failed.len()))
+        })
+    }
+}
+
+/// `"name"` when it needs quotes, as PostgreSQL's quote_ident does.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain && !is_keyword(name) {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn is_keyword(name: &str) -> bool {
+    // the reserved words a role or database name could plausibly be
+    ["user", "all", "default", "public", "select", "table", "group", "order", "current_user", "session_user"]
+        .contains(&name)
+}
+
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_like_postgres_does() {
+        assert_eq!(quote_ident("postgres"), "postgres");
+        assert_eq!(quote_ident("EcoAnP"), "\"EcoAnP\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("user"), "\"user\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,67 @@
+//! Stage 7 — Verify: the side-by-side proof, source against target, with the plan's planned
+//! differences allowed; the reports go into the run directory. The run succeeds only if it is clean.
+
+use futures_util::future::BoxFuture;
+
+use crate::allow::AllowList;
+use crate::conn::ConnSpec;
+use crate::engine::{Stage, StageContext, StageError};
+use crate::error::UserError;
+use crate::files::{write_atomic, write_error};
+use crate::report;
+use crate::verify::{verify, VerifyOptions};
+
+pub struct VerifyStage {
+    source: ConnSpec,
+    target: ConnSpec,
+    allow: AllowList,
+    options: VerifyOptions,
+}
+
+impl VerifyStage {
+    pub fn new(source: ConnSpec, target: ConnSpec, allow: AllowList, options: VerifyOptions) -> Self {
+        Self { source, target, allow, options }
+    }
+}
+
+impl Stage for VerifyStage {
+    fn id(&self) -> &'static str {
+        "verify"
+    }
+
+    fn title(&self) -> &'static str {
+        "Verify: objects, definitions, grants, rows and checksums, source against target"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let source = ctx.tagged(&self.source);
+            let target = ctx.tagged(&self.target);
+            let r = tokio::select! {
+                r = verify(&source, &target, &self.allow, self.options) => r?,
+                _ = ctx.cancel_token().cancelled() => return Err(StageError::Cancelled),
+            };
+            let text = report::verify_text(&r);
+            for line in text.lines() {
+                ctx.info("verify", line).await;
+            }
+            if let Some(dir) = ctx.run_dir() {
+                let json = serde_json::to_string_pretty(&r).expect("report serializes");
+                for (name, body) in [("verify.json", json), ("verify.md", report::verify_markdown(&r))] {
+                    let path = dir.join(name);
+                    write_atomic(&path, body.as_bytes()).map_err(|e| write_error(&path, &e))?;
+                }
+            }
+            if r.clean {
+                Ok(format!("clean: no differences beyond {} planned; reports in verify.json and verify.md", r.planned))
+            } else {
+                Err(UserError::new(
+                    format!("verify found {} unexpected difference(s) between source and target", r.unexpected),
+                    "read the differences above (and verify.md in the run directory); fix them or add [[allow]] \
+                     entries to the plan for planned ones, then run again",
+                )
+                .into())
+            }
+        })
+    }
+}

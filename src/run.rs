@@ -21,8 +21,16 @@ use crate::verify::VerifyOptions;
 
 const STAGES: [&str; 6] = ["backup", "environment", "schema", "data", "post-data", "verify"];
 
-/// The run directory to use: the latest unfinished one (resume), else a new one.
-fn run_dir(base: &Path, restart: bool) -> Result<(PathBuf, bool), UserError> {
+/// Which run directory a run uses.
+enum RunDir {
+    New(PathBuf),
+    /// The latest run stopped before its end: resume it.
+    Resume(PathBuf),
+    /// The latest run finished every stage: nothing to redo unless --restart.
+    Complete(PathBuf),
+}
+
+fn run_dir(base: &Path, restart: bool) -> Result<RunDir, UserError> {
     if !restart {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(base)
             .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.join(JOURNAL_FILE).exists()).collect())
@@ -31,12 +39,10 @@ fn run_dir(base: &Path, restart: bool) -> Result<(PathBuf, bool), UserError> {
         if let Some(last) = dirs.pop() {
             let journal = Journal::open(&last).map_err(|m| UserError::new(m, "run with --restart"))?;
             let all_done = STAGES.iter().all(|s| journal.status(s) == Some(crate::engine::StageStatus::Done));
-            if !all_done {
-                return Ok((last, true));
-            }
+            return Ok(if all_done { RunDir::Complete(last) } else { RunDir::Resume(last) });
         }
     }
-    Ok((files::create_run_dir(base)?, false))
+    Ok(RunDir::New(files::create_run_dir(base)?))
 }
 
 pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Result<i32, UserError> {
@@ -53,7 +59,17 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
         ensure_password(&o.password_file)?; // the container is created with it; later stages connect with it
     }
     let target = plan.target(&source)?;
-    let (dir, resuming) = run_dir(&plan.backup.dir, restart)?;
+    let (dir, resuming) = match run_dir(&plan.backup.dir, restart)? {
+        RunDir::New(d) => (d, false),
+        RunDir::Resume(d) => (d, true),
+        RunDir::Complete(d) => {
+            println!(
+                "the run in {} completed every stage; nothing to redo (--restart starts a new migration)",
+                d.display()
+            );
+            return Ok(0);
+        }
+    };
     let schema_started = resuming && Journal::open(&dir).ok().and_then(|j| j.status("schema")).is_some();
 
     let backup = BackupStage::new(

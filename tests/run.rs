@@ -1,0 +1,145 @@
+//! `pgshift run` end to end on the real servers: a rich source (RLS with roles, grants, non-default
+//! owners, an audit trigger, sequences, a hypertable) migrates with zero differences; a non-empty
+//! target is refused with nothing written; `plan init` writes a plan that reads back.
+
+mod common;
+
+use std::path::Path;
+
+fn plan_text(source: &str, target: &str, backup_dir: &Path, extra: &str) -> String {
+    let bin =
+        std::env::var("PGSHIFT_TEST_BIN_DIR").expect("PGSHIFT_TEST_BIN_DIR: run tests/env/up.sh and source env.sh");
+    format!(
+        "[source]\nconnection = \"{source}\"\n[target]\nconnection = \"{target}\"\n{extra}\n\
+         [backup]\ndir = \"{}\"\nbin_dir = \"{bin}\"\n",
+        backup_dir.display()
+    )
+}
+
+async fn rows_of(url: &str, sql: &str) -> Vec<String> {
+    let c = common::connect(url).await;
+    c.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rich_source_migrates_with_zero_differences() {
+    let s = common::servers();
+    let src = common::rich_db(&s.source, "run_rich").await;
+    common::drop_db(&s.target, "run_rich_target").await;
+    let tgt = common::url_for(&s.target, "run_rich_target");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, plan_text(&src, &tgt, &dir.path().join("backups"), "")).unwrap();
+
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for stage in ["backup", "environment", "schema", "data", "post-data", "verify"] {
+        assert!(
+            stdout.contains(&format!("\"event\":\"stage_finished\",\"stage\":\"{stage}\",\"status\":\"done\"")),
+            "{stage} done: {stdout}"
+        );
+    }
+    assert!(!stdout.contains(&s.password));
+
+    // the proof, again and independently of the run: zero differences with checksums
+    let r = pgshift::verify::verify(
+        &common::spec("source", &src),
+        &common::spec("target", &tgt),
+        &Default::default(),
+        pgshift::verify::VerifyOptions { checksums: true, workers: 2 },
+    )
+    .await
+    .unwrap();
+    assert!(r.clean, "{:#?}", r.differences);
+    assert!(r.classes.iter().any(|c| c.class == pgshift::catalog::Class::Policies && c.source > 0));
+    // the audit table: the same rows, not rows the trigger wrote during the load
+    let audit = "SELECT format('%s|%s|%s|%s|%s', id, table_name, op, row_data, at) FROM energy.audit_log ORDER BY id";
+    let (a, b) = tokio::join!(rows_of(&src, audit), rows_of(&tgt, audit));
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    // sequences continue where the source's stopped; the hypertable is one on the target
+    let seq = "SELECT format('%s %s', last_value, is_called) FROM energy.device_serial";
+    assert_eq!(rows_of(&src, seq).await, rows_of(&tgt, seq).await);
+    let ht = "SELECT format('%I.%I', hypertable_schema, hypertable_name) FROM timescaledb_information.hypertables";
+    assert_eq!(rows_of(&tgt, ht).await, vec!["energy.readings".to_string()]);
+
+    // run again: the journal says every stage is done, so nothing is redone without --restart
+    let again = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to redo"));
+    assert_eq!(std::fs::read_dir(dir.path().join("backups")).unwrap().count(), 1);
+    tokio::join!(common::drop_db(&s.source, "run_rich"), common::drop_db(&s.target, "run_rich_target"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_empty_target_is_refused_with_nothing_written() {
+    let s = common::servers();
+    let src = common::rich_db(&s.source, "run_busy").await;
+    let tgt = common::fresh_db(&s.target, "run_busy_target").await;
+    common::connect(&tgt).await.batch_execute("CREATE TABLE public.precious (id int)").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    let backups = dir.path().join("backups");
+    std::fs::write(&plan, plan_text(&src, &tgt, &backups, "")).unwrap();
+
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("is not empty") && lines[0].contains("public.precious") && lines[0].contains("force = true")
+    );
+    let objects = rows_of(
+        &tgt,
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname !~ '^_timescaledb|^timescaledb_'",
+    )
+    .await;
+    assert_eq!(objects, vec!["public.precious".to_string()], "nothing written to the target");
+    assert!(std::fs::read_dir(&backups).map(|d| d.count()).unwrap_or(0) == 0, "no run directory left");
+
+    // without --yes nothing runs at all
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    tokio::join!(common::drop_db(&s.source, "run_busy"), common::drop_db(&s.target, "run_busy_target"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_init_writes_a_plan_that_reads_back_and_a_bad_plan_names_its_line() {
+    let s = common::servers();
+    let src = common::rich_db(&s.source, "run_init").await;
+    common::connect(&src)
+        .await
+        .batch_execute("CREATE TABLE public.meter (taken_at timestamptz NOT NULL, kwh real); CREATE INDEX ON public.meter (taken_at)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("pgshift.toml");
+    let out = common::pgshift()
+        .args(["plan", "init", "--source", &src, "--out", out_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(text.contains("# table = \"public.meter\"") && text.contains("# time_column = \"taken_at\""), "{text}");
+    assert!(text.contains("#   energy.readings"), "existing hypertables are listed: {text}");
+    assert!(!text.contains(&s.password));
+    let plan = pgshift::plan::Plan::load(&out_file).unwrap();
+    assert!(plan.target.container.is_some());
+
+    // a second init does not overwrite; a malformed plan gives the file, line and fix
+    let again = common::pgshift()
+        .args(["plan", "init", "--source", &src, "--out", out_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    std::fs::write(&out_file, text.replace("jobs = 2", "jobs = \"two\"")).unwrap();
+    let bad = common::pgshift().args(["run", "--plan", out_file.to_str().unwrap(), "--yes"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pgshift.toml: line ") && stderr.contains("(fix: "), "{stderr}");
+    common::drop_db(&s.source, "run_init").await;
+}

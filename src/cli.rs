@@ -163,7 +163,7 @@ pub enum EnvAction {
         #[command(flatten)]
         container: ContainerArgs,
         /// Use this existing server as the target instead of a container.
-        #[arg(long, env = "PGSHIFT_TARGET", hide_env_values = true, help = CONN_HELP)]
+        #[arg(long, help = CONN_HELP)]
         target: Option<String>,
         /// Image tag to build or use.
         #[arg(long, default_value = "pgshift/timescaledb-pgvector:pg17")]
@@ -200,6 +200,9 @@ pub enum EnvAction {
         keep_failed: bool,
         #[arg(long)]
         json: bool,
+        /// Also print the build output and the container's log lines.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// The container's state and health, and what its server offers (or --target's).
     Status {

@@ -133,6 +133,7 @@ pub async fn build_image(
         .build();
     let mut stream = engine.docker.build_image(options, None, Some(body_full(context.into())));
     let mut step = String::new();
+    let mut step_tail: Vec<String> = Vec::new();
     let mut failure: Option<String> = None;
     while let Some(item) = stream.next().await {
         match item {
@@ -141,6 +142,12 @@ pub async fn build_image(
                     for l in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
                         if l.starts_with("Step ") {
                             step = l.to_string();
+                            step_tail.clear();
+                        } else if !l.starts_with(" ---> ") {
+                            step_tail.push(l.to_string());
+                            if step_tail.len() > 3 {
+                                step_tail.remove(0);
+                            }
                         }
                         line(l.to_string());
                     }
@@ -149,6 +156,11 @@ pub async fn build_image(
                     line(detail.clone());
                     failure = Some(detail);
                 }
+            }
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                line(error.clone());
+                failure = Some(error);
+                break;
             }
             Err(e) => {
                 let text = short(&e);
@@ -162,9 +174,13 @@ pub async fn build_image(
         None => Ok(()),
         Some(error) => {
             let at = if step.is_empty() { String::new() } else { format!(" at {step}") };
-            let fix = if error.contains("pull access denied")
+            let output =
+                if step_tail.is_empty() { String::new() } else { format!(" (last output: {})", step_tail.join(" | ")) };
+            let error = format!("{}{output}", error.trim());
+            let fix = if error.contains("manifest unknown") || error.contains("not found: manifest") {
+                "the base image tag does not exist: check the FROM line and its build args (PG_MAJOR, TIMESCALEDB_VERSION)"
+            } else if error.contains("pull access denied")
                 || error.contains("no such host")
-                || error.contains("not found: manifest unknown")
                 || error.contains("dial tcp")
             {
                 "the base image could not be pulled: give the engine registry access, or load the base image \
@@ -252,6 +268,23 @@ pub async fn remove(engine: &Engine, name: &str) -> Result<(), UserError> {
     }
 }
 
+pub async fn volume_exists(engine: &Engine, volume: &str) -> Result<bool, UserError> {
+    match engine.docker.inspect_volume(volume).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(UserError::new(format!("cannot inspect volume {volume}: {}", short(&e)), "check the engine")),
+    }
+}
+
+/// The host address and port a container publishes 5432 on, if it does.
+pub fn published_port(c: &ContainerInspectResponse) -> Option<(String, u16)> {
+    c.network_settings
+        .as_ref()
+        .and_then(|n| n.ports.clone())
+        .and_then(|p| p.get("5432/tcp").cloned().flatten())
+        .and_then(|b| b.into_iter().find_map(|b| Some((b.host_ip.unwrap_or_default(), b.host_port?.parse().ok()?))))
+}
+
 pub async fn remove_volume(engine: &Engine, volume: &str) -> Result<(), UserError> {
     match engine.docker.remove_volume(volume, None::<RemoveVolumeOptions>).await {
         Ok(()) => Ok(()),
@@ -261,13 +294,50 @@ pub async fn remove_volume(engine: &Engine, volume: &str) -> Result<(), UserErro
 }
 
 /// The container's log lines (stdout and stderr), the last `tail` of them, then new ones if `follow`.
+/// Lines are cut at newline bytes before decoding, so a character split across frames stays whole.
 pub fn logs<'a>(engine: &'a Engine, name: &'a str, tail: &str, follow: bool) -> impl Stream<Item = String> + 'a {
     let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(tail).follow(follow).build();
-    engine
-        .docker
-        .logs(name, Some(options))
-        .filter_map(|item| async move { item.ok().map(|o| output_text(&o)) })
-        .flat_map(|text| futures_util::stream::iter(text.lines().map(str::to_string).collect::<Vec<_>>()))
+    let frames = engine.docker.logs(name, Some(options)).filter_map(|item| async move { item.ok() });
+    futures_util::stream::unfold(
+        (Box::pin(frames), Lines::default(), false),
+        |(mut frames, mut lines, mut ended)| async move {
+            loop {
+                if let Some(line) = lines.next_line(ended) {
+                    return Some((line, (frames, lines, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match frames.next().await {
+                    Some(frame) => lines.push(frame_bytes(&frame)),
+                    None => ended = true,
+                }
+            }
+        },
+    )
+}
+
+/// Bytes in, whole lines out (decoded once complete).
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete line; at the end, whatever is left.
+    fn next_line(&mut self, at_end: bool) -> Option<String> {
+        let cut = match self.buf.iter().position(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if at_end && !self.buf.is_empty() => self.buf.len(),
+            None => return None,
+        };
+        let raw: Vec<u8> = self.buf.drain(..cut).collect();
+        Some(String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']).to_string())
+    }
 }
 
 /// The last `n` log lines, for an error message.
@@ -275,12 +345,12 @@ pub async fn last_log_lines(engine: &Engine, name: &str, n: usize) -> Vec<String
     logs(engine, name, &n.to_string(), false).collect().await
 }
 
-fn output_text(o: &LogOutput) -> String {
+fn frame_bytes(o: &LogOutput) -> &[u8] {
     match o {
         LogOutput::StdErr { message }
         | LogOutput::StdOut { message }
         | LogOutput::StdIn { message }
-        | LogOutput::Console { message } => String::from_utf8_lossy(message).into_owned(),
+        | LogOutput::Console { message } => message,
     }
 }
 
@@ -321,23 +391,22 @@ pub async fn exec(
         let writer = async move {
             if let Some(data) = stdin {
                 let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await; // end of input: psql -f - finishes
             }
-            let _ = input.shutdown().await;
         };
         let reader = async {
-            let (mut out_buf, mut err_buf) = (String::new(), String::new());
+            let (mut out, mut err) = (Lines::default(), Lines::default());
             while let Some(Ok(chunk)) = output.next().await {
                 let is_err = matches!(chunk, LogOutput::StdErr { .. });
-                let buf = if is_err { &mut err_buf } else { &mut out_buf };
-                buf.push_str(&output_text(&chunk));
-                while let Some(nl) = buf.find('\n') {
-                    let l: String = buf.drain(..=nl).collect();
-                    line(is_err, l.trim_end_matches(['\n', '\r']).to_string());
+                let lines = if is_err { &mut err } else { &mut out };
+                lines.push(frame_bytes(&chunk));
+                while let Some(l) = lines.next_line(false) {
+                    line(is_err, l);
                 }
             }
-            for (is_err, rest) in [(false, out_buf), (true, err_buf)] {
-                if !rest.is_empty() {
-                    line(is_err, rest);
+            for (is_err, mut rest) in [(false, out), (true, err)] {
+                while let Some(l) = rest.next_line(true) {
+                    line(is_err, l);
                 }
             }
         };

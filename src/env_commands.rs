@@ -35,8 +35,9 @@ pub async fn run(action: EnvAction) -> Result<i32, UserError> {
             timeout,
             keep_failed,
             json,
+            verbose,
         } => {
-            let mode = if json { Mode::Json } else { Mode::Text { verbose: false } };
+            let mode = if json { Mode::Json } else { Mode::Text { verbose } };
             if let Some(target) = target {
                 let stage = ExistingServerStage::new(ConnSpec::parse("target", &target)?);
                 return finish(headless::run_stage(&stage, None, None, mode).await?, None);

@@ -182,6 +182,16 @@ async fn build_create_start_wait_exec_connect_reuse_and_remove() {
     assert!(events(&out).iter().any(|e| matches!(e, Event::Output { line, .. } if line.contains("reusing it"))));
     assert_eq!(client.query_one("SELECT count(*) FROM m", &[]).await.unwrap().get::<_, i64>(0), 1);
 
+    // a container that exists is reused only with the password file that created it, and a failed
+    // reuse leaves it alone
+    let other_pw = dir.path().join("other.pgpass");
+    let mut wrong = up_args.to_vec();
+    let pos = wrong.iter().position(|a| *a == "--password-file").unwrap();
+    wrong[pos + 1] = other_pw.to_str().unwrap();
+    let out = pgshift_env(&wrong);
+    assert_one_error_line(&out, 3, "exists but its password file");
+    assert!(container_exists(name) && !other_pw.exists());
+
     // removing needs --yes; then the container and, with --remove-data, its volume are gone
     let out = pgshift_env(&["down", "--name", name]);
     assert_one_error_line(&out, 2, "without confirmation");
@@ -244,7 +254,7 @@ fn the_default_dockerfile_reports_an_unreachable_registry() {
     // Dockerfile.timescaledb starts FROM the official TimescaleDB image; this machine cannot pull it
     require_base_image();
     let name = "pgshift-test-env-default";
-    let _cleanup = Cleanup { name: name.into(), image: None };
+    let _cleanup = Cleanup { name: name.into(), image: Some("pgshift-test/never-built:1".into()) };
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     let port = free_port().to_string();

@@ -115,16 +115,14 @@ pub fn read_password(path: &Path) -> Result<String, UserError> {
             "run pgshift env up first (it writes the file), or give --password-file",
         )
     })?;
-    text.lines()
-        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .and_then(|l| l.splitn(5, ':').nth(4))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            UserError::new(
-                format!("{} is not a pgpass line (host:port:db:user:password)", path.display()),
-                "remove it and run pgshift env up again",
-            )
-        })
+    // a pgpass line (host:port:db:user:password), or the bare password (a Compose secret file)
+    let line = text.lines().find(|l| !l.starts_with('#') && !l.trim().is_empty()).ok_or_else(|| {
+        UserError::new(format!("{} holds no password", path.display()), "remove it and run pgshift env up again")
+    })?;
+    Ok(match line.splitn(5, ':').nth(4) {
+        Some(pw) => pw.to_string(),
+        None => line.trim_end().to_string(),
+    })
 }
 
 /// Reads the password file, or writes a new one with a generated password (0600, directory 0700).
@@ -161,8 +159,9 @@ pub struct ServerReport {
     pub version_num: i32,
     /// Installable TimescaleDB version (`pg_available_extensions`), if any.
     pub timescaledb_available: Option<String>,
-    /// `timescaledb` is in `shared_preload_libraries` (it must be, to be created).
-    pub timescaledb_preloaded: bool,
+    /// `timescaledb` is in `shared_preload_libraries` (it must be, to be created); None when this
+    /// role may not read the setting.
+    pub timescaledb_preloaded: Option<bool>,
     /// `apache` or `timescale`, as a session with the extension sees it; None when unknown.
     pub timescaledb_license: Option<String>,
     pub vector_available: Option<String>,
@@ -172,9 +171,9 @@ impl ServerReport {
     pub fn summary(&self) -> String {
         let short = self.version.split(" on ").next().unwrap_or(&self.version);
         let ts = match (&self.timescaledb_available, self.timescaledb_preloaded, &self.timescaledb_license) {
-            (Some(v), true, Some(l)) => format!("TimescaleDB {v} ({l} license)"),
-            (Some(v), true, None) => format!("TimescaleDB {v} (license unknown)"),
-            (Some(v), false, _) => format!("TimescaleDB {v} (not preloaded)"),
+            (Some(v), _, Some(l)) => format!("TimescaleDB {v} ({l} license)"),
+            (Some(v), Some(false), _) => format!("TimescaleDB {v} (not preloaded)"),
+            (Some(v), _, None) => format!("TimescaleDB {v} (license unknown)"),
             (None, _, _) => "no TimescaleDB".into(),
         };
         let vector = match &self.vector_available {
@@ -196,7 +195,8 @@ pub async fn check_server(spec: &ConnSpec) -> Result<ServerReport, UserError> {
     let row = client
         .query_one(
             "SELECT version(), current_setting('server_version_num')::int,
-                    'timescaledb' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ',')),
+                    (SELECT 'timescaledb' = ANY (string_to_array(replace(setting, ' ', ''), ','))
+                     FROM pg_settings WHERE name = 'shared_preload_libraries'),
                     (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
                     (SELECT default_version FROM pg_available_extensions WHERE name = 'vector')",
             &[],
@@ -212,7 +212,7 @@ pub async fn check_server(spec: &ConnSpec) -> Result<ServerReport, UserError> {
         timescaledb_available: row.get(3),
         vector_available: row.get(4),
     };
-    if report.timescaledb_preloaded && report.timescaledb_available.is_some() {
+    if report.timescaledb_preloaded != Some(false) && report.timescaledb_available.is_some() {
         report.timescaledb_license = license_probe(&client).await;
     }
     Ok(report)
@@ -236,7 +236,7 @@ pub fn report_warnings(r: &ServerReport) -> Vec<String> {
     let mut w = Vec::new();
     if r.timescaledb_available.is_none() {
         w.push("the target has no TimescaleDB extension available: hypertables cannot be created".to_string());
-    } else if !r.timescaledb_preloaded {
+    } else if r.timescaledb_preloaded == Some(false) {
         w.push("TimescaleDB is installed but not in shared_preload_libraries: add it and restart".to_string());
     } else if r.timescaledb_license.as_deref() == Some("apache") {
         w.push(
@@ -263,11 +263,43 @@ impl ContainerStage {
         Self { options }
     }
 
-    async fn up(&self, ctx: &StageContext, created_here: &mut bool) -> Result<String, StageError> {
+    async fn up(
+        &self,
+        ctx: &StageContext,
+        created_here: &mut bool,
+        volume_created_here: &mut bool,
+    ) -> Result<String, StageError> {
         let o = &self.options;
         let engine = docker::connect().await?;
         ctx.info("docker", format!("Docker engine {} (API {}) at {}", engine.version, engine.api_version, engine.host))
             .await;
+        if !engine.host.starts_with("unix://") && o.bind == "127.0.0.1" {
+            ctx.warning(format!(
+                "the engine at {} is remote: the port is published on its loopback, which this machine may not reach \
+                 (use --bind, or an SSH tunnel)",
+                engine.host
+            ))
+            .await;
+        }
+        let existing = docker::inspect(&engine, &o.name).await?;
+        let mut port = o.port;
+        if let Some(c) = &existing {
+            // its superuser password was set when it was created: the file must be that one
+            if !o.password_file.exists() {
+                return Err(UserError::new(
+                    format!("container {} exists but its password file {} does not", o.name, o.password_file.display()),
+                    "give --password-file of the run that created it (a pgpass line or the bare password), \
+                     or remove the container with pgshift env down --yes",
+                )
+                .into());
+            }
+            if let Some((_, p)) = docker::published_port(c) {
+                if p != o.port {
+                    ctx.warning(format!("container {} publishes port {p}, not {}: using {p}", o.name, o.port)).await;
+                }
+                port = p;
+            }
+        }
         let (password, new_password) = ensure_password(&o.password_file)?;
         if new_password {
             ctx.info(
@@ -277,16 +309,19 @@ impl ContainerStage {
             .await;
         }
 
-        match docker::inspect(&engine, &o.name).await? {
+        match existing {
             Some(c) if c.state.as_ref().and_then(|s| s.running).unwrap_or(false) => {
                 ctx.info("container", format!("container {} is running: reusing it", o.name)).await;
             }
             Some(_) => {
                 ctx.info("container", format!("container {} exists but is stopped: starting it", o.name)).await;
-                docker::start(&engine, &o.name, o.port).await?;
+                docker::start(&engine, &o.name, port).await?;
             }
             None => {
                 self.build_if_needed(ctx, &engine).await?;
+                if let DataDir::Volume(v) = &o.data {
+                    *volume_created_here = !docker::volume_exists(&engine, v).await?;
+                }
                 docker::create(&engine, &o.name, self.container_body()?).await?;
                 *created_here = true;
                 ctx.info("container", format!("created container {} from {}", o.name, o.image)).await;
@@ -296,9 +331,11 @@ impl ContainerStage {
                 ctx.info("container", format!("started; port {} on {}", o.port, o.bind)).await;
             }
         }
-        self.wait_healthy(ctx, &engine).await?;
+        self.wait_healthy(ctx, &engine, port).await?;
 
-        let target = o.target()?;
+        let mut reached = o.clone();
+        reached.port = port;
+        let target = reached.target()?;
         let report = check_server(&target).await?;
         for w in report_warnings(&report) {
             ctx.warning(w).await;
@@ -391,7 +428,7 @@ impl ContainerStage {
     }
 
     /// Waits for the health check to pass, streaming the container's log meanwhile.
-    async fn wait_healthy(&self, ctx: &StageContext, engine: &Engine) -> Result<(), StageError> {
+    async fn wait_healthy(&self, ctx: &StageContext, engine: &Engine, port: u16) -> Result<(), StageError> {
         let o = &self.options;
         let started = Instant::now();
         let mut last_status = String::new();
@@ -419,8 +456,19 @@ impl ContainerStage {
                             return Ok(());
                         }
                         Some(HealthStatusEnum::UNHEALTHY) => "unhealthy".to_string(),
+                        Some(HealthStatusEnum::NONE) | Some(HealthStatusEnum::EMPTY) | None => {
+                            // a container without a health check (made elsewhere): try the server itself
+                            let mut o2 = o.clone();
+                            o2.port = port;
+                            if let Ok(spec) = o2.target() {
+                                if spec.connect().await.is_ok() {
+                                    ctx.info("health", "the server accepts connections (no health check)").await;
+                                    return Ok(());
+                                }
+                            }
+                            "no health check; waiting for the server".to_string()
+                        }
                         Some(s) => s.to_string(),
-                        None => "no health check".to_string(),
                     };
                     if status != last_status {
                         ctx.info("health", status.clone()).await;
@@ -479,13 +527,18 @@ impl Stage for ContainerStage {
 
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            let mut created_here = false;
-            let result = self.up(ctx, &mut created_here).await;
+            let (mut created_here, mut volume_created_here) = (false, false);
+            let result = self.up(ctx, &mut created_here, &mut volume_created_here).await;
             if result.is_err() && created_here && !self.options.keep_failed {
-                // nothing half-created is left behind (the data volume is kept: it may hold data)
+                // nothing half-created is left behind: the container, and its volume if this run made it
                 if let Ok(engine) = docker::connect().await {
                     if docker::remove(&engine, &self.options.name).await.is_ok() {
                         ctx.info("container", format!("removed the failed container {}", self.options.name)).await;
+                    }
+                    if let (true, DataDir::Volume(v)) = (volume_created_here, &self.options.data) {
+                        if docker::remove_volume(&engine, v).await.is_ok() {
+                            ctx.info("container", format!("removed its new volume {v}")).await;
+                        }
                     }
                 }
             }

@@ -176,6 +176,53 @@ async fn restore_with_retries(
     Ok(failed)
 }
 
+/// pg_dump writes `ALTER TABLE ONLY t ADD CONSTRAINT ...`; TimescaleDB refuses ONLY on a hypertable
+/// (the constraint must reach its chunks). Such entries are printed by pg_restore, run without ONLY
+/// on the target, and reported if they still fail. Returns the entries that still fail.
+async fn retry_on_hypertables(
+    ctx: &StageContext,
+    backup: &Backup,
+    target: &ConnSpec,
+    failed: Vec<(Entry, String)>,
+) -> Result<Vec<(Entry, String)>, StageError> {
+    let (only, rest): (Vec<_>, Vec<_>) =
+        failed.into_iter().partition(|(_, err)| err.contains("ONLY option not supported on hypertable"));
+    if only.is_empty() {
+        return Ok(rest);
+    }
+    let client = target.connect().await?;
+    let mut still = rest;
+    for (entry, err) in only {
+        let list = tempfile::Builder::new().prefix("pgshift-entry-").tempfile().map_err(|e| {
+            UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
+        })?;
+        std::fs::write(list.path(), toc::list_file_text(&[&entry])).map_err(|e| write_error(list.path(), &e))?;
+        let mut text = Collect::default();
+        let cmd = ToolCommand {
+            label: "pg_restore --file=-".into(),
+            program: backup.pg_restore.clone(),
+            args: vec![format!("--use-list={}", list.path().display()), "--file=-".into()],
+            env: Vec::new(),
+            stdin: Some(backup.archive()),
+        };
+        run_tool(ctx, &cmd, &mut text, &mut |_| LineClass::Plain).await?;
+        // the entry's own SQL (pg_restore's text: settings, the statement, its owner), without
+        // psql meta-commands, with ONLY dropped from its ALTER TABLE
+        let sql: String = String::from_utf8_lossy(&text.0)
+            .lines()
+            .filter(|l| !l.starts_with('\\'))
+            .map(|l| l.replacen("ALTER TABLE ONLY ", "ALTER TABLE ", 1) + "\n")
+            .collect();
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                ctx.info("hypertables", format!("{} created on the hypertable (without ONLY)", entry.describe())).await
+            }
+            Err(e) => still.push((entry, format!("{err}; without ONLY: {}", catalog::db_message(&e)))),
+        }
+    }
+    Ok(still)
+}
+
 async fn report_failures(ctx: &StageContext, failed: &[(Entry, String)]) {
     for (e, err) in failed {
         ctx.warning(format!("{} still fails: {err} (hint: {})", e.describe(), toc::hint(&e.kind, err))).await;
@@ -517,6 +564,7 @@ impl Stage for PostDataStage {
             entries.extend(restorable(list_section(ctx, &backup, "post-data").await?));
             let total = entries.len();
             let failed = restore_with_retries(ctx, &backup, &target, entries, "post-data").await?;
+            let failed = retry_on_hypertables(ctx, &backup, &target, failed).await?;
             report_failures(ctx, &failed).await;
             Ok(format!("{} of {total} entries restored, {} still failing", total - failed.len(), failed.len()))
         })

@@ -24,6 +24,8 @@ use crate::files::{write_atomic, write_error};
 use crate::stages::backup::human_bytes;
 
 const PROGRESS_FILE: &str = "data-progress.json";
+/// Bytes gathered before one write to the target (memory per copying table stays near this).
+const BATCH_BYTES: usize = 256 << 10;
 
 pub struct DataStage {
     source: ConnSpec,
@@ -232,15 +234,24 @@ async fn copy_table(
     let (mut rows, mut bytes) = (0u64, 0u64);
     let total = table.rows.map(|r| r.max(0) as u64);
     let mut last = Instant::now();
+    // the source sends one COPY message per row: gather them into large writes, so the target
+    // connection is flushed once per batch rather than once per row
+    let mut batch = bytes::BytesMut::with_capacity(BATCH_BYTES);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(srcerr)?;
         rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         bytes += chunk.len() as u64;
-        sink.send(chunk).await.map_err(tgt)?;
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= BATCH_BYTES {
+            sink.send(batch.split().freeze()).await.map_err(tgt)?;
+        }
         if last.elapsed() >= Duration::from_millis(250) {
             last = Instant::now();
             ctx.try_progress(&table.name, rows, total, Unit::Rows);
         }
+    }
+    if !batch.is_empty() {
+        sink.send(batch.freeze()).await.map_err(tgt)?;
     }
     let written = sink.finish().await.map_err(tgt)?;
     dst.batch_execute("COMMIT").await.map_err(tgt)?;

@@ -23,6 +23,8 @@ pub struct Plan {
     #[serde(default)]
     pub verify: VerifyPlan,
     #[serde(default)]
+    pub tuning: TuningPlan,
+    #[serde(default)]
     pub hypertables: Vec<HypertablePlan>,
     #[serde(default)]
     pub vectors: Vec<VectorPlan>,
@@ -125,6 +127,47 @@ impl Default for VerifyPlan {
     }
 }
 
+/// Session settings for index builds, and what the tuning stage does after the load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuningPlan {
+    /// `maintenance_work_mem` for index builds (vector indexes above all).
+    #[serde(default = "default_mwm")]
+    pub maintenance_work_mem: String,
+    /// `max_parallel_maintenance_workers` for index builds.
+    #[serde(default = "default_workers")]
+    pub parallel_workers: u32,
+    /// VACUUM (not only ANALYZE) every table after the load.
+    #[serde(default)]
+    pub vacuum: bool,
+    /// REINDEX ... CONCURRENTLY every table after the load.
+    #[serde(default)]
+    pub reindex: bool,
+    /// Compress the chunks that were compressed on the source (Timescale-licensed targets).
+    #[serde(default = "yes")]
+    pub compress_chunks: bool,
+}
+
+fn default_mwm() -> String {
+    "512MB".into()
+}
+
+fn default_workers() -> u32 {
+    2
+}
+
+impl Default for TuningPlan {
+    fn default() -> Self {
+        Self {
+            maintenance_work_mem: default_mwm(),
+            parallel_workers: default_workers(),
+            vacuum: false,
+            reindex: false,
+            compress_chunks: true,
+        }
+    }
+}
+
 /// A plain source table to turn into a hypertable on the target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +176,22 @@ pub struct HypertablePlan {
     pub time_column: String,
     /// `'1 day'`-style interval; default: suggested from the data.
     pub chunk_interval: Option<String>,
+    /// Enable compression (needs the Timescale License on the target).
+    #[serde(default)]
+    pub compress: bool,
+    /// `compress_segmentby` columns, comma-separated.
+    pub segment_by: Option<String>,
+    /// `compress_orderby`, e.g. `"time DESC"`.
+    pub order_by: Option<String>,
+    /// Add a compression policy compressing chunks older than this interval.
+    pub compress_after: Option<String>,
+}
+
+impl HypertablePlan {
+    /// The TimescaleDB features this entry asks for that need the Timescale License.
+    pub fn licensed(&self) -> Option<String> {
+        (self.compress || self.compress_after.is_some()).then(|| format!("planned compression of {}", self.table))
+    }
 }
 
 /// A vector column (and index) to add on the target.
@@ -142,6 +201,9 @@ pub struct VectorPlan {
     pub table: String,
     pub column: String,
     pub dimensions: u32,
+    /// `vector` (default) or `halfvec`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     /// `hnsw` (default) or `ivfflat`; `none` for no index.
     pub index: Option<String>,
     pub opclass: Option<String>,

@@ -16,10 +16,14 @@ use crate::stages::backup::{BackupOptions, BackupStage};
 use crate::stages::data::DataStage;
 use crate::stages::environment::{ensure_password, ContainerStage, ExistingServerStage};
 use crate::stages::schema::{PostDataStage, SchemaStage};
+use crate::stages::timescale::TimescaleStage;
+use crate::stages::tuning::TuningStage;
+use crate::stages::vectors::{index_name, VectorStage};
 use crate::stages::verify::VerifyStage;
 use crate::verify::VerifyOptions;
 
-const STAGES: [&str; 6] = ["backup", "environment", "schema", "data", "post-data", "verify"];
+const STAGES: [&str; 9] =
+    ["backup", "environment", "schema", "data", "post-data", "timescaledb", "pgvector", "tuning", "verify"];
 
 /// Which run directory a run uses.
 enum RunDir {
@@ -55,6 +59,7 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
     }
     let source = plan.source()?;
     let container = plan.container_options();
+    let shm_bytes = container.as_ref().map(|o| o.shm_size);
     if let Some(o) = &container {
         ensure_password(&o.password_file)?; // the container is created with it; later stages connect with it
     }
@@ -96,14 +101,15 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
     );
     let data = DataStage::new(source.clone(), target.clone(), plan.data.jobs);
     let post = PostDataStage::new(target.clone());
+    let timescale =
+        TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
+    let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes);
+    let tuning = TuningStage::new(source.clone(), target.clone(), plan.tuning.clone());
     let workers = plan.data.jobs.max(1);
-    let verify = VerifyStage::new(
-        source,
-        target,
-        plan.allow_list()?,
-        VerifyOptions { checksums: plan.verify.checksums, workers },
-    );
-    let stages: [&dyn Stage; 6] = [&backup, environment.as_ref(), &schema, &data, &post, &verify];
+    let options = VerifyOptions { checksums: plan.verify.checksums, workers };
+    let verify = VerifyStage::new(source, target, planned_differences(&plan)?, options);
+    let stages: [&dyn Stage; 9] =
+        [&backup, environment.as_ref(), &schema, &data, &post, &timescale, &vectors, &tuning, &verify];
 
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -135,6 +141,30 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
             Ok(EXIT_CANCELLED)
         }
     }
+}
+
+/// The plan's `[[allow]]` entries plus what its own changes make differ on purpose: tables it turns
+/// into hypertables, vector columns it adds and their indexes.
+fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError> {
+    use crate::allow::{AllowRule, Change};
+    let mut rules = plan.allow.clone();
+    let rule = |class: &str, name: String, reason: &str| AllowRule {
+        class: class.into(),
+        name,
+        change: Change::Extra,
+        reason: Some(reason.into()),
+    };
+    for h in &plan.hypertables {
+        rules.push(rule("hypertables", h.table.clone(), "converted to a hypertable by the plan"));
+    }
+    for v in &plan.vectors {
+        let schema = v.table.rsplit_once('.').map(|(s, _)| s).unwrap_or("public");
+        rules.push(rule("columns", format!("{}.{}", v.table, v.column), "vector column added by the plan"));
+        rules.push(rule("vector_columns", format!("{}.{}", v.table, v.column), "vector column added by the plan"));
+        rules.push(rule("indexes", format!("{schema}.{}", index_name(v)), "vector index built by the plan"));
+        rules.push(rule("vector_indexes", format!("{schema}.{}", index_name(v)), "vector index built by the plan"));
+    }
+    crate::allow::AllowList::from_rules(rules)
 }
 
 /// `pgshift plan init`: a commented plan from the source's inventory, with hypertable candidates.

@@ -217,11 +217,25 @@ async fn copy_table(
     let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
     let srcerr = |e: tokio_postgres::Error| copy_error("source", "the source server", &e);
     let columns = target_columns(dst, &table.name).await.map_err(tgt)?.join(", ");
-    let truncate = if table.kind == "hypertable" {
-        format!("TRUNCATE {}", table.name)
-    } else {
-        format!("TRUNCATE ONLY {}", table.name)
-    };
+    // a hypertable (on the source, or made one by the plan) is emptied with its chunks
+    let has_timescaledb: bool = dst
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
+        .await
+        .map_err(tgt)?
+        .get(0);
+    let hypertable = table.kind == "hypertable"
+        || (has_timescaledb
+            && dst
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
+                     WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1)",
+                    &[&table.name],
+                )
+                .await
+                .map_err(tgt)?
+                .get::<_, bool>(0));
+    let truncate =
+        if hypertable { format!("TRUNCATE {}", table.name) } else { format!("TRUNCATE ONLY {}", table.name) };
     dst.batch_execute(&format!("BEGIN; {truncate}")).await.map_err(tgt)?;
     let sink =
         dst.copy_in::<_, bytes::Bytes>(&format!("COPY {} ({columns}) FROM STDIN", table.name)).await.map_err(tgt)?;

@@ -21,6 +21,8 @@ use crate::files::{write_atomic, write_error};
 use crate::manifest::Manifest;
 use crate::plan::HypertablePlan;
 use crate::process::{libpq_env, run_tool, run_tool_status, LineClass, Sink, ToolCommand};
+use crate::stages::environment::check_server;
+use crate::stages::timescale;
 use crate::toc::{self, Entry, FailureLog};
 
 const MAX_ROUNDS: usize = 5;
@@ -97,14 +99,26 @@ async fn list_section(ctx: &StageContext, backup: &Backup, section: &str) -> Res
     Ok(toc::parse_list(&String::from_utf8_lossy(&out.0)))
 }
 
-/// Entries pgshift restores from the archive: not data, not TimescaleDB's internals.
-fn restorable(entries: Vec<Entry>) -> Vec<Entry> {
+/// Entries pgshift restores from the archive: not data, not TimescaleDB's internals, not the views
+/// of continuous aggregates (the TimescaleDB stage creates those through TimescaleDB's API).
+fn restorable(entries: Vec<Entry>, caggs: &BTreeSet<String>) -> Vec<Entry> {
     entries
         .into_iter()
         .filter(|e| !e.is_data() && !e.is_timescaledb_internal())
+        .filter(|e| {
+            let name = e.rest.rsplit_once(' ').map(|(n, _)| n).unwrap_or(&e.rest);
+            !(e.kind == "VIEW" && caggs.contains(&format!("{}.{name}", e.schema)))
+        })
         // created by create_hypertable on the target
         .filter(|e| !(e.kind == "TRIGGER" && e.rest.contains(" ts_insert_blocker ")))
         .collect()
+}
+
+/// The source's continuous aggregate views (`schema.name`).
+async fn cagg_views(source: &ConnSpec) -> Result<BTreeSet<String>, UserError> {
+    let client = source.connect().await?;
+    let f = timescale::read_features(&client).await?;
+    Ok(f.continuous_aggregates.into_iter().map(|a| a.view).collect())
 }
 
 /// One pg_restore run over `entries` into `target`; returns the entries that failed, with errors.
@@ -296,6 +310,26 @@ impl SchemaStage {
                 "install them on the target (its image or packages) before migrating",
             ));
         }
+        // the license pre-flight: what the source's TimescaleDB holds must be creatable on the target
+        let features = timescale::read_features(&source).await?;
+        let mut licensed = features.licensed();
+        licensed.extend(self.hypertables.iter().filter_map(HypertablePlan::licensed));
+        if !licensed.is_empty() {
+            let report = check_server(&admin).await?;
+            if report.timescaledb_license.as_deref() == Some("apache") {
+                return Err(UserError::new(
+                    format!(
+                        "the target's TimescaleDB is the Apache-only build and cannot hold the source's {}",
+                        licensed.join(", ")
+                    ),
+                    "use a Timescale-licensed TimescaleDB on the target (the official timescale/timescaledb image, \
+                     as Dockerfile.timescaledb does)",
+                ));
+            }
+        }
+        for h in &self.hypertables {
+            check_conversion(&source, h).await?;
+        }
         let exists: bool = server
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])
             .await
@@ -463,14 +497,39 @@ impl SchemaStage {
             }
         }
         for h in &self.hypertables {
-            let interval = h.chunk_interval.as_deref().unwrap_or("7 days");
+            let interval = match &h.chunk_interval {
+                Some(i) => i.clone(),
+                None => {
+                    let row = source
+                        .query_one(
+                            &format!(
+                                "SELECT coalesce(extract(epoch FROM max({c})::timestamptz - min({c})::timestamptz), 0)::float8, \
+                                 pg_total_relation_size({lit}::regclass) FROM {t}",
+                                c = h.time_column,
+                                lit = quote_literal(&h.table),
+                                t = h.table,
+                            ),
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| q(&format!("measuring {}", h.table), e))?;
+                    let suggested = suggest_interval(row.get(0), row.get(1));
+                    ctx.info(
+                        "hypertables",
+                        format!("{}: chunk interval {suggested} suggested from its span and size", h.table),
+                    )
+                    .await;
+                    suggested
+                }
+            };
+            // no default index: the source's indexes come with the post-data stage
             statements.push((
                 h.table.clone(),
                 format!(
-                    "SELECT create_hypertable({}::regclass, {}, chunk_time_interval => INTERVAL {})",
+                    "SELECT create_hypertable({}::regclass, {}, chunk_time_interval => INTERVAL {}, create_default_indexes => false)",
                     quote_literal(&h.table),
-                    quote_literal(&h.time_column),
-                    quote_literal(interval)
+                    quote_literal(h.time_column.trim_matches('"')),
+                    quote_literal(&interval)
                 ),
             ));
         }
@@ -507,7 +566,8 @@ impl Stage for SchemaStage {
             self.restore_roles(ctx, &backup).await?;
             self.create_database(ctx).await?;
             let target = ctx.tagged(&self.target);
-            let entries = restorable(list_section(ctx, &backup, "pre-data").await?);
+            let caggs = cagg_views(&ctx.tagged(&self.source)).await?;
+            let entries = restorable(list_section(ctx, &backup, "pre-data").await?, &caggs);
             let failed = restore_with_retries(ctx, &backup, &target, entries, "schema").await?;
             // what still fails may work once post-data objects exist: the post-data stage retries it
             let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).collect();
@@ -556,18 +616,114 @@ impl Stage for PostDataStage {
             let mut entries: Vec<Entry> = if earlier.is_empty() {
                 Vec::new()
             } else {
-                restorable(list_section(ctx, &backup, "pre-data").await?)
+                restorable(list_section(ctx, &backup, "pre-data").await?, &BTreeSet::new())
                     .into_iter()
                     .filter(|e| earlier.contains(&e.id))
                     .collect()
             };
-            entries.extend(restorable(list_section(ctx, &backup, "post-data").await?));
+            entries.extend(restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new()));
             let total = entries.len();
             let failed = restore_with_retries(ctx, &backup, &target, entries, "post-data").await?;
             let failed = retry_on_hypertables(ctx, &backup, &target, failed).await?;
             report_failures(ctx, &failed).await;
             Ok(format!("{} of {total} entries restored, {} still failing", total - failed.len(), failed.len()))
         })
+    }
+}
+
+/// Can this plain source table become a hypertable? Its time column must exist and be NOT NULL
+/// and of a time or integer type, every unique key must include it, and it must not already be one.
+pub async fn check_conversion(source: &tokio_postgres::Client, h: &HypertablePlan) -> Result<(), UserError> {
+    let what = format!("[[hypertables]] {}", h.table);
+    let q = |e: tokio_postgres::Error| {
+        UserError::new(format!("{what}: {}", catalog::db_message(&e)), "check the table's name (schema.table)")
+    };
+    let row = source
+        .query_opt(
+            "SELECT a.attnotnull, format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped",
+            &[&h.table, &h.time_column.trim_matches('"')],
+        )
+        .await
+        .map_err(q)?;
+    let exists: bool = source.query_one("SELECT to_regclass($1) IS NOT NULL", &[&h.table]).await.map_err(q)?.get(0);
+    if !exists {
+        return Err(UserError::new(
+            format!("{what}: no such table on the source"),
+            "write it as schema.table, as pgshift inventory lists it",
+        ));
+    }
+    let Some(row) = row else {
+        return Err(UserError::new(
+            format!("{what}: the table has no column {}", h.time_column),
+            "set time_column to the table's timestamp column",
+        ));
+    };
+    let (not_null, ty): (bool, String) = (row.get(0), row.get(1));
+    let time_types =
+        ["timestamp with time zone", "timestamp without time zone", "date", "smallint", "integer", "bigint"];
+    if !time_types.contains(&ty.as_str()) {
+        return Err(UserError::new(
+            format!("{what}: {} is {ty}, not a time or integer column", h.time_column),
+            "choose a timestamptz, timestamp, date or integer column",
+        ));
+    }
+    if !not_null {
+        return Err(UserError::new(
+            format!("{what}: {} may be NULL, and a hypertable's time column may not", h.time_column),
+            format!(
+                "fill its NULLs and ALTER TABLE {} ALTER COLUMN {} SET NOT NULL on the source first",
+                h.table, h.time_column
+            ),
+        ));
+    }
+    let bad: Vec<String> = source
+        .query(
+            "SELECT conname::text FROM pg_constraint k
+             WHERE k.conrelid = to_regclass($1) AND k.contype IN ('p', 'u')
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = k.conrelid AND a.attname = $2 AND a.attnum = ANY (k.conkey))",
+            &[&h.table, &h.time_column.trim_matches('"')],
+        )
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !bad.is_empty() {
+        return Err(UserError::new(
+            format!("{what}: unique key(s) {} do not include {}", bad.join(", "), h.time_column),
+            "a hypertable's primary and unique keys must include its time column: change them on the source, \
+             or leave this table plain",
+        ));
+    }
+    let already: bool = source
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AND EXISTS (
+               SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE i.inhparent = to_regclass($1) AND n.nspname = '_timescaledb_internal')",
+            &[&h.table],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    if already {
+        return Err(UserError::new(
+            format!("{what}: it is a hypertable already"),
+            "remove it from [[hypertables]]: it is recreated anyway",
+        ));
+    }
+    Ok(())
+}
+
+/// A chunk interval for a table spanning `span_secs` of time in `bytes`: chunks of about 256 MiB,
+/// between an hour and a month, in whole hours or days.
+pub fn suggest_interval(span_secs: f64, bytes: i64) -> String {
+    let chunks = (bytes as f64 / (256u64 << 20) as f64).ceil().max(1.0);
+    let secs = (span_secs / chunks).clamp(3600.0, 30.0 * 86400.0);
+    if secs >= 86400.0 {
+        format!("{} days", (secs / 86400.0).round() as i64)
+    } else {
+        format!("{} hours", (secs / 3600.0).round() as i64)
     }
 }
 

@@ -1,0 +1,102 @@
+//! Stage 8 — Tuning: fresh planner statistics on the target (ANALYZE, or VACUUM ANALYZE when the
+//! plan asks), optional `REINDEX ... CONCURRENTLY`, and advice: the indexes the source never used
+//! (`pg_stat_user_indexes.idx_scan = 0`, not unique), which cost writes on the new server too.
+
+use futures_util::future::BoxFuture;
+
+use crate::catalog;
+use crate::conn::ConnSpec;
+use crate::engine::{Stage, StageContext, StageError};
+use crate::error::UserError;
+use crate::plan::TuningPlan;
+
+pub struct TuningStage {
+    source: ConnSpec,
+    target: ConnSpec,
+    tuning: TuningPlan,
+}
+
+impl TuningStage {
+    pub fn new(source: ConnSpec, target: ConnSpec, tuning: TuningPlan) -> Self {
+        Self { source, target, tuning }
+    }
+}
+
+impl Stage for TuningStage {
+    fn id(&self) -> &'static str {
+        "tuning"
+    }
+
+    fn title(&self) -> &'static str {
+        "Tuning: ANALYZE, optional VACUUM and REINDEX, unused-index advice"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let target = ctx.tagged(&self.target).connect().await?;
+            let fail = |what: &str, e: tokio_postgres::Error| {
+                StageError::Failed(UserError::new(
+                    format!("{what}: {}", catalog::db_message(&e)),
+                    "connect to the target as a superuser",
+                ))
+            };
+            let stats = if self.tuning.vacuum { "VACUUM (ANALYZE)" } else { "ANALYZE" };
+            ctx.info("tuning", format!("{stats} of the target database")).await;
+            target.batch_execute(stats).await.map_err(|e| fail(stats, e))?;
+            let mut reindexed = 0;
+            if self.tuning.reindex {
+                let tables: Vec<String> = target
+                    .query(
+                        &format!(
+                            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE c.relkind IN ('r', 'm') AND {} AND {} ORDER BY 1",
+                            catalog::queries::user_ns("n"),
+                            catalog::queries::not_ext("pg_class", "c.oid")
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| fail("listing tables", e))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for t in tables {
+                    ctx.info("tuning", format!("REINDEX TABLE CONCURRENTLY {t}")).await;
+                    target
+                        .batch_execute(&format!("REINDEX TABLE CONCURRENTLY {t}"))
+                        .await
+                        .map_err(|e| fail(&format!("REINDEX {t}"), e))?;
+                    reindexed += 1;
+                }
+            }
+            let source = ctx.tagged(&self.source).connect().await?;
+            let unused: Vec<(String, String)> = source
+                .query(
+                    &format!(
+                        "SELECT format('%I.%I', s.schemaname, s.indexrelname), pg_size_pretty(pg_relation_size(s.indexrelid))
+                         FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid
+                         WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary AND {}
+                         ORDER BY pg_relation_size(s.indexrelid) DESC",
+                        catalog::queries::user_ns_name("s.schemaname")
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| fail("reading index usage on the source", e))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for (index, size) in &unused {
+                ctx.info(
+                    "advice",
+                    format!("index {index} ({size}) was never used on the source since its statistics were reset: consider dropping it"),
+                )
+                .await;
+            }
+            Ok(format!(
+                "{stats} done, {reindexed} table(s) reindexed, {} index(es) never used on the source",
+                unused.len()
+            ))
+        })
+    }
+}

@@ -210,7 +210,9 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
          [target.container]\nname = \"pgshift-timescaledb\"\n# image = \"pgshift/timescaledb-pgvector:pg17\"\n\
          # dockerfile = \"Dockerfile.timescaledb\"\nport = 55432\n# data = \"./data/postgresql\"   # default: volume NAME-data\n\n\
          [backup]\ndir = \"backups\"\n# bin_dir = \"/usr/lib/postgresql/17/bin\"\n# role_passwords = false\n\n\
-         [data]\njobs = 2\n\n[verify]\nchecksums = true\n",
+         [data]\njobs = 2\n\n[verify]\nchecksums = true\n\n\
+         [tuning]\n# maintenance_work_mem = \"512MB\"   # for index builds (vector indexes above all)\n\
+         # parallel_workers = 2\n# vacuum = false\n# reindex = false\n# compress_chunks = true\n",
         source = source.label(),
         out = out.display(),
         conn = source_text.replace('"', "\\\""),
@@ -230,7 +232,9 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
     for r in &candidates {
         let (table, column, ty): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         text.push_str(&format!(
-            "# [[hypertables]]\n# table = \"{table}\"\n# time_column = \"{column}\"   # {ty}\n# chunk_interval = \"7 days\"\n\n"
+            "# [[hypertables]]\n# table = \"{table}\"\n# time_column = \"{column}\"   # {ty}\n\
+             # chunk_interval = \"7 days\"   # default: suggested from the data\n\
+             # compress = false   # needs a Timescale-licensed target\n\n"
         ));
     }
     text.push_str(

@@ -116,6 +116,22 @@ pub enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Stage 4 alone: copy every table's rows into a target that already has the tables (pieces in
+    /// parallel, resumable through DIR/data-progress.json). Exit code 0 done, 3 failed, 130 cancelled.
+    Copy {
+        #[arg(long, env = "PGSHIFT_SOURCE", hide_env_values = true, help = CONN_HELP)]
+        source: String,
+        #[arg(long, env = "PGSHIFT_TARGET", hide_env_values = true, help = CONN_HELP)]
+        target: String,
+        /// Tables (or chunks) copied at the same time.
+        #[arg(long, default_value_t = crate::plan::default_jobs())]
+        jobs: usize,
+        /// Directory for the progress file (a rerun with the same one resumes).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a commented plan from the source's inventory.
     Plan {
         #[command(subcommand)]
@@ -299,6 +315,22 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
         Command::Run { plan, yes, restart, json, verbose } => {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             crate::run::run(&plan, yes, restart, mode).await
+        }
+        Command::Copy { source, target, jobs, dir, json } => {
+            let source = ConnSpec::parse("source", &source)?;
+            let target = ConnSpec::parse("target", &target)?;
+            std::fs::create_dir_all(&dir).map_err(|e| files::write_error(&dir, &e))?;
+            let stage = crate::stages::data::DataStage::new(source, target, jobs);
+            let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose: false } };
+            match headless::run_stage(&stage, Some(&dir), None, mode).await? {
+                headless::Ended::Done => Ok(0),
+                headless::Ended::Refused(e) => Err(e),
+                headless::Ended::Failed(_, e) => {
+                    eprintln!("pgshift: {e}");
+                    Ok(EXIT_STAGE_FAILED)
+                }
+                headless::Ended::Cancelled => Ok(EXIT_CANCELLED),
+            }
         }
         Command::Plan { action: PlanAction::Init { source, out, overwrite } } => {
             crate::run::init(&source, &out, overwrite).await

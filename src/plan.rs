@@ -100,8 +100,9 @@ pub struct DataPlan {
     pub jobs: usize,
 }
 
-fn default_jobs() -> usize {
-    2
+/// One connection pair per core (at least 2, at most 8).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
 }
 
 impl Default for DataPlan {

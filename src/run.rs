@@ -100,7 +100,7 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
         plan.hypertables.clone(),
     );
     let data = DataStage::new(source.clone(), target.clone(), plan.data.jobs);
-    let post = PostDataStage::new(target.clone());
+    let post = PostDataStage::new(target.clone(), &plan.tuning);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
     let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes);

@@ -1,13 +1,16 @@
 //! Stage 4 — Data: every table's rows streamed from the source (`COPY (SELECT ...) TO STDOUT`,
-//! one exported snapshot for all readers) into the target (`COPY ... FROM STDIN`), several tables
-//! at a time. It runs after the schema and before indexes, constraints and triggers, so no user
+//! one exported snapshot for all readers) into the target (`COPY ... FROM STDIN`), several pieces
+//! at a time: a hypertable in pieces of one source chunk each (so one big table still loads in
+//! parallel), other tables whole. Binary COPY where every column has a built-in type (user types
+//! carry server-specific OIDs in binary form), text otherwise. It runs after the schema and before indexes, constraints and triggers, so no user
 //! trigger fires and foreign keys are checked once, at the end; the target session also runs with
-//! `session_replication_role = replica`. Each table is loaded in one transaction that first
-//! empties it, and recorded in `data-progress.json` when committed: a rerun skips finished tables
-//! and redoes an interrupted one from the start — no row lost, none twice. Sequences are set to the
+//! `session_replication_role = replica`. Each piece is loaded in one transaction that first
+//! empties what it writes (the table, or the chunk's time range) and is recorded in
+//! `data-progress.json` when committed: a rerun skips finished pieces and redoes an interrupted
+//! one from the start — no row lost, none twice. Sequences are set to the
 //! source's values at the end. Memory stays flat: rows pass through in COPY chunks.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +78,125 @@ struct Totals {
     bytes: u64,
 }
 
+/// A unit of copying: a whole table, or one source chunk of a hypertable.
+#[derive(Debug, Clone)]
+struct Piece {
+    /// Its name in `data-progress.json`: the table, or `table#chunk`.
+    key: String,
+    table: TableInfo,
+    /// What follows FROM on the source.
+    from: String,
+    /// Empties on the target what this piece writes, in the piece's transaction.
+    clear: String,
+    columns: String,
+    binary: bool,
+}
+
+/// The pieces of every table not yet loaded, largest tables first so the workers stay busy.
+async fn plan_pieces(
+    session: &Session,
+    dst: &Client,
+    tables: &[TableInfo],
+    progress: &Progress,
+) -> Result<Vec<Piece>, UserError> {
+    let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
+    let has_timescaledb: bool = dst
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
+        .await
+        .map_err(tgt)?
+        .get(0);
+    let mut sorted: Vec<&TableInfo> = tables.iter().collect();
+    sorted.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+    let mut pieces = Vec::new();
+    for table in sorted {
+        if progress.contains(&table.name) {
+            continue;
+        }
+        let cols = target_columns(dst, &table.name).await.map_err(tgt)?;
+        let binary = binary_safe(dst, &table.name).await.map_err(tgt)?;
+        let target_hypertable = table.kind == "hypertable"
+            || (has_timescaledb
+                && dst
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
+                         WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1)",
+                        &[&table.name],
+                    )
+                    .await
+                    .map_err(tgt)?
+                    .get::<_, bool>(0));
+        let columns = cols.join(", ");
+        if table.kind == "hypertable" {
+            // one piece per source chunk, when the hypertable has a single time dimension
+            let chunks = session
+                .strings(
+                    "hypertable chunks",
+                    &format!(
+                        "SELECT format('%I.%I', c.chunk_schema, c.chunk_name) || E'\\t' ||
+                                format('DELETE FROM %s WHERE %I >= %L AND %I < %L', {lit}::regclass, d.column_name,
+                                       c.range_start, d.column_name, c.range_end)
+                         FROM timescaledb_information.chunks c
+                         JOIN timescaledb_information.dimensions d
+                           ON d.hypertable_schema = c.hypertable_schema AND d.hypertable_name = c.hypertable_name
+                         WHERE format('%I.%I', c.hypertable_schema, c.hypertable_name) = {lit}
+                           AND c.range_start IS NOT NULL
+                           AND (SELECT count(*) FROM timescaledb_information.dimensions x
+                                WHERE x.hypertable_schema = c.hypertable_schema AND x.hypertable_name = c.hypertable_name) = 1
+                         ORDER BY c.range_start",
+                        lit = crate::stages::schema::quote_literal(&table.name)
+                    ),
+                )
+                .await?;
+            if !chunks.is_empty() {
+                for line in chunks {
+                    let (chunk, clear) = line.split_once('\t').unwrap_or((&line, ""));
+                    let key = format!("{}#{chunk}", table.name);
+                    if progress.contains(&key) {
+                        continue;
+                    }
+                    pieces.push(Piece {
+                        key,
+                        table: table.clone(),
+                        from: format!("ONLY {chunk}"),
+                        clear: clear.to_string(),
+                        columns: columns.clone(),
+                        binary,
+                    });
+                }
+                continue;
+            }
+        }
+        let clear = if target_hypertable {
+            format!("TRUNCATE {}", table.name)
+        } else {
+            format!("TRUNCATE ONLY {}", table.name)
+        };
+        pieces.push(Piece {
+            key: table.name.clone(),
+            table: table.clone(),
+            from: table.from_clause(),
+            clear,
+            columns,
+            binary,
+        });
+    }
+    Ok(pieces)
+}
+
+/// Binary COPY carries a type's OID for composite and array values, and those of user-defined
+/// types differ between servers: binary only when every column's type is built in.
+async fn binary_safe(dst: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = dst
+        .query_one(
+            "SELECT coalesce(bool_and(t.oid < 16384 AND t.typtype <> 'c'), true) FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
+            &[&table],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 impl Stage for DataStage {
     fn id(&self) -> &'static str {
         "data"
@@ -87,47 +209,82 @@ impl Stage for DataStage {
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             let dir = ctx.run_dir().ok_or_else(|| UserError::new("no run directory", "run through pgshift run"))?;
-            let inv: Inventory = std::fs::read_to_string(dir.join("inventory.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .ok_or_else(|| {
-                    UserError::new("the backup's inventory.json is missing or unreadable", "run again with --restart")
-                })?;
-            let progress = Arc::new(Progress::open(dir));
-            let all = data_tables(&inv);
-            let skipped = all.iter().filter(|t| progress.contains(&t.name)).count();
-            if skipped > 0 {
-                ctx.info("data", format!("resuming: {skipped} of {} tables were loaded by an earlier run", all.len()))
-                    .await;
-            }
-            let todo: VecDeque<TableInfo> = all.iter().filter(|t| !progress.contains(&t.name)).cloned().collect();
-
             let source = ctx.tagged(&self.source);
             let target = ctx.tagged(&self.target);
+            let inv: Inventory = match std::fs::read_to_string(dir.join("inventory.json")) {
+                Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                    UserError::new(
+                        format!("the backup's inventory.json is unreadable: {e}"),
+                        "run again with --restart",
+                    )
+                })?,
+                // `pgshift copy` without a backup: read the source's tables now
+                Err(_) => catalog::collect(&source, None, 1).await?,
+            };
+            let progress = Arc::new(Progress::open(dir));
+            let all = data_tables(&inv);
+            let resumed = progress.done.lock().expect("progress lock").len();
+            if resumed > 0 {
+                ctx.info("data", format!("resuming: {resumed} table(s) or chunk(s) were loaded by an earlier run"))
+                    .await;
+            }
+
             let session = Session::open(&source).await?;
             let snapshot = session.snapshot().map(str::to_string);
+            let planner = open_writer(&target).await?;
+            let pieces = plan_pieces(&session, &planner, &all, &progress).await?;
+            let binary = pieces.iter().filter(|p| p.binary).count();
+            ctx.info(
+                "data",
+                format!(
+                    "{} piece(s) to copy with {} connection(s), {binary} in binary format",
+                    pieces.len(),
+                    self.jobs
+                ),
+            )
+            .await;
+            // a table is done when its last piece is
+            let mut remaining: HashMap<String, usize> = HashMap::new();
+            for p in &pieces {
+                *remaining.entry(p.table.name.clone()).or_default() += 1;
+            }
+            let remaining = Arc::new(Mutex::new(remaining));
             let started = Instant::now();
-            let queue = Arc::new(Mutex::new(todo));
+            let queue = Arc::new(Mutex::new(pieces.into_iter().collect::<VecDeque<_>>()));
             let totals = Arc::new(Mutex::new(Totals { rows: 0, bytes: 0 }));
+            let copied: Arc<Mutex<HashMap<String, u64>>> = Arc::new(Mutex::new(HashMap::new()));
             let workers = self.jobs.min(queue.lock().expect("queue").len()).max(1);
             let mut tasks = Vec::new();
             for _ in 0..workers {
-                let (queue, progress, totals) = (queue.clone(), progress.clone(), totals.clone());
+                let (queue, progress, totals, remaining, copied) =
+                    (queue.clone(), progress.clone(), totals.clone(), remaining.clone(), copied.clone());
                 let (source, target, snapshot) = (source.clone(), target.clone(), snapshot.clone());
                 tasks.push(async move {
                     let src = open_reader(&source, snapshot.as_deref()).await?;
                     let dst = open_writer(&target).await?;
                     loop {
                         let next = queue.lock().expect("queue").pop_front();
-                        let Some(table) = next else { break };
-                        let (rows, bytes) = copy_table(ctx, &src, &dst, &table).await.map_err(|e| {
+                        let Some(piece) = next else { break };
+                        let (rows, bytes) = copy_piece(ctx, &src, &dst, &piece, &copied).await.map_err(|e| {
                             let done = progress.done.lock().expect("progress lock").len();
                             UserError::new(
-                                format!("copying {} failed: {}", table.name, e.message),
-                                format!("{}; run again to resume ({done} tables already loaded are kept)", e.fix),
+                                format!("copying {} failed: {}", piece.table.name, e.message),
+                                format!(
+                                    "{}; run again to resume ({done} tables or chunks already loaded are kept)",
+                                    e.fix
+                                ),
                             )
                         })?;
-                        progress.mark(&table.name)?;
+                        progress.mark(&piece.key)?;
+                        let table_done = {
+                            let mut r = remaining.lock().expect("remaining");
+                            let left = r.get_mut(&piece.table.name).expect("counted");
+                            *left -= 1;
+                            *left == 0
+                        };
+                        if table_done && piece.key != piece.table.name {
+                            progress.mark(&piece.table.name)?;
+                        }
                         let mut t = totals.lock().expect("totals");
                         t.rows += rows;
                         t.bytes += bytes;
@@ -144,9 +301,8 @@ impl Stage for DataStage {
             let t = totals.lock().expect("totals");
             let secs = started.elapsed().as_secs_f64().max(0.001);
             Ok(format!(
-                "{} tables ({} skipped as done), {} rows, {} in {secs:.1}s ({}/s); {sequences} sequences set",
+                "{} tables, {} rows, {} in {secs:.1}s ({}/s); {sequences} sequences set",
                 all.len(),
-                skipped,
                 t.rows,
                 human_bytes(t.bytes),
                 human_bytes((t.bytes as f64 / secs) as u64)
@@ -207,53 +363,37 @@ async fn target_columns(dst: &Client, table: &str) -> Result<Vec<String>, tokio_
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Empties the table on the target and streams the source's rows into it, in one transaction.
-async fn copy_table(
+/// Empties on the target what the piece writes and streams the source's rows into it, in one
+/// transaction. Returns rows and bytes.
+async fn copy_piece(
     ctx: &StageContext,
     src: &Client,
     dst: &Client,
-    table: &TableInfo,
+    piece: &Piece,
+    copied: &Mutex<HashMap<String, u64>>,
 ) -> Result<(u64, u64), UserError> {
     let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
     let srcerr = |e: tokio_postgres::Error| copy_error("source", "the source server", &e);
-    let columns = target_columns(dst, &table.name).await.map_err(tgt)?.join(", ");
-    // a hypertable (on the source, or made one by the plan) is emptied with its chunks
-    let has_timescaledb: bool = dst
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
+    let format = if piece.binary { " (FORMAT binary)" } else { "" };
+    dst.batch_execute(&format!("BEGIN; {}", piece.clear)).await.map_err(tgt)?;
+    let sink = dst
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {} ({}) FROM STDIN{format}", piece.table.name, piece.columns))
         .await
-        .map_err(tgt)?
-        .get(0);
-    let hypertable = table.kind == "hypertable"
-        || (has_timescaledb
-            && dst
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
-                     WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1)",
-                    &[&table.name],
-                )
-                .await
-                .map_err(tgt)?
-                .get::<_, bool>(0));
-    let truncate =
-        if hypertable { format!("TRUNCATE {}", table.name) } else { format!("TRUNCATE ONLY {}", table.name) };
-    dst.batch_execute(&format!("BEGIN; {truncate}")).await.map_err(tgt)?;
-    let sink =
-        dst.copy_in::<_, bytes::Bytes>(&format!("COPY {} ({columns}) FROM STDIN", table.name)).await.map_err(tgt)?;
+        .map_err(tgt)?;
     let stream = src
-        .copy_out(&format!("COPY (SELECT {columns} FROM {}) TO STDOUT", table.from_clause()))
+        .copy_out(&format!("COPY (SELECT {} FROM {}) TO STDOUT{format}", piece.columns, piece.from))
         .await
         .map_err(srcerr)?;
     pin_mut!(sink);
     pin_mut!(stream);
-    let (mut rows, mut bytes) = (0u64, 0u64);
-    let total = table.rows.map(|r| r.max(0) as u64);
+    let mut bytes = 0u64;
+    let total = Some(piece.table.bytes.max(0) as u64).filter(|b| *b > 0);
     let mut last = Instant::now();
     // the source sends one COPY message per row: gather them into large writes, so the target
     // connection is flushed once per batch rather than once per row
     let mut batch = bytes::BytesMut::with_capacity(BATCH_BYTES);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(srcerr)?;
-        rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         bytes += chunk.len() as u64;
         batch.extend_from_slice(&chunk);
         if batch.len() >= BATCH_BYTES {
@@ -261,18 +401,25 @@ async fn copy_table(
         }
         if last.elapsed() >= Duration::from_millis(250) {
             last = Instant::now();
-            ctx.try_progress(&table.name, rows, total, Unit::Rows);
+            let so_far = copied.lock().expect("copied").get(&piece.table.name).copied().unwrap_or(0) + bytes;
+            ctx.try_progress(&piece.table.name, so_far, total.map(|t| t.max(so_far)), Unit::Bytes);
         }
     }
     if !batch.is_empty() {
         sink.send(batch.freeze()).await.map_err(tgt)?;
     }
-    let written = sink.finish().await.map_err(tgt)?;
+    let rows = sink.finish().await.map_err(tgt)?;
     dst.batch_execute("COMMIT").await.map_err(tgt)?;
-    ctx.progress(&table.name, written, total.or(Some(written)), Unit::Rows).await;
-    ctx.info("data", format!("{}: {written} rows, {}", table.name, human_bytes(bytes))).await;
-    debug_assert_eq!(rows, written);
-    Ok((written, bytes))
+    let so_far = {
+        let mut c = copied.lock().expect("copied");
+        let v = c.entry(piece.table.name.clone()).or_default();
+        *v += bytes;
+        *v
+    };
+    ctx.progress(&piece.table.name, so_far, total.map(|t| t.max(so_far)), Unit::Bytes).await;
+    let what = if piece.key == piece.table.name { piece.table.name.clone() } else { piece.key.replace('#', " chunk ") };
+    ctx.info("data", format!("{what}: {rows} rows, {}", human_bytes(bytes))).await;
+    Ok((rows, bytes))
 }
 
 /// Sets every user sequence of the target to the source's value at the snapshot.

@@ -128,6 +128,7 @@ async fn restore_round(
     target: &ConnSpec,
     entries: &[&Entry],
     label: &str,
+    pgoptions: Option<&str>,
 ) -> Result<Vec<(Entry, String)>, StageError> {
     let list = tempfile::Builder::new().prefix("pgshift-restore-").tempfile().map_err(|e| {
         UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
@@ -142,7 +143,7 @@ async fn restore_round(
             "--verbose".into(),
             format!("--use-list={}", list.path().display()),
         ],
-        env: libpq_env(target),
+        env: libpq_env(target).into_iter().chain(pgoptions.map(|o| ("PGOPTIONS".to_string(), o.to_string()))).collect(),
         stdin: Some(backup.archive()),
     };
     let mut log = FailureLog::default();
@@ -161,17 +162,20 @@ async fn restore_with_retries(
     target: &ConnSpec,
     entries: Vec<Entry>,
     what: &str,
+    pgoptions: Option<&str>,
 ) -> Result<Vec<(Entry, String)>, StageError> {
     let total = entries.len();
     let refs: Vec<&Entry> = entries.iter().collect();
-    let mut failed = restore_round(ctx, backup, target, &refs, &format!("pg_restore {what}")).await?;
+    let mut failed = restore_round(ctx, backup, target, &refs, &format!("pg_restore {what}"), pgoptions).await?;
     ctx.info(what, format!("{} of {total} entries restored, {} failed", total - failed.len(), failed.len())).await;
     for round in 2..=MAX_ROUNDS {
         if failed.is_empty() {
             break;
         }
         let retry: Vec<&Entry> = failed.iter().map(|(e, _)| e).collect();
-        let again = restore_round(ctx, backup, target, &retry, &format!("pg_restore {what} (retry {round})")).await?;
+        let again =
+            restore_round(ctx, backup, target, &retry, &format!("pg_restore {what} (retry {round})"), pgoptions)
+                .await?;
         ctx.info(
             what,
             format!(
@@ -568,7 +572,7 @@ impl Stage for SchemaStage {
             let target = ctx.tagged(&self.target);
             let caggs = cagg_views(&ctx.tagged(&self.source)).await?;
             let entries = restorable(list_section(ctx, &backup, "pre-data").await?, &caggs);
-            let failed = restore_with_retries(ctx, &backup, &target, entries, "schema").await?;
+            let failed = restore_with_retries(ctx, &backup, &target, entries, "schema", None).await?;
             // what still fails may work once post-data objects exist: the post-data stage retries it
             let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).collect();
             let path = backup.dir.join(FAILED_FILE);
@@ -588,11 +592,18 @@ impl Stage for SchemaStage {
 /// default privileges, materialized view contents — and the schema entries that failed before.
 pub struct PostDataStage {
     target: ConnSpec,
+    /// `maintenance_work_mem` and parallel workers for the index builds.
+    build_options: String,
 }
 
 impl PostDataStage {
-    pub fn new(target: ConnSpec) -> Self {
-        Self { target }
+    pub fn new(target: ConnSpec, tuning: &crate::plan::TuningPlan) -> Self {
+        let build_options = format!(
+            "-c maintenance_work_mem={} -c max_parallel_maintenance_workers={}",
+            tuning.maintenance_work_mem.replace(' ', ""),
+            tuning.parallel_workers
+        );
+        Self { target, build_options }
     }
 }
 
@@ -623,7 +634,9 @@ impl Stage for PostDataStage {
             };
             entries.extend(restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new()));
             let total = entries.len();
-            let failed = restore_with_retries(ctx, &backup, &target, entries, "post-data").await?;
+            // indexes are built after the data, with parallel maintenance workers
+            let failed =
+                restore_with_retries(ctx, &backup, &target, entries, "post-data", Some(&self.build_options)).await?;
             let failed = retry_on_hypertables(ctx, &backup, &target, failed).await?;
             report_failures(ctx, &failed).await;
             Ok(format!("{} of {total} entries restored, {} still failing", total - failed.len(), failed.len()))

@@ -87,6 +87,6 @@ echo "(b) raw COPY pipes ($jobs at a time):       ${b}s"
 echo "(c) pgshift copy --jobs $jobs:              ${c}s"
 echo "(d) pgshift verify --checksums:           ${d}s  (rows and checksums of every table equal)"
 echo "c/a = $(echo "scale=2; $c / $a" | bc)   c/b = $(echo "scale=2; $c / $b" | bc)   d/c = $(echo "scale=2; $d / $c" | bc)"
-echo "pgshift copy peak memory (max RSS): $(( $(cat "$work/rss_c") / 1024 )) MiB; verify: $(( $(cat "$work/rss_d") / 1024 )) MiB"
+echo "pgshift copy peak memory (max RSS): $(( $(tail -1 "$work/rss_c") / 1024 )) MiB; verify: $(( $(tail -1 "$work/rss_d") / 1024 )) MiB"
 for db in bench_a bench_b bench_c; do psql17 -p "$TARGET_PORT" -d postgres -c "DROP DATABASE $db WITH (FORCE)" >/dev/null; done
 psql17 -p "$SOURCE_PORT" -d postgres -c 'DROP DATABASE bench_src WITH (FORCE)' >/dev/null

@@ -213,6 +213,19 @@ pub struct VectorPlan {
     pub lists: Option<u32>,
 }
 
+/// Whether a connection string names its database itself (a URL path, or `dbname=`).
+fn names_database(conn: &str) -> bool {
+    let c = conn.trim();
+    match c.strip_prefix("postgresql://").or_else(|| c.strip_prefix("postgres://")) {
+        Some(rest) => {
+            let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+            let db = path.split('?').next().unwrap_or("");
+            !db.is_empty() || path.contains("dbname=")
+        }
+        None => c.split_whitespace().any(|kv| kv.starts_with("dbname=")),
+    }
+}
+
 impl Plan {
     pub fn load(path: &Path) -> Result<Self, UserError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -279,7 +292,7 @@ impl Plan {
         }
         if let Some(c) = &self.target.connection {
             if let Ok(spec) = ConnSpec::parse("target", c) {
-                if c.contains("dbname") || c.contains('/') && !c.trim_end().ends_with('/') {
+                if names_database(c) {
                     return spec.dbname().to_string();
                 }
             }
@@ -351,7 +364,9 @@ reason = "converted by the plan"
     #[test]
     fn a_plan_reads_with_defaults() {
         let p = Plan::parse(GOOD).unwrap();
-        assert_eq!(p.data.jobs, 2);
+        assert_eq!(p.data.jobs, default_jobs());
+        assert!(names_database("postgresql://u@h:5432/app") && names_database("host=h dbname=app"));
+        assert!(!names_database("postgresql://u@h:5432") && !names_database("postgresql://u@h/?sslmode=disable"));
         assert!(p.verify.checksums);
         assert_eq!(p.backup.dir, PathBuf::from("backups"));
         assert_eq!(p.container_options().unwrap().port, 55433);

@@ -134,7 +134,8 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
         }
         Ended::Failed(stage, e) => {
             eprintln!("pgshift: {e}");
-            Ok(if stage == "verify" { EXIT_DIFFERENCES } else { EXIT_STAGE_FAILED })
+            let differences = stage == "verify" && e.message.starts_with("verify found");
+            Ok(if differences { EXIT_DIFFERENCES } else { EXIT_STAGE_FAILED })
         }
         Ended::Cancelled => {
             eprintln!("pgshift: cancelled; run it again to resume from {}", dir.display());
@@ -159,10 +160,11 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
     }
     for v in &plan.vectors {
         let schema = v.table.rsplit_once('.').map(|(s, _)| s).unwrap_or("public");
+        let index = crate::stages::schema::quote_ident(&index_name(v));
         rules.push(rule("columns", format!("{}.{}", v.table, v.column), "vector column added by the plan"));
         rules.push(rule("vector_columns", format!("{}.{}", v.table, v.column), "vector column added by the plan"));
-        rules.push(rule("indexes", format!("{schema}.{}", index_name(v)), "vector index built by the plan"));
-        rules.push(rule("vector_indexes", format!("{schema}.{}", index_name(v)), "vector index built by the plan"));
+        rules.push(rule("indexes", format!("{schema}.{index}"), "vector index built by the plan"));
+        rules.push(rule("vector_indexes", format!("{schema}.{index}"), "vector index built by the plan"));
     }
     crate::allow::AllowList::from_rules(rules)
 }
@@ -231,6 +233,8 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
     }
     for r in &candidates {
         let (table, column, ty): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        // quoted identifiers inside a TOML string
+        let (table, column) = (table.replace('"', "\\\""), column.replace('"', "\\\""));
         text.push_str(&format!(
             "# [[hypertables]]\n# table = \"{table}\"\n# time_column = \"{column}\"   # {ty}\n\
              # chunk_interval = \"7 days\"   # default: suggested from the data\n\

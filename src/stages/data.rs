@@ -428,8 +428,12 @@ async fn set_sequences(ctx: &StageContext, session: &Session, target: &ConnSpec)
         .strings(
             "sequences",
             &format!(
-                "SELECT format('SELECT pg_catalog.setval(%L, %s, true)', format('%I.%I', schemaname, sequencename), last_value)
-                 FROM pg_sequences s WHERE last_value IS NOT NULL AND {}",
+                // the sequence's own row: pg_sequences hides last_value when is_called is false
+                "SELECT format('SELECT pg_catalog.setval(%L, %s, %s)', seq, v.last_value, v.is_called)
+                 FROM (SELECT format('%I.%I', schemaname, sequencename) AS seq FROM pg_sequences s WHERE {}) q,
+                 LATERAL (SELECT (xpath('/row/last_value/text()', x))[1]::text AS last_value,
+                                 (xpath('/row/is_called/text()', x))[1]::text AS is_called
+                          FROM query_to_xml(format('SELECT last_value, is_called FROM %s', q.seq), false, true, '') x) v",
                 catalog::queries::user_ns_name("s.schemaname")
             ),
         )

@@ -188,8 +188,18 @@ fn interval_arg(v: &serde_json::Value) -> String {
 /// order: compression settings, continuous aggregates and their first refresh, policies and jobs,
 /// compression of the chunks compressed on the source. Each with what it does, for messages.
 pub fn statements(f: &Features, compress_chunks: bool) -> Vec<(String, String)> {
+    // a continuous aggregate's own materialization hypertable is named through its view
+    let view_of =
+        |name: &str| f.continuous_aggregates.iter().find(|a| a.materialization == name).map(|a| a.view.clone());
     let mut out = Vec::new();
-    for c in &f.compression {
+    for c in f.compression.iter().filter(|c| view_of(&c.hypertable).is_some()) {
+        let view = view_of(&c.hypertable).expect("filtered");
+        out.push((
+            format!("compression of continuous aggregate {view}"),
+            format!("ALTER MATERIALIZED VIEW {view} SET (timescaledb.compress = true)"),
+        ));
+    }
+    for c in f.compression.iter().filter(|c| view_of(&c.hypertable).is_none()) {
         let mut opts = vec!["timescaledb.compress".to_string()];
         if !c.segment_by.is_empty() {
             opts.push(format!("timescaledb.compress_segmentby = {}", quote_literal(&c.segment_by.join(", "))));
@@ -220,11 +230,11 @@ pub fn statements(f: &Features, compress_chunks: bool) -> Vec<(String, String)> 
         let cfg = |k: &str| j.config.get(k).cloned().unwrap_or(serde_json::Value::Null);
         let every = format!("schedule_interval => INTERVAL {}", quote_literal(&j.schedule_interval));
         let target = j.hypertable.clone().unwrap_or_default();
-        let cagg = f.continuous_aggregates.iter().find(|a| a.materialization == target).map(|a| a.view.clone());
+        let cagg = view_of(&target);
         let sql = match j.proc.rsplit('.').next().unwrap_or("") {
             "policy_compression" => format!(
                 "SELECT add_compression_policy({}, compress_after => {}, {every})",
-                quote_literal(&target),
+                quote_literal(cagg.as_ref().unwrap_or(&target)),
                 interval_arg(&cfg("compress_after"))
             ),
             "policy_retention" => format!(
@@ -254,6 +264,7 @@ pub fn statements(f: &Features, compress_chunks: bool) -> Vec<(String, String)> 
     }
     if compress_chunks {
         for (table, until) in &f.compressed_until {
+            let table = &view_of(table).unwrap_or_else(|| table.clone());
             out.push((
                 format!("compression of {table}'s chunks up to {until}"),
                 format!(
@@ -400,6 +411,31 @@ mod tests {
                 && s[6].contains("older_than => '2026-01-08 00:00:00+00'")
         );
         assert_eq!(f.licensed().len(), 3);
+    }
+
+    #[test]
+    fn a_continuous_aggregate_is_named_through_its_view() {
+        let mat = "_timescaledb_internal._materialized_hypertable_2".to_string();
+        let f = Features {
+            compression: vec![CompressionSetting { hypertable: mat.clone(), ..Default::default() }],
+            continuous_aggregates: vec![ContinuousAggregate {
+                view: "energy.hourly".into(),
+                definition: "SELECT 1".into(),
+                materialized_only: false,
+                materialization: mat.clone(),
+            }],
+            jobs: vec![Job {
+                proc: "_timescaledb_functions.policy_compression".into(),
+                hypertable: Some(mat.clone()),
+                schedule_interval: "1 day".into(),
+                config: serde_json::json!({"compress_after": "30 days"}),
+            }],
+            compressed_until: vec![(mat, "2026-01-01 00:00:00+00".into())],
+        };
+        let all: Vec<String> = statements(&f, true).into_iter().map(|(_, sql)| sql).collect();
+        assert!(all.iter().all(|s| !s.contains("_materialized_hypertable")), "{all:#?}");
+        assert!(all.contains(&"ALTER MATERIALIZED VIEW energy.hourly SET (timescaledb.compress = true)".to_string()));
+        assert!(all.iter().any(|s| s.starts_with("SELECT add_compression_policy('energy.hourly'")));
     }
 
     #[test]

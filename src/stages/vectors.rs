@@ -103,10 +103,15 @@ pub fn check(v: &VectorPlan) -> Result<(), UserError> {
     Ok(())
 }
 
-/// `public.docs` + `embedding` + `hnsw` → `docs_embedding_hnsw_idx`.
+/// `public.docs` + `embedding` + `hnsw` → `docs_embedding_hnsw_idx` (at most 63 bytes, as
+/// PostgreSQL keeps).
 pub fn index_name(v: &VectorPlan) -> String {
     let table = v.table.rsplit('.').next().unwrap_or(&v.table).trim_matches('"');
-    format!("{table}_{}_{}_idx", v.column.trim_matches('"'), method(v))
+    let mut name = format!("{table}_{}_{}_idx", v.column.trim_matches('"'), method(v));
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
 }
 
 /// The statement that builds the entry's index.
@@ -121,7 +126,7 @@ pub fn index_sql(v: &VectorPlan) -> String {
     }
     format!(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING {} ({} {}) WITH ({})",
-        index_name(v),
+        crate::stages::schema::quote_ident(&index_name(v)),
         v.table,
         method(v),
         v.column,

@@ -75,10 +75,7 @@ impl AllowList {
 
     pub fn parse(text: &str) -> Result<Self, UserError> {
         let file: AllowFile = toml::from_str(text).map_err(|e| {
-            let place = e
-                .span()
-                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].matches('\n').count() + 1))
-                .unwrap_or_default();
+            let place = crate::error::toml_place(text, &e);
             UserError::new(
                 format!("{place}{}", e.message()),
                 "write [[allow]] entries with class, name, optional change (missing|extra|changed|any) and reason",

@@ -415,7 +415,7 @@ fn finished(
 mod tests {
     use super::*;
     use crate::journal::Journal;
-    use crate::process::{run_tool, LineClass, Sink, ToolCommand};
+    use crate::process::{run_tool, Discard, LineClass, ToolCommand};
 
     struct Fixed(&'static str, Result<&'static str, &'static str>);
 
@@ -439,13 +439,6 @@ mod tests {
 
     /// Runs a real child (`sleep 30`) that only a cancel can end.
     struct Sleeper;
-
-    struct Discard;
-    impl Sink for Discard {
-        fn chunk(&mut self, _: &[u8]) -> Result<(), UserError> {
-            Ok(())
-        }
-    }
 
     impl Stage for Sleeper {
         fn id(&self) -> &'static str {

@@ -31,3 +31,10 @@ impl fmt::Display for UserError {
 }
 
 impl std::error::Error for UserError {}
+
+/// `line N: ` for a TOML parse error, so a message names where the file is wrong.
+pub fn toml_place(text: &str, e: &toml::de::Error) -> String {
+    e.span()
+        .map(|s| format!("line {}: ", text[..s.start.min(text.len())].matches('\n').count() + 1))
+        .unwrap_or_default()
+}

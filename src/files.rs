@@ -46,6 +46,16 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A temporary file (0600, in TMPDIR) holding `contents`, removed when dropped: list files handed
+/// to pg_restore, the filtered roles script.
+pub fn temp_file(prefix: &str, contents: &[u8]) -> Result<tempfile::NamedTempFile, UserError> {
+    let mut file = tempfile::Builder::new().prefix(prefix).tempfile().map_err(|e| {
+        UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
+    })?;
+    file.write_all(contents).and_then(|_| file.flush()).map_err(|e| write_error(file.path(), &e))?;
+    Ok(file)
+}
+
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -239,10 +239,7 @@ impl Plan {
 
     pub fn parse(text: &str) -> Result<Self, UserError> {
         let plan: Plan = toml::from_str(text).map_err(|e| {
-            let place = e
-                .span()
-                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].matches('\n').count() + 1))
-                .unwrap_or_default();
+            let place = crate::error::toml_place(text, &e);
             UserError::new(
                 format!("{place}{}", e.message().trim()),
                 "compare with the plan pgshift plan init writes (sections [source], [target], [backup], [data], \

@@ -103,6 +103,33 @@ pub trait Sink: Send {
     fn chunk(&mut self, data: &[u8]) -> Result<(), UserError>;
 }
 
+/// Discards a tool's standard output.
+pub struct Discard;
+
+impl Sink for Discard {
+    fn chunk(&mut self, _: &[u8]) -> Result<(), UserError> {
+        Ok(())
+    }
+}
+
+/// Keeps a tool's (small) standard output as bytes: tables of contents, privilege entries, one
+/// entry's SQL. More than 256 MiB is refused rather than held.
+#[derive(Default)]
+pub struct Collect(pub Vec<u8>);
+
+impl Sink for Collect {
+    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
+        if self.0.len() + data.len() > 256 << 20 {
+            return Err(UserError::new(
+                "a tool printed more than 256 MiB where pgshift expected a listing",
+                "report the archive's size and object count to the pgshift developers",
+            ));
+        }
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+}
+
 /// Kills the whole process group when dropped (a dropped stage must not leave a pg_dump behind).
 struct GroupGuard(Option<Pid>);
 

@@ -4,18 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
-fn plan_text(source: &str, target: &str, backup_dir: &Path, extra: &str) -> String {
-    let bin =
-        std::env::var("PGSHIFT_TEST_BIN_DIR").expect("PGSHIFT_TEST_BIN_DIR: run tests/env/up.sh and source env.sh");
-    format!(
-        "[source]\nconnection = \"{source}\"\n[target]\nconnection = \"{target}\"\n{extra}\n\
-         [backup]\ndir = \"{}\"\nbin_dir = \"{bin}\"\n",
-        backup_dir.display()
-    )
-}
-
 async fn rows_of(url: &str, sql: &str) -> Vec<String> {
     let c = common::connect(url).await;
     c.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
@@ -38,8 +26,7 @@ async fn a_rich_source_migrates_with_zero_differences() {
     common::drop_db(&s.target, "run_rich_target").await;
     let tgt = common::url_for(&s.target, "run_rich_target");
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
-    std::fs::write(&plan, plan_text(&src, &tgt, &dir.path().join("backups"), "")).unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
 
     let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -96,9 +83,8 @@ async fn a_non_empty_target_is_refused_with_nothing_written() {
     let tgt = common::fresh_db(&s.target, "run_busy_target").await;
     common::connect(&tgt).await.batch_execute("CREATE TABLE public.precious (id int)").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
     let backups = dir.path().join("backups");
-    std::fs::write(&plan, plan_text(&src, &tgt, &backups, "")).unwrap();
 
     let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -27,17 +27,7 @@ async fn killing_the_target_during_the_data_stage_fails_clearly_and_the_rerun_re
     common::drop_db(&s.target, "resume_tgt").await;
     let tgt = common::url_for(&s.target, "resume_tgt");
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
-    let bin = std::env::var("PGSHIFT_TEST_BIN_DIR").unwrap();
-    std::fs::write(
-        &plan,
-        format!(
-            "[source]\nconnection = \"{src}\"\n[target]\nconnection = \"{tgt}\"\n[backup]\ndir = \"{}\"\nbin_dir = \"{bin}\"\n\
-             [data]\njobs = 1\n",
-            dir.path().join("backups").display()
-        ),
-    )
-    .unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "[data]\njobs = 1\n");
 
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
         .args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"])

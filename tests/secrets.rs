@@ -38,16 +38,7 @@ async fn the_password_is_in_no_argv_output_or_file_of_a_whole_run() {
     common::drop_db(&s.target, "secret_tgt").await;
     let tgt = common::url_for(&s.target, "secret_tgt");
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
-    let bin = std::env::var("PGSHIFT_TEST_BIN_DIR").unwrap();
-    std::fs::write(
-        &plan,
-        format!(
-            "[source]\nconnection = \"{src}\"\n[target]\nconnection = \"{tgt}\"\n[backup]\ndir = \"{}\"\nbin_dir = \"{bin}\"\n",
-            dir.path().join("backups").display()
-        ),
-    )
-    .unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
 
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
         .args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"])

@@ -6,22 +6,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use pgshift::engine::{Engine, Event, Stage};
 use pgshift::plan::{TuningPlan, VectorPlan};
 use pgshift::stages::timescale::{statements, CompressionSetting, ContinuousAggregate, Features, Job};
 use pgshift::stages::vectors::VectorStage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-fn plan_text(source: &str, target: &str, dir: &Path, extra: &str) -> String {
-    let bin = std::env::var("PGSHIFT_TEST_BIN_DIR").expect("PGSHIFT_TEST_BIN_DIR: source tests/env state/env.sh");
-    format!(
-        "[source]\nconnection = \"{source}\"\n[target]\nconnection = \"{target}\"\n[backup]\ndir = \"{}\"\nbin_dir = \"{bin}\"\n{extra}",
-        dir.join("backups").display()
-    )
-}
 
 async fn strings(url: &str, sql: &str) -> Vec<String> {
     common::connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
@@ -55,9 +45,8 @@ async fn a_plain_table_becomes_a_hypertable_and_hypertables_keep_their_dimension
     common::drop_db(&s.target, "ts_convert_target").await;
     let tgt = common::url_for(&s.target, "ts_convert_target");
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
     let extra = "[[hypertables]]\ntable = \"energy.meter\"\ntime_column = \"taken_at\"\n";
-    std::fs::write(&plan, plan_text(&src, &tgt, dir.path(), extra)).unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, extra);
 
     let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -88,10 +77,9 @@ async fn planned_compression_is_refused_by_the_license_preflight_with_nothing_wr
     common::drop_db(&s.target, "ts_license_target").await;
     let tgt = common::url_for(&s.target, "ts_license_target");
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
     let extra = "[[hypertables]]\ntable = \"energy.audit_log\"\ntime_column = \"at\"\ncompress = true\n\
                  segment_by = \"table_name\"\ncompress_after = \"7 days\"\n";
-    std::fs::write(&plan, plan_text(&src, &tgt, dir.path(), extra)).unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, extra);
     let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -228,9 +216,8 @@ async fn an_hnsw_index_on_ten_thousand_1536_dimension_vectors_reports_progress()
 fn a_3000_dimension_vector_hnsw_request_is_refused_with_the_halfvec_hint() {
     let s = common::servers();
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.toml");
     let extra = "[[vectors]]\ntable = \"public.kb_documents\"\ncolumn = \"big\"\ndimensions = 3000\nindex = \"hnsw\"\n";
-    std::fs::write(&plan, plan_text(&s.source, &common::url_for(&s.target, "never_made"), dir.path(), extra)).unwrap();
+    let plan = common::write_plan(dir.path(), &s.source, &common::url_for(&s.target, "never_made"), extra);
     let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -29,7 +29,7 @@ use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{self, partial_path, write_atomic, write_error};
 use crate::manifest::{Manifest, ManifestFile, SourceInfo, MANIFEST_FILE};
-use crate::process::{run_tool, LineClass, Sink, ToolCommand};
+use crate::process::{run_tool, Collect, LineClass, Sink, ToolCommand};
 use crate::tools::{find_tools, Tool};
 
 #[derive(Debug, Clone)]
@@ -232,16 +232,13 @@ impl BackupStage {
         // after-data.sql: owners (read above at the snapshot), and the archive's privilege and
         // materialized view entries, chosen from its table of contents and printed by pg_restore
         let archive = dir.join("full.dump");
-        let mut toc = TextSink::default();
+        let mut toc = Collect::default();
         let list_cmd = restore_command(&tools.pg_restore, &archive, ["--list"]);
         run_tool(ctx, &list_cmd, &mut toc, &mut |_| LineClass::Plain).await?;
         let toc = String::from_utf8_lossy(&toc.0).into_owned(); // entries are chosen by their number
         let (selected, selected_count) = after_data::select_entries(&toc);
-        let list_file = tempfile::Builder::new().prefix("pgshift-list-").tempfile().map_err(|e| {
-            UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
-        })?;
-        std::fs::write(list_file.path(), selected).map_err(|e| write_error(list_file.path(), &e))?;
-        let mut restored = TextSink::default();
+        let list_file = files::temp_file("pgshift-list-", selected.as_bytes())?;
+        let mut restored = Collect::default();
         let use_list = format!("--use-list={}", list_file.path().display());
         let cmd = restore_command(&tools.pg_restore, &archive, [use_list.as_str(), "--file=-"]);
         run_tool(ctx, &cmd, &mut restored, &mut |_| LineClass::Plain).await?;
@@ -455,23 +452,6 @@ impl Sink for FileSink<'_> {
             let total = self.estimate.map(|e| e.max(self.bytes));
             self.ctx.try_progress(&self.item, self.bytes, total, Unit::Bytes);
         }
-        Ok(())
-    }
-}
-
-/// Keeps a tool's (small) output as bytes (in the archive's encoding): pg_restore's table of contents and privilege entries.
-#[derive(Default)]
-struct TextSink(Vec<u8>);
-
-impl Sink for TextSink {
-    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
-        if self.0.len() + data.len() > 256 << 20 {
-            return Err(UserError::new(
-                "pg_restore printed more than 256 MiB of table of contents and privileges",
-                "report this archive's size and object count to the pgshift developers",
-            ));
-        }
-        self.0.extend_from_slice(data);
         Ok(())
     }
 }

@@ -100,11 +100,7 @@ async fn plan_pieces(
     progress: &Progress,
 ) -> Result<Vec<Piece>, UserError> {
     let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
-    let has_timescaledb: bool = dst
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
-        .await
-        .map_err(tgt)?
-        .get(0);
+    let target_hypertables = crate::stages::timescale::hypertables(dst).await.map_err(tgt)?;
     let mut sorted: Vec<&TableInfo> = tables.iter().collect();
     sorted.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let mut pieces = Vec::new();
@@ -114,17 +110,7 @@ async fn plan_pieces(
         }
         let cols = target_columns(dst, &table.name).await.map_err(tgt)?;
         let binary = binary_safe(dst, &table.name).await.map_err(tgt)?;
-        let target_hypertable = table.kind == "hypertable"
-            || (has_timescaledb
-                && dst
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
-                         WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1)",
-                        &[&table.name],
-                    )
-                    .await
-                    .map_err(tgt)?
-                    .get::<_, bool>(0));
+        let target_hypertable = table.kind == "hypertable" || target_hypertables.contains(&table.name);
         let columns = cols.join(", ");
         if table.kind == "hypertable" {
             // one piece per source chunk, when the hypertable has a single time dimension

@@ -17,10 +17,10 @@ use crate::catalog;
 use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
-use crate::files::{write_atomic, write_error};
+use crate::files::{self, write_atomic, write_error};
 use crate::manifest::Manifest;
 use crate::plan::HypertablePlan;
-use crate::process::{libpq_env, run_tool, run_tool_status, LineClass, Sink, ToolCommand};
+use crate::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
 use crate::stages::environment::check_server;
 use crate::stages::timescale;
 use crate::toc::{self, Entry, FailureLog};
@@ -64,25 +64,6 @@ impl Backup {
 
     fn archive(&self) -> PathBuf {
         self.dir.join("full.dump")
-    }
-}
-
-/// Discards a tool's stdout.
-struct Discard;
-
-impl Sink for Discard {
-    fn chunk(&mut self, _: &[u8]) -> Result<(), UserError> {
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Collect(Vec<u8>);
-
-impl Sink for Collect {
-    fn chunk(&mut self, data: &[u8]) -> Result<(), UserError> {
-        self.0.extend_from_slice(data);
-        Ok(())
     }
 }
 
@@ -130,10 +111,7 @@ async fn restore_round(
     label: &str,
     pgoptions: Option<&str>,
 ) -> Result<Vec<(Entry, String)>, StageError> {
-    let list = tempfile::Builder::new().prefix("pgshift-restore-").tempfile().map_err(|e| {
-        UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
-    })?;
-    std::fs::write(list.path(), toc::list_file_text(entries)).map_err(|e| write_error(list.path(), &e))?;
+    let list = files::temp_file("pgshift-restore-", toc::list_file_text(entries).as_bytes())?;
     let cmd = ToolCommand {
         label: label.into(),
         program: backup.pg_restore.clone(),
@@ -222,10 +200,7 @@ async fn retry_on_hypertables(
     let client = target.connect().await?;
     let mut still = rest;
     for (entry, err) in only {
-        let list = tempfile::Builder::new().prefix("pgshift-entry-").tempfile().map_err(|e| {
-            UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
-        })?;
-        std::fs::write(list.path(), toc::list_file_text(&[&entry])).map_err(|e| write_error(list.path(), &e))?;
+        let list = files::temp_file("pgshift-entry-", toc::list_file_text(&[&entry]).as_bytes())?;
         let mut text = Collect::default();
         let cmd = ToolCommand {
             label: "pg_restore --file=-".into(),
@@ -407,10 +382,7 @@ impl SchemaStage {
             .filter(|l| *l != format!("CREATE ROLE {quoted};") && !l.starts_with(&format!("ALTER ROLE {quoted} ")))
             .map(|l| format!("{l}\n"))
             .collect();
-        let file = tempfile::Builder::new().prefix("pgshift-roles-").tempfile().map_err(|e| {
-            UserError::new(format!("cannot create a temporary file: {e}"), "check TMPDIR and its free space")
-        })?;
-        std::fs::write(file.path(), filtered).map_err(|e| write_error(file.path(), &e))?;
+        let file = files::temp_file("pgshift-roles-", filtered.as_bytes())?;
         let cmd = ToolCommand {
             label: "psql roles.sql".into(),
             program: backup.psql.clone(),
@@ -482,11 +454,7 @@ impl SchemaStage {
                 "check the hypertable's time column and that unique keys include it",
             ))
         };
-        let has_ts: bool = source
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
-            .await
-            .map_err(|e| q("reading the source's extensions", e))?
-            .get(0);
+        let has_ts = timescale::has_timescaledb(&source).await.map_err(|e| q("reading the source's extensions", e))?;
         let mut statements: Vec<(String, String)> = Vec::new();
         if has_ts {
             // dimension_number 1 is the partitioning column create_hypertable takes; others are added

@@ -74,17 +74,32 @@ impl Features {
     }
 }
 
+/// Whether the database has the timescaledb extension.
+pub async fn has_timescaledb(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let row = client.query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// The database's hypertables as `schema.table` (quoted where needed); none without TimescaleDB.
+pub async fn hypertables(client: &Client) -> Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
+    if !has_timescaledb(client).await? {
+        return Ok(Default::default());
+    }
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', hypertable_schema, hypertable_name) FROM timescaledb_information.hypertables",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Reads the source's TimescaleDB features (an empty set without TimescaleDB).
 pub async fn read_features(client: &Client) -> Result<Features, UserError> {
     let q = |what: &str, e: tokio_postgres::Error| {
         UserError::new(format!("reading the source's {what}: {}", catalog::db_message(&e)), "connect as a superuser")
     };
-    let has: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
-        .await
-        .map_err(|e| q("extensions", e))?
-        .get(0);
-    if !has {
+    if !has_timescaledb(client).await.map_err(|e| q("extensions", e))? {
         return Ok(Features::default());
     }
     let mut f = Features::default();

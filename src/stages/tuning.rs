@@ -61,39 +61,20 @@ impl Stage for TuningStage {
                     .map(|r| r.get(0))
                     .collect();
                 // TimescaleDB refuses concurrent index builds on a hypertable: its chunks are reindexed
-                let has_ts: bool = target
-                    .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')", &[])
-                    .await
-                    .map_err(|e| fail("reading extensions", e))?
-                    .get(0);
+                let hypertables =
+                    crate::stages::timescale::hypertables(&target).await.map_err(|e| fail("reading hypertables", e))?;
                 for t in tables {
-                    let chunks: Vec<String> = if has_ts {
+                    let relations: Vec<String> = if hypertables.contains(&t) {
                         target
-                            .query(
-                                "SELECT c::text FROM timescaledb_information.hypertables h, \
-                                 LATERAL show_chunks(format('%I.%I', h.hypertable_schema, h.hypertable_name)::regclass) c \
-                                 WHERE format('%I.%I', h.hypertable_schema, h.hypertable_name) = $1",
-                                &[&t],
-                            )
+                            .query("SELECT c::text FROM show_chunks($1::text::regclass) c", &[&t])
                             .await
                             .map_err(|e| fail("listing chunks", e))?
                             .iter()
                             .map(|r| r.get(0))
                             .collect()
                     } else {
-                        Vec::new()
+                        vec![t.clone()]
                     };
-                    let is_hypertable = has_ts
-                        && target
-                            .query_one(
-                                "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
-                                 WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1)",
-                                &[&t],
-                            )
-                            .await
-                            .map_err(|e| fail("reading hypertables", e))?
-                            .get::<_, bool>(0);
-                    let relations = if is_hypertable { chunks } else { vec![t.clone()] };
                     for r in relations {
                         ctx.info("tuning", format!("REINDEX TABLE CONCURRENTLY {r}")).await;
                         target

@@ -102,3 +102,18 @@ pub fn pgshift() -> assert_cmd::Command {
     cmd.env_remove("PGSHIFT_SOURCE").env_remove("PGSHIFT_TARGET").env_remove("PGSHIFT_DB");
     cmd
 }
+
+/// Writes `dir/plan.toml`: source, an existing-server target, backups in `dir/backups` made with
+/// the PostgreSQL 17 tools of the test environment, then `extra` (more sections).
+pub fn write_plan(dir: &std::path::Path, source: &str, target: &str, extra: &str) -> std::path::PathBuf {
+    let bin = std::env::var("PGSHIFT_TEST_BIN_DIR")
+        .expect("PGSHIFT_TEST_BIN_DIR is not set: run `bash tests/env/up.sh` and source its env.sh");
+    let plan = dir.join("plan.toml");
+    let text = format!(
+        "[source]\nconnection = \"{source}\"\n[target]\nconnection = \"{target}\"\n\
+         [backup]\ndir = \"{}\"\nbin_dir = \"{bin}\"\n{extra}",
+        dir.join("backups").display()
+    );
+    std::fs::write(&plan, text).expect("plan written");
+    plan
+}

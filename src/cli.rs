@@ -27,6 +27,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How the console looks and answers.
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    /// Language of the console: en or ko (default: from LC_ALL, LC_MESSAGES or LANG).
+    #[arg(long, value_name = "LANG")]
+    pub lang: Option<String>,
+    /// Keys file (default: ~/.config/pgshift/keys.toml when it exists; see assets/keys.toml).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// Turn live verification on from the start.
+    #[arg(long)]
+    pub live: bool,
+    /// Seconds between live verifications.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
+    pub live_every: u64,
+}
+
+impl ConsoleArgs {
+    pub fn options(&self) -> Result<crate::tui::ConsoleOptions, UserError> {
+        Ok(crate::tui::ConsoleOptions {
+            lang: crate::tui::text::Lang::detect(self.lang.as_deref())?,
+            keys: self.keys.clone(),
+            live: self.live,
+            live_every: std::time::Duration::from_secs(self.live_every),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List every object of a database with its definition, and exact row counts per table.
@@ -97,6 +125,19 @@ pub enum Command {
         /// Also print every line the tools write.
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// Open the console on a plan: the checklist, live output and progress, the side-by-side
+    /// verification. Keys run, retry, skip and cancel stages (press ? for all of them). A reopened
+    /// console resumes the latest unfinished run. Exit codes as for run.
+    Console {
+        /// The plan (TOML; pgshift plan init writes one).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// Start a new run instead of resuming the latest one.
+        #[arg(long)]
+        restart: bool,
+        #[command(flatten)]
+        view: ConsoleArgs,
     },
     /// Run the whole plan: backup, environment, schema, data, post-data, verify. A rerun resumes
     /// the latest unfinished run. Exit code 0: migrated and verified clean; 1: verify found
@@ -312,6 +353,11 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             run_backup(source, &dir, options, mode).await
         }
         Command::Env { action } => env_commands::run(action).await,
+        Command::Console { plan, restart, view } => {
+            let options = view.options()?;
+            let prepared = crate::run::prepare(&plan, restart)?;
+            crate::tui::open(prepared, &plan, options).await
+        }
         Command::Run { plan, yes, restart, json, verbose } => {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             crate::run::run(&plan, yes, restart, mode).await

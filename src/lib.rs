@@ -22,4 +22,5 @@ pub mod run;
 pub mod stages;
 pub mod toc;
 pub mod tools;
+pub mod tui;
 pub mod verify;

@@ -126,6 +126,44 @@ pub enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// One command from a fresh machine to the whole checklist: creates a sample energy/IoT source
+    /// database, picks a target (--target, else a container when a Docker engine answers, else a
+    /// local PostgreSQL from this machine's binaries), writes DIR/demo.toml and opens the console.
+    /// Run it again to resume; --reset starts over.
+    Demo {
+        /// Server for the sample source (default: a local PostgreSQL started in DIR).
+        #[arg(long, value_name = "CONN")]
+        source: Option<String>,
+        /// Existing target server (default: a container, else a local PostgreSQL in DIR).
+        #[arg(long, value_name = "CONN")]
+        target: Option<String>,
+        /// Where the plan, backups and local servers live.
+        #[arg(long, default_value = "pgshift-demo")]
+        dir: PathBuf,
+        /// Name of the demo database on both sides.
+        #[arg(long, default_value = "pgshift_demo")]
+        database: String,
+        /// Directory of the PostgreSQL tools (and of initdb/pg_ctl for local servers).
+        #[arg(long, env = "PGSHIFT_BIN_DIR", value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Container target: the image to run (built from --dockerfile when missing).
+        #[arg(long)]
+        image: Option<String>,
+        /// Container target: the Dockerfile to build (default: the embedded Dockerfile.timescaledb).
+        #[arg(long, value_name = "FILE")]
+        dockerfile: Option<PathBuf>,
+        /// Container target: the port published on 127.0.0.1.
+        #[arg(long, default_value_t = 55433)]
+        port: u16,
+        /// Drop what an earlier demo made (its databases, container, local servers, backups) first.
+        #[arg(long)]
+        reset: bool,
+        /// Run the checklist headless instead of opening the console.
+        #[arg(long)]
+        headless: bool,
+        #[command(flatten)]
+        view: ConsoleArgs,
+    },
     /// Open the console on a plan: the checklist, live output and progress, the side-by-side
     /// verification. Keys run, retry, skip and cancel stages (press ? for all of them). A reopened
     /// console resumes the latest unfinished run. Exit codes as for run.
@@ -353,6 +391,22 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             run_backup(source, &dir, options, mode).await
         }
         Command::Env { action } => env_commands::run(action).await,
+        Command::Demo { source, target, dir, database, bin_dir, image, dockerfile, port, reset, headless, view } => {
+            let options = crate::demo::DemoOptions {
+                source,
+                target,
+                dir,
+                database,
+                bin_dir,
+                image,
+                dockerfile,
+                port,
+                reset,
+                headless,
+                console: view,
+            };
+            crate::demo::demo(options).await
+        }
         Command::Console { plan, restart, view } => {
             let options = view.options()?;
             let prepared = crate::run::prepare(&plan, restart)?;

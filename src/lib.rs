@@ -6,6 +6,7 @@ pub mod allow;
 pub mod catalog;
 pub mod cli;
 pub mod conn;
+pub mod demo;
 pub mod docker;
 pub mod engine;
 pub mod env_commands;

@@ -198,6 +198,12 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
         change: Change::Extra,
         reason: Some(reason.into()),
     };
+    if !plan.hypertables.is_empty() {
+        rules.push(rule("extensions", "timescaledb".into(), "created for the plan's hypertables"));
+    }
+    if !plan.vectors.is_empty() {
+        rules.push(rule("extensions", "vector".into(), "created for the plan's vector columns"));
+    }
     for h in &plan.hypertables {
         rules.push(rule("hypertables", h.table.clone(), "converted to a hypertable by the plan"));
     }

@@ -534,6 +534,13 @@ impl SchemaStage {
                 ),
             ));
         }
+        if !statements.is_empty() {
+            // a plain source converts its first tables: the target needs the extension first
+            target
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                .await
+                .map_err(|e| q("CREATE EXTENSION timescaledb", e))?;
+        }
         let mut tables = BTreeSet::new();
         for (table, sql) in statements {
             target.batch_execute(&sql).await.map_err(|e| q(&format!("making {table} a hypertable"), e))?;

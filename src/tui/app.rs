@@ -38,6 +38,8 @@ pub enum Msg {
     Idle,
     /// A line for the log from the runner (a refused command, a journal problem).
     Notice(String),
+    /// Every stage's pre-flight passed.
+    PreflightPassed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +306,11 @@ impl App {
                 }
             }
             Msg::Notice(text) => self.note(true, text),
+            Msg::PreflightPassed => {
+                let key = self.keymap.keys_of(Action::RunAll);
+                let line = fill(self.text.msg_preflight_ok, &[("key", &key)]);
+                self.note(false, line);
+            }
         }
     }
 
@@ -407,6 +414,9 @@ impl App {
             None => (Vec::new(), Vec::new(), 1, false),
         };
         let n = report.unexpected;
+        if self.verify.is_none() && self.view == View::Stages {
+            self.view = View::Verify; // the run ends on its proof
+        }
         self.verify = Some(VerifyState { report, at: self.uptime(), runs, appeared, resolved, compared });
         self.last_verify = Some(self.now());
         let line = fill(self.text.msg_verified, &[("n", &n)]);

@@ -103,7 +103,9 @@ async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
         let journal = || Journal::open(&shared.dir);
         match command {
             Command::Preflight => {
-                let _ = engine.preflight(&all).await;
+                if engine.preflight(&all).await.is_ok() {
+                    let _ = shared.msgs.send(Msg::PreflightPassed).await;
+                }
             }
             Command::RunAll => {
                 if engine.preflight(&all).await.is_ok() {

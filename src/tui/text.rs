@@ -108,6 +108,7 @@ pub struct Text {
     pub confirm_skip: &'static str,
     pub confirm_cancel: &'static str,
     pub confirm_quit_running: &'static str,
+    pub msg_preflight_ok: &'static str,
     pub msg_busy: &'static str,
     pub msg_not_running: &'static str,
     pub msg_already_done: &'static str,
@@ -204,6 +205,7 @@ pub static EN: Text = Text {
     confirm_cancel:
         "Cancel the running stage? Child processes and server sessions are stopped; run it again to resume.",
     confirm_quit_running: "A stage is running. Cancel it and quit?",
+    msg_preflight_ok: "pre-flight checks passed, nothing written yet: {key} runs every stage",
     msg_busy: "a stage is running; wait for it or cancel it (c)",
     msg_not_running: "nothing is running",
     msg_already_done: "{stage} is already done",
@@ -330,6 +332,7 @@ pub static KO: Text = Text {
     confirm_cancel:
         "실행 중인 단계를 취소할까요? 자식 프로세스와 서버 세션을 멈춥니다. 다시 실행하면 이어서 진행합니다.",
     confirm_quit_running: "단계가 실행 중입니다. 취소하고 종료할까요?",
+    msg_preflight_ok: "사전 점검 통과, 아직 아무것도 쓰지 않음: {key} 키로 모든 단계 실행",
     msg_busy: "단계가 실행 중입니다. 끝날 때까지 기다리거나 취소(c)하세요",
     msg_not_running: "실행 중인 단계가 없습니다",
     msg_already_done: "{stage} 단계는 이미 완료되었습니다",

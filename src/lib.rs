@@ -21,6 +21,7 @@ pub mod process;
 pub mod report;
 pub mod run;
 pub mod stages;
+pub mod tls;
 pub mod toc;
 pub mod tools;
 pub mod tui;

@@ -74,11 +74,21 @@ pub async fn demo(o: DemoOptions) -> Result<i32, UserError> {
         }
         eprintln!("pgshift demo: reusing {} (--reset starts over)", plan_path.display());
     }
-    if o.headless {
-        return crate::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await;
+    let result = if o.headless {
+        crate::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await
+    } else {
+        match crate::run::prepare(&plan_path, false) {
+            Ok(prepared) => crate::tui::open(prepared, &plan_path, console).await,
+            Err(e) => Err(e),
+        }
+    };
+    // the local servers run only while the demo does; the next demo starts them again
+    for dir in [&local_source, &local_target] {
+        if dir.join("postmaster.pid").exists() {
+            stop_local(dir, o.bin_dir.as_deref()).await;
+        }
     }
-    let prepared = crate::run::prepare(&plan_path, false)?;
-    crate::tui::open(prepared, &plan_path, console).await
+    result
 }
 
 /// Creates the sample database (replacing one an earlier demo created) and loads it.

@@ -377,6 +377,9 @@ impl App {
             }
             Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
                 let Some(i) = self.stage_index(&stage) else { return };
+                if status == StageStatus::Skipped && self.stages[i].status == StageStatus::Done {
+                    return; // a rerun passes over what an earlier run finished: it stays done
+                }
                 let name = self.text.stage_name(&stage).to_string();
                 let label = self.status_label(status);
                 let s = &mut self.stages[i];

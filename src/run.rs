@@ -103,7 +103,8 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
     let post = PostDataStage::new(target.clone(), &plan.tuning);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
-    let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes);
+    let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes)
+        .checked_against(source.clone());
     let tuning = TuningStage::new(source.clone(), target.clone(), plan.tuning.clone());
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
@@ -157,6 +158,13 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
     };
     for h in &plan.hypertables {
         rules.push(rule("hypertables", h.table.clone(), "converted to a hypertable by the plan"));
+    }
+    // the extensions the plan's changes need, on a source that has none
+    if !plan.hypertables.is_empty() {
+        rules.push(rule("extensions", "timescaledb".into(), "created for the plan's hypertables"));
+    }
+    if !plan.vectors.is_empty() {
+        rules.push(rule("extensions", "vector".into(), "created for the plan's vector columns"));
     }
     for v in &plan.vectors {
         let schema = v.table.rsplit_once('.').map(|(s, _)| s).unwrap_or("public");

@@ -266,6 +266,16 @@ impl SchemaStage {
         let q = |e: tokio_postgres::Error| {
             UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
         };
+        // the same cluster (system identifier) and database: a restore would write into the source
+        let ident = "SELECT system_identifier::text FROM pg_control_system()";
+        if let (Ok(a), Ok(b)) = (source.query_one(ident, &[]).await, server.query_one(ident, &[]).await) {
+            if a.get::<_, String>(0) == b.get::<_, String>(0) && self.source.dbname() == self.target.dbname() {
+                return Err(UserError::new(
+                    format!("the target database {} is the source database itself", self.target.label()),
+                    "give the target another server, or another database name ([target] database)",
+                ));
+            }
+        }
         let smajor: i32 =
             source.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await.map_err(q)?.get(0);
         let tmajor: i32 =
@@ -276,13 +286,16 @@ impl SchemaStage {
                 "use a target server at least as new as the source",
             ));
         }
-        let wanted: Vec<String> = source
+        let mut wanted: Vec<String> = source
             .query("SELECT extname FROM pg_extension ORDER BY 1", &[])
             .await
             .map_err(q)?
             .iter()
             .map(|r| r.get(0))
             .collect();
+        if !self.hypertables.is_empty() && !wanted.iter().any(|e| e == "timescaledb") {
+            wanted.push("timescaledb".into()); // the plan's hypertables need it even if the source has none
+        }
         let available: BTreeSet<String> = server
             .query("SELECT name FROM pg_available_extensions", &[])
             .await
@@ -534,6 +547,15 @@ impl SchemaStage {
                 ),
             ));
         }
+        if !self.hypertables.is_empty() {
+            // a plain PostgreSQL source brings no CREATE EXTENSION timescaledb in its archive
+            target.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.map_err(|e| {
+                StageError::Failed(UserError::new(
+                    format!("CREATE EXTENSION timescaledb on the target: {}", catalog::db_message(&e)),
+                    "install TimescaleDB on the target and add it to shared_preload_libraries",
+                ))
+            })?;
+        }
         let mut tables = BTreeSet::new();
         for (table, sql) in statements {
             target.batch_execute(&sql).await.map_err(|e| q(&format!("making {table} a hypertable"), e))?;
@@ -673,6 +695,16 @@ pub async fn check_conversion(source: &tokio_postgres::Client, h: &HypertablePla
             format!("{what}: no such table on the source"),
             "write it as schema.table, as pgshift inventory lists it",
         ));
+    }
+    for (field, value) in [("chunk_interval", &h.chunk_interval), ("compress_after", &h.compress_after)] {
+        if let Some(text) = value {
+            if source.query_one("SELECT $1::text::interval", &[text]).await.is_err() {
+                return Err(UserError::new(
+                    format!("{what}: {field} = \"{text}\" is not an interval"),
+                    "write it as PostgreSQL reads an interval: \"6 hours\", \"1 day\", \"7 days\"",
+                ));
+            }
+        }
     }
     let Some(row) = row else {
         return Err(UserError::new(

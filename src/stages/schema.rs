@@ -256,15 +256,27 @@ impl SchemaStage {
     }
 
     async fn check_target(&self) -> Result<(), UserError> {
+        let source = self.source.connect().await?;
+        let q = |e: tokio_postgres::Error| {
+            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
+        };
+        // what the source alone decides, checked even before a container target runs
+        for h in &self.hypertables {
+            check_conversion(&source, h).await?;
+        }
+        let large_objects: i64 =
+            source.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await.map_err(q)?.get(0);
+        if large_objects > 0 {
+            return Err(UserError::new(
+                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
+                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
+            ));
+        }
         let admin = self.target.with_dbname("postgres");
         let server = match admin.connect().await {
             Ok(c) => c,
             Err(_) if self.target_is_container => return Ok(()), // created by the environment stage
             Err(e) => return Err(e),
-        };
-        let source = self.source.connect().await?;
-        let q = |e: tokio_postgres::Error| {
-            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
         };
         // the same cluster (system identifier) and database: a restore would write into the source
         let ident = "SELECT system_identifier::text FROM pg_control_system()";
@@ -334,17 +346,6 @@ impl SchemaStage {
                      as Dockerfile.timescaledb does)",
                 ));
             }
-        }
-        for h in &self.hypertables {
-            check_conversion(&source, h).await?;
-        }
-        let large_objects: i64 =
-            source.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await.map_err(q)?.get(0);
-        if large_objects > 0 {
-            return Err(UserError::new(
-                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
-                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
-            ));
         }
         let exists: bool = server
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])

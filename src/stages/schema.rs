@@ -260,22 +260,11 @@ impl SchemaStage {
         let q = |e: tokio_postgres::Error| {
             UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
         };
-        // what the source alone decides, checked even before a container target runs
-        for h in &self.hypertables {
-            check_conversion(&source, h).await?;
-        }
-        let large_objects: i64 =
-            source.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await.map_err(q)?.get(0);
-        if large_objects > 0 {
-            return Err(UserError::new(
-                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
-                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
-            ));
-        }
         let admin = self.target.with_dbname("postgres");
         let server = match admin.connect().await {
             Ok(c) => c,
-            Err(_) if self.target_is_container => return Ok(()), // created by the environment stage
+            // created by the environment stage: what the source alone decides is checked now
+            Err(_) if self.target_is_container => return self.check_source(&source).await,
             Err(e) => return Err(e),
         };
         // the same cluster (system identifier) and database: a restore would write into the source
@@ -347,6 +336,7 @@ impl SchemaStage {
                 ));
             }
         }
+        self.check_source(&source).await?;
         let exists: bool = server
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])
             .await
@@ -380,6 +370,30 @@ impl SchemaStage {
                     "migrate into an empty database, or set force = true in the plan's [target] if you mean to",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The pre-flight checks the source alone decides: each planned conversion, no large objects.
+    async fn check_source(&self, source: &tokio_postgres::Client) -> Result<(), UserError> {
+        for h in &self.hypertables {
+            check_conversion(source, h).await?;
+        }
+        let large_objects: i64 = source
+            .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+            .await
+            .map_err(|e| {
+                UserError::new(
+                    format!("pre-flight query failed: {}", catalog::db_message(&e)),
+                    "connect as a superuser",
+                )
+            })?
+            .get(0);
+        if large_objects > 0 {
+            return Err(UserError::new(
+                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
+                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
+            ));
         }
         Ok(())
     }

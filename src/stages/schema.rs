@@ -439,9 +439,11 @@ impl SchemaStage {
     async fn create_database(&self, ctx: &StageContext) -> Result<(), StageError> {
         let admin = ctx.tagged(&self.target.with_dbname("postgres")).connect().await?;
         let source = ctx.tagged(&self.source).connect().await?;
-        let q = |e: tokio_postgres::Error| {
-            StageError::Failed(UserError::new(
-                format!("creating the target database failed: {}", catalog::db_message(&e)),
+        let q = |spec: &ConnSpec, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(
+                spec,
+                "creating the target database failed",
+                &e,
                 "connect to the target as a superuser (or a role with CREATEDB)",
             ))
         };
@@ -451,17 +453,17 @@ impl SchemaStage {
                 &[],
             )
             .await
-            .map_err(q)?;
+            .map_err(|e| q(&self.source, e))?;
         let (encoding, owner): (String, String) = (row.get(0), row.get(1));
         let db = self.target.dbname();
         let exists: bool = admin
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
             .await
-            .map_err(q)?
+            .map_err(|e| q(&self.target, e))?
             .get(0);
         if !exists {
             let sql = format!("CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}'", quote_ident(db));
-            admin.batch_execute(&sql).await.map_err(q)?;
+            admin.batch_execute(&sql).await.map_err(|e| q(&self.target, e))?;
             ctx.info("database", format!("created database {db} ({encoding})")).await;
         }
         let sql = format!("ALTER DATABASE {} OWNER TO {}", quote_ident(db), quote_ident(&owner));
@@ -476,13 +478,17 @@ impl SchemaStage {
     async fn create_hypertables(&self, ctx: &StageContext) -> Result<usize, StageError> {
         let target = ctx.tagged(&self.target).connect().await?;
         let source = ctx.tagged(&self.source).connect().await?;
-        let q = |what: &str, e: tokio_postgres::Error| {
-            StageError::Failed(UserError::new(
-                format!("{what}: {}", catalog::db_message(&e)),
+        let q = |spec: &ConnSpec, what: &str, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(
+                spec,
+                what,
+                &e,
                 "check the hypertable's time column and that unique keys include it",
             ))
         };
-        let has_ts = timescale::has_timescaledb(&source).await.map_err(|e| q("reading the source's extensions", e))?;
+        let has_ts = timescale::has_timescaledb(&source)
+            .await
+            .map_err(|e| q(&self.source, "reading the source's extensions", e))?;
         let mut statements: Vec<(String, String)> = Vec::new();
         if has_ts {
             // dimension_number 1 is the partitioning column create_hypertable takes; others are added
@@ -496,7 +502,7 @@ impl SchemaStage {
                     &[],
                 )
                 .await
-                .map_err(|e| q("reading the source's hypertables", e))?;
+                .map_err(|e| q(&self.source, "reading the source's hypertables", e))?;
             for r in rows {
                 let (table, n, column): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
                 let kind: String = r.get(3);
@@ -540,7 +546,7 @@ impl SchemaStage {
                             &[],
                         )
                         .await
-                        .map_err(|e| q(&format!("measuring {}", h.table), e))?;
+                        .map_err(|e| q(&self.source, &format!("measuring {}", h.table), e))?;
                     let suggested = suggest_interval(row.get(0), row.get(1));
                     ctx.info(
                         "hypertables",
@@ -565,15 +571,20 @@ impl SchemaStage {
         if !self.hypertables.is_empty() {
             // a plain PostgreSQL source brings no CREATE EXTENSION timescaledb in its archive
             target.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.map_err(|e| {
-                StageError::Failed(UserError::new(
-                    format!("CREATE EXTENSION timescaledb on the target: {}", catalog::db_message(&e)),
+                StageError::Failed(catalog::failed_query(
+                    &self.target,
+                    "CREATE EXTENSION timescaledb",
+                    &e,
                     "install TimescaleDB on the target and add it to shared_preload_libraries",
                 ))
             })?;
         }
         let mut tables = BTreeSet::new();
         for (table, sql) in statements {
-            target.batch_execute(&sql).await.map_err(|e| q(&format!("making {table} a hypertable"), e))?;
+            target
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| q(&self.target, &format!("making {table} a hypertable"), e))?;
             tables.insert(table);
         }
         for t in &tables {

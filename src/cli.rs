@@ -27,6 +27,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How the console looks and answers.
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    /// Language of the console: en or ko (default: from LC_ALL, LC_MESSAGES or LANG).
+    #[arg(long, value_name = "LANG")]
+    pub lang: Option<String>,
+    /// Keys file (default: ~/.config/pgshift/keys.toml when it exists; see assets/keys.toml).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// Turn live verification on from the start.
+    #[arg(long)]
+    pub live: bool,
+    /// Seconds between live verifications.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
+    pub live_every: u64,
+}
+
+impl ConsoleArgs {
+    pub fn options(&self) -> Result<crate::tui::ConsoleOptions, UserError> {
+        Ok(crate::tui::ConsoleOptions {
+            lang: crate::tui::text::Lang::detect(self.lang.as_deref())?,
+            keys: self.keys.clone(),
+            live: self.live,
+            live_every: std::time::Duration::from_secs(self.live_every),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List every object of a database with its definition, and exact row counts per table.
@@ -97,6 +125,57 @@ pub enum Command {
         /// Also print every line the tools write.
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// One command from a fresh machine to the whole checklist: creates a sample energy/IoT source
+    /// database, picks a target (--target, else a container when a Docker engine answers, else a
+    /// local PostgreSQL from this machine's binaries), writes DIR/demo.toml and opens the console.
+    /// Run it again to resume; --reset starts over.
+    Demo {
+        /// Server for the sample source (default: a local PostgreSQL started in DIR).
+        #[arg(long, value_name = "CONN")]
+        source: Option<String>,
+        /// Existing target server (default: a container, else a local PostgreSQL in DIR).
+        #[arg(long, value_name = "CONN")]
+        target: Option<String>,
+        /// Where the plan, backups and local servers live.
+        #[arg(long, default_value = "pgshift-demo")]
+        dir: PathBuf,
+        /// Name of the demo database on both sides.
+        #[arg(long, default_value = "pgshift_demo")]
+        database: String,
+        /// Directory of the PostgreSQL tools (and of initdb/pg_ctl for local servers).
+        #[arg(long, env = "PGSHIFT_BIN_DIR", value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Container target: the image to run (built from --dockerfile when missing).
+        #[arg(long)]
+        image: Option<String>,
+        /// Container target: the Dockerfile to build (default: the embedded Dockerfile.timescaledb).
+        #[arg(long, value_name = "FILE")]
+        dockerfile: Option<PathBuf>,
+        /// Container target: the port published on 127.0.0.1.
+        #[arg(long, default_value_t = 55433)]
+        port: u16,
+        /// Drop what an earlier demo made (its databases, container, local servers, backups) first.
+        #[arg(long)]
+        reset: bool,
+        /// Run the checklist headless instead of opening the console.
+        #[arg(long)]
+        headless: bool,
+        #[command(flatten)]
+        view: ConsoleArgs,
+    },
+    /// Open the console on a plan: the checklist, live output and progress, the side-by-side
+    /// verification. Keys run, retry, skip and cancel stages (press ? for all of them). A reopened
+    /// console resumes the latest unfinished run. Exit codes as for run.
+    Console {
+        /// The plan (TOML; pgshift plan init writes one).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// Start a new run instead of resuming the latest one.
+        #[arg(long)]
+        restart: bool,
+        #[command(flatten)]
+        view: ConsoleArgs,
     },
     /// Run the whole plan: backup, environment, schema, data, post-data, verify. A rerun resumes
     /// the latest unfinished run. Exit code 0: migrated and verified clean; 1: verify found
@@ -312,6 +391,27 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             run_backup(source, &dir, options, mode).await
         }
         Command::Env { action } => env_commands::run(action).await,
+        Command::Demo { source, target, dir, database, bin_dir, image, dockerfile, port, reset, headless, view } => {
+            let options = crate::demo::DemoOptions {
+                source,
+                target,
+                dir,
+                database,
+                bin_dir,
+                image,
+                dockerfile,
+                port,
+                reset,
+                headless,
+                console: view,
+            };
+            crate::demo::demo(options).await
+        }
+        Command::Console { plan, restart, view } => {
+            let options = view.options()?;
+            let prepared = crate::run::prepare(&plan, restart)?;
+            crate::tui::open(prepared, &plan, options).await
+        }
         Command::Run { plan, yes, restart, json, verbose } => {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             crate::run::run(&plan, yes, restart, mode).await

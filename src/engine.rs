@@ -319,7 +319,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs the stages in order, skipping those the journal records as done; stops at the first
+    /// Runs the stages in order, skipping those the journal records as done or skipped; stops at the first
     /// stage that fails or is cancelled (the rest stay pending).
     pub async fn run(&self, stages: &[&dyn Stage], mut journal: Option<&mut Journal>) -> RunOutcome {
         let mut statuses: Vec<(&'static str, StageStatus)> =
@@ -327,9 +327,14 @@ impl Engine {
         let mut error = None;
         for (i, stage) in stages.iter().enumerate() {
             let ctx = self.context(*stage);
-            if journal.as_ref().is_some_and(|j| j.status(stage.id()) == Some(StageStatus::Done)) {
+            let recorded = journal.as_ref().and_then(|j| j.status(stage.id()));
+            if matches!(recorded, Some(StageStatus::Done | StageStatus::Skipped)) {
                 statuses[i].1 = StageStatus::Skipped;
-                let summary = "done in an earlier run (journal)".to_string();
+                let summary = if recorded == Some(StageStatus::Done) {
+                    "done in an earlier run (journal)".to_string()
+                } else {
+                    "skipped by the user (journal)".to_string()
+                };
                 ctx.send(finished(stage.id(), StageStatus::Skipped, Duration::ZERO, Some(summary), None)).await;
                 continue;
             }

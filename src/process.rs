@@ -50,8 +50,9 @@ impl ToolCommand {
     }
 }
 
-/// libpq environment for a connection: host, port, user, database, password, sslmode, timeout,
-/// application name. Variables the user set for other purposes (PGOPTIONS, ...) are inherited.
+/// libpq environment for a connection: host (and hostaddr), port, user, database, password, sslmode
+/// and root certificates, timeout, application name. Variables the user set for other purposes
+/// (PGOPTIONS, ...) are inherited.
 pub fn libpq_env(spec: &ConnSpec) -> Vec<(String, String)> {
     let c = &spec.config;
     let mut env = Vec::new();
@@ -82,12 +83,12 @@ pub fn libpq_env(spec: &ConnSpec) -> Vec<(String, String)> {
     if let Some(t) = c.get_connect_timeout() {
         env.push(("PGCONNECT_TIMEOUT".into(), t.as_secs().max(1).to_string()));
     }
-    let sslmode = match c.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    env.push(("PGSSLMODE".into(), sslmode.into()));
+    if !c.get_hostaddrs().is_empty() {
+        let addrs: Vec<String> = c.get_hostaddrs().iter().map(ToString::to_string).collect();
+        env.push(("PGHOSTADDR".into(), addrs.join(",")));
+    }
+    // the same sslmode (verify-ca and verify-full included) and root certificates as pgshift's own
+    env.extend(spec.tls.libpq_env());
     env
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{self, Class};
 use crate::conn::ConnSpec;
-use crate::engine::Stage;
+use crate::engine::{Stage, StageStatus};
 use crate::error::{UserError, EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
 use crate::files;
 use crate::headless::{self, Ended, Mode};
@@ -42,21 +42,29 @@ fn run_dir(base: &Path, restart: bool) -> Result<RunDir, UserError> {
         dirs.sort();
         if let Some(last) = dirs.pop() {
             let journal = Journal::open(&last).map_err(|m| UserError::new(m, "run with --restart"))?;
-            let all_done = STAGES.iter().all(|s| journal.status(s) == Some(crate::engine::StageStatus::Done));
+            let all_done =
+                STAGES.iter().all(|s| matches!(journal.status(s), Some(StageStatus::Done | StageStatus::Skipped)));
             return Ok(if all_done { RunDir::Complete(last) } else { RunDir::Resume(last) });
         }
     }
     Ok(RunDir::New(files::create_run_dir(base)?))
 }
 
-pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Result<i32, UserError> {
+/// A run ready to start: its directory, its stages in checklist order, and its log file.
+pub struct Prepared {
+    pub plan: Plan,
+    pub dir: PathBuf,
+    /// The directory holds an earlier, unfinished run of this plan.
+    pub resuming: bool,
+    /// The latest run finished every stage (a headless run has nothing to redo).
+    pub complete: bool,
+    pub stages: Vec<Box<dyn Stage>>,
+    pub log: std::fs::File,
+}
+
+/// Reads the plan, picks the run directory (new, resumed or complete) and builds the stages.
+pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     let plan = Plan::load(plan_path)?;
-    if !yes {
-        return Err(UserError::new(
-            "pgshift run writes to the target server",
-            "read the plan, then add --yes to run it",
-        ));
-    }
     let source = plan.source()?;
     let container = plan.container_options();
     let shm_bytes = container.as_ref().map(|o| o.shm_size);
@@ -64,16 +72,10 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
         ensure_password(&o.password_file)?; // the container is created with it; later stages connect with it
     }
     let target = plan.target(&source)?;
-    let (dir, resuming) = match run_dir(&plan.backup.dir, restart)? {
-        RunDir::New(d) => (d, false),
-        RunDir::Resume(d) => (d, true),
-        RunDir::Complete(d) => {
-            println!(
-                "the run in {} completed every stage; nothing to redo (--restart starts a new migration)",
-                d.display()
-            );
-            return Ok(0);
-        }
+    let (dir, resuming, complete) = match run_dir(&plan.backup.dir, restart)? {
+        RunDir::New(d) => (d, false, false),
+        RunDir::Resume(d) => (d, true, false),
+        RunDir::Complete(d) => (d, true, true),
     };
     let schema_started = resuming && Journal::open(&dir).ok().and_then(|j| j.status("schema")).is_some();
 
@@ -109,17 +111,50 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
     let verify = VerifyStage::new(source, target, planned_differences(&plan)?, options);
-    let stages: [&dyn Stage; 9] =
-        [&backup, environment.as_ref(), &schema, &data, &post, &timescale, &vectors, &tuning, &verify];
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(backup),
+        environment,
+        Box::new(schema),
+        Box::new(data),
+        Box::new(post),
+        Box::new(timescale),
+        Box::new(vectors),
+        Box::new(tuning),
+        Box::new(verify),
+    ];
+    debug_assert_eq!(stages.iter().map(|s| s.id()).collect::<Vec<_>>(), STAGES);
 
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("pgshift.log"))
         .map_err(|e| files::write_error(&dir, &e))?;
+    Ok(Prepared { plan, dir, resuming, complete, stages, log })
+}
+
+pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Result<i32, UserError> {
+    if !yes {
+        Plan::load(plan_path)?; // a broken plan is the first thing to hear about
+        return Err(UserError::new(
+            "pgshift run writes to the target server",
+            format!(
+                "read the plan, then add --yes to run it (or walk it in the console: pgshift console --plan {})",
+                plan_path.display()
+            ),
+        ));
+    }
+    let Prepared { dir, resuming, complete, stages, log, .. } = prepare(plan_path, restart)?;
+    if complete {
+        println!(
+            "the run in {} completed every stage; nothing to redo (--restart starts a new migration)",
+            dir.display()
+        );
+        return Ok(0);
+    }
     if resuming && mode != Mode::Json {
         eprintln!("pgshift: resuming the run in {}", dir.display());
     }
+    let stages: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
     match headless::run_stages(&stages, Some(&dir), Some(log), mode).await? {
         Ended::Done => {
             if mode != Mode::Json {
@@ -135,13 +170,21 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
         }
         Ended::Failed(stage, e) => {
             eprintln!("pgshift: {e}");
-            let differences = stage == "verify" && e.message.starts_with("verify found");
-            Ok(if differences { EXIT_DIFFERENCES } else { EXIT_STAGE_FAILED })
+            Ok(exit_code_for_failure(stage, &e))
         }
         Ended::Cancelled => {
             eprintln!("pgshift: cancelled; run it again to resume from {}", dir.display());
             Ok(EXIT_CANCELLED)
         }
+    }
+}
+
+/// Exit code of a run that stopped at a failed stage: 1 when verify found differences, else 3.
+pub fn exit_code_for_failure(stage: &str, e: &UserError) -> i32 {
+    if stage == "verify" && e.message.starts_with("verify found") {
+        EXIT_DIFFERENCES
+    } else {
+        EXIT_STAGE_FAILED
     }
 }
 
@@ -156,15 +199,14 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
         change: Change::Extra,
         reason: Some(reason.into()),
     };
-    for h in &plan.hypertables {
-        rules.push(rule("hypertables", h.table.clone(), "converted to a hypertable by the plan"));
-    }
-    // the extensions the plan's changes need, on a source that has none
     if !plan.hypertables.is_empty() {
         rules.push(rule("extensions", "timescaledb".into(), "created for the plan's hypertables"));
     }
     if !plan.vectors.is_empty() {
         rules.push(rule("extensions", "vector".into(), "created for the plan's vector columns"));
+    }
+    for h in &plan.hypertables {
+        rules.push(rule("hypertables", h.table.clone(), "converted to a hypertable by the plan"));
     }
     for v in &plan.vectors {
         let schema = v.table.rsplit_once('.').map(|(s, _)| s).unwrap_or("public");

@@ -1,7 +1,7 @@
 //! `pgshift verify`: inventories both databases at one snapshot each, reads rows (and checksums)
 //! of every table in parallel, and compares everything.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::allow::AllowList;
 use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, TableRows};
@@ -16,7 +16,7 @@ pub struct VerifyOptions {
     pub workers: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Side {
     pub connection: String,
     pub server: ServerInfo,
@@ -25,7 +25,7 @@ pub struct Side {
     pub excluded: Vec<Excluded>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub pgshift_version: String,
     pub source: Side,

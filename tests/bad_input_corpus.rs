@@ -314,11 +314,17 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
         ("conn-port-not-a-number", "host=127.0.0.1 port=notaport".into()),
         ("conn-unknown-option", "host=127.0.0.1 bogus_option=1".into()),
         ("conn-port-out-of-range", format!("postgresql://u:{PASSWORD_IN_INPUT}@127.0.0.1:99999/db")),
-        ("conn-bad-sslmode", "host=127.0.0.1 sslmode=sometimes".into()),
     ] {
         let args = vec!["inventory".into(), "--db".into(), conn];
         cases.push(case(name, args, 2, "malformed connection string", vec![Check::ReadOnly]));
     }
+    cases.push(case(
+        "conn-bad-sslmode",
+        strings(&["inventory", "--db", "host=127.0.0.1 sslmode=sometimes"]),
+        2,
+        "sslmode=sometimes is not an sslmode",
+        vec![Check::ReadOnly],
+    ));
     cases.push(
         case(
             "env-pgport-not-a-number",

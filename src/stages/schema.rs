@@ -568,8 +568,8 @@ impl SchemaStage {
                 ),
             ));
         }
-        if !self.hypertables.is_empty() {
-            // a plain PostgreSQL source brings no CREATE EXTENSION timescaledb in its archive
+        if !statements.is_empty() {
+            // a plain source converts its first tables: the target needs the extension first
             target.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.map_err(|e| {
                 StageError::Failed(catalog::failed_query(
                     &self.target,

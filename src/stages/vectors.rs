@@ -234,7 +234,7 @@ impl VectorStage {
             tokio::select! {
                 r = &mut build => { r.map_err(q)?; break; }
                 _ = ctx.cancel_token().cancelled() => {
-                    let _ = builder.cancel_token().cancel_query(tokio_postgres::NoTls).await;
+                    let _ = target.cancel(&builder.cancel_token()).await;
                     return Err(StageError::Cancelled);
                 }
                 _ = tick.tick() => {

@@ -39,7 +39,7 @@ if docker_ok=$(timeout 10 docker info --format '{{.ServerVersion}}' 2>/dev/null)
     if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
         log "importing $IMAGE into Docker engine $docker_ok"
         umount_root 2>/dev/null || true
-        tar -C "$ROOT" --exclude=./proc/* --exclude=./dev/* --exclude=./tmp/* --exclude=./srv/pgshift -c . \
+        tar -C "$ROOT" --exclude=./proc/* --exclude=./dev/* --exclude=./tmp/* --exclude=./srv/pgshift --exclude=".$STATE" -c . \
             | docker import \
                 --change 'ENV PATH=/usr/lib/postgresql/17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
                 --change 'ENV LANG=C.UTF-8' \

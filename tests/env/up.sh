@@ -5,6 +5,10 @@
 #   PGSHIFT_TEST_PASSWORD                      the superuser password (same on both clusters)
 #   PGSHIFT_TEST_ROOT, PGSHIFT_TEST_IMAGE      the root (PostgreSQL 17 tools run from it) and image
 #   PGSHIFT_TEST_BIN_DIR                       pg_dump, pg_dumpall, pg_restore, psql 17 for the host
+#   PGSHIFT_TEST_CA                            the CA that signed both servers' certificate
+#                                              (for sslmode=verify-ca/verify-full; readable by the
+#                                              chrooted tools at the same path)
+# Both servers accept TLS (certificate for 127.0.0.1 and localhost) and plain connections alike.
 # Usage: bash tests/env/up.sh && . /var/cache/pgshift-test/state/env.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +27,40 @@ if [ ! -s "$pwfile" ]; then
 fi
 chroot "$ROOT" chown postgres:postgres /srv/pgshift "/srv/pgshift/superuser.pw"
 chmod 600 "$pwfile"
+
+# TLS: a small CA and one server certificate (SAN localhost and 127.0.0.1), made once with the host's
+# openssl. The server's files live in the root, owned by postgres, 0600; the CA's key is not kept.
+tlsdir=/srv/pgshift/tls
+ca="$STATE/tls/ca.crt"
+if [ ! -s "$ROOT$tlsdir/server.crt" ] || [ ! -s "$ROOT$tlsdir/server.key" ] || [ ! -s "$ca" ]; then
+    if ! command -v openssl >/dev/null; then
+        log "installing openssl"
+        apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+    fi
+    log "making the test CA and server certificate"
+    work=$(mktemp -d "$STATE/tls-new.XXXXXX")
+    ossl() { openssl "$@" >"$work/openssl.log" 2>&1 || { cat "$work/openssl.log" >&2; die "openssl $1 failed"; }; }
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    ossl req -x509 -new "${ec[@]}" -keyout "$work/ca.key" -out "$work/ca.crt" -days 3650 \
+        -subj "/CN=pgshift test CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign"
+    ossl req -new "${ec[@]}" -keyout "$work/server.key" -out "$work/server.csr" -subj "/CN=localhost"
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" > "$work/server.ext"
+    ossl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
+        -out "$work/server.crt" -days 3650 -extfile "$work/server.ext"
+    mkdir -p "$ROOT$tlsdir" "$STATE/tls"
+    install -m 600 "$work/server.crt" "$work/server.key" "$ROOT$tlsdir/"
+    install -m 644 "$work/ca.crt" "$ca"
+    rm -rf "$work"
+fi
+chroot "$ROOT" chown -R postgres:postgres "$tlsdir"
+chmod 700 "$ROOT$tlsdir"
+chmod 600 "$ROOT$tlsdir/server.crt" "$ROOT$tlsdir/server.key"
+chmod 755 "$STATE/tls"
+# the chrooted client tools see the CA at the host's path
+mkdir -p "$ROOT$STATE/tls"
+install -m 644 "$ca" "$ROOT$ca"
 
 for c in $CLUSTERS; do
     name=${c%%:*}
@@ -49,8 +87,23 @@ full_page_writes = off
 log_min_messages = warning
 CONF
     fi
+    # TLS on (also for a cluster made before TLS was added: reloaded below if it runs)
+    tls_added=false
+    if ! grep -q '^# pgshift test TLS' "$ROOT$data/postgresql.conf"; then
+        cat >> "$ROOT$data/postgresql.conf" <<CONF
+# pgshift test TLS: plain connections stay allowed (pg_hba has host, not hostssl, lines)
+ssl = on
+ssl_cert_file = '$tlsdir/server.crt'
+ssl_key_file = '$tlsdir/server.key'
+CONF
+        tls_added=true
+    fi
     if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
         log "$name already running on 127.0.0.1:$port"
+        if $tls_added; then
+            as_postgres "$PGBIN/pg_ctl" -D "$data" reload >/dev/null
+            log "$name: TLS turned on (configuration reloaded)"
+        fi
     else
         as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null \
             || { tail -n 20 "$ROOT$data/server.log" >&2; die "$name server did not start"; }
@@ -76,5 +129,6 @@ export PGSHIFT_TEST_PASSWORD='$pw'
 export PGSHIFT_TEST_ROOT='$ROOT'
 export PGSHIFT_TEST_IMAGE='$IMAGE'
 export PGSHIFT_TEST_BIN_DIR='$bindir'
+export PGSHIFT_TEST_CA='$ca'
 ENV
 log "environment written to $ENV_FILE"

@@ -1,0 +1,744 @@
+//! The console's state and how it changes: engine events and keys in, commands for the runner out.
+//! Pure: no terminal, no I/O, no clock of its own (tests set it), so every view can be driven and
+//! snapshot-tested without a server.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent};
+
+use super::keymap::{Action, Keymap};
+use super::output::OutputBuffer;
+use super::text::{fill, Text};
+use crate::engine::{Event, StageStatus, Unit};
+use crate::error::{EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
+use crate::verify::VerifyReport;
+
+/// What the console asks the runner to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Every stage's pre-flight checks (nothing is written).
+    Preflight,
+    RunAll,
+    /// One stage, by index in the checklist.
+    RunStage(usize),
+    Skip(usize),
+    Cancel,
+    /// The verify stage again, outside the journal (verify now, live verify).
+    Verify,
+}
+
+/// What reaches the console.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Engine(Event),
+    /// A verify finished and wrote its report.
+    Verified(Box<VerifyReport>),
+    /// The runner finished a command and waits for the next.
+    Idle,
+    /// A line for the log from the runner (a refused command, a journal problem).
+    Notice(String),
+    /// Every stage's pre-flight passed.
+    PreflightPassed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Stages,
+    Verify,
+    Plan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    Help,
+    Confirm {
+        question: String,
+        then: Vec<Command>,
+        quit: bool,
+    },
+    /// Typing a search.
+    Search(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProgressItem {
+    pub item: String,
+    pub done: u64,
+    pub total: Option<u64>,
+    pub unit: Unit,
+    first_seen: Instant,
+    first_done: u64,
+    pub updated: Instant,
+}
+
+impl ProgressItem {
+    pub fn finished(&self) -> bool {
+        self.total.is_some_and(|t| self.done >= t)
+    }
+
+    /// Time left at the rate seen so far.
+    pub fn eta(&self) -> Option<Duration> {
+        let total = self.total?;
+        let seconds = self.updated.duration_since(self.first_seen).as_secs_f64();
+        let moved = self.done.saturating_sub(self.first_done) as f64;
+        if self.finished() || seconds < 0.5 || moved <= 0.0 {
+            return None;
+        }
+        Some(Duration::from_secs_f64((total - self.done) as f64 * seconds / moved))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StageView {
+    pub id: String,
+    pub title: String,
+    pub status: StageStatus,
+    pub started: Option<Instant>,
+    pub elapsed: Option<Duration>,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+    pub fix: Option<String>,
+    pub output: OutputBuffer,
+    pub progress: Vec<ProgressItem>,
+    pub runs: u32,
+}
+
+/// Progress items kept per stage (finished ones go first).
+const KEEP_PROGRESS: usize = 200;
+/// Log lines kept.
+const KEEP_LOG: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub at: Duration,
+    pub warning: bool,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyState {
+    pub report: VerifyReport,
+    pub at: Duration,
+    pub runs: u32,
+    /// Unexpected differences that appeared / went away since the previous verify.
+    pub appeared: Vec<String>,
+    pub resolved: Vec<String>,
+    pub compared: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchState {
+    pub query: String,
+    pub hits: Vec<usize>,
+    pub current: usize,
+}
+
+pub struct App {
+    pub text: &'static Text,
+    pub keymap: Keymap,
+    /// `plan.toml → user@host:port/db`
+    pub title: String,
+    pub target_label: String,
+    pub stages: Vec<StageView>,
+    pub selected: usize,
+    /// Selection moves to the stage that starts until the user moves it.
+    follow_stage: bool,
+    pub view: View,
+    pub overlay: Option<Overlay>,
+    pub log: VecDeque<LogLine>,
+    pub verify: Option<VerifyState>,
+    pub verify_selected: usize,
+    pub detail_scroll: usize,
+    pub plan_lines: Vec<(String, String)>,
+    pub plan_scroll: usize,
+    pub running: bool,
+    pub live: Option<Duration>,
+    live_interval: Duration,
+    last_verify: Option<Instant>,
+    pub search: Option<SearchState>,
+    quit: bool,
+    quit_when_idle: bool,
+    interrupted: bool,
+    /// Height of the output pane at the last draw (page size for scrolling).
+    pub output_height: std::cell::Cell<usize>,
+    clock: Option<Instant>,
+    started: Instant,
+}
+
+impl App {
+    pub fn new(
+        text: &'static Text,
+        keymap: Keymap,
+        title: String,
+        target_label: String,
+        stages: &[(&str, &str)],
+        plan_lines: Vec<(String, String)>,
+        live_interval: Duration,
+    ) -> App {
+        let stages = stages
+            .iter()
+            .map(|(id, title)| StageView {
+                id: id.to_string(),
+                title: title.to_string(),
+                status: StageStatus::Pending,
+                started: None,
+                elapsed: None,
+                summary: None,
+                error: None,
+                fix: None,
+                output: OutputBuffer::new(),
+                progress: Vec::new(),
+                runs: 0,
+            })
+            .collect();
+        let now = Instant::now();
+        App {
+            text,
+            keymap,
+            title,
+            target_label,
+            stages,
+            selected: 0,
+            follow_stage: true,
+            view: View::Stages,
+            overlay: None,
+            log: VecDeque::new(),
+            verify: None,
+            verify_selected: 0,
+            detail_scroll: 0,
+            plan_lines,
+            plan_scroll: 0,
+            running: false,
+            live: None,
+            live_interval,
+            last_verify: None,
+            search: None,
+            quit: false,
+            quit_when_idle: false,
+            interrupted: false,
+            output_height: std::cell::Cell::new(10),
+            clock: None,
+            started: now,
+        }
+    }
+
+    /// Freezes the clock (tests): time moves only through [`App::advance`].
+    pub fn freeze_clock(&mut self) {
+        self.clock = Some(self.started);
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        if let Some(c) = self.clock.as_mut() {
+            *c += by;
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.clock.unwrap_or_else(Instant::now)
+    }
+
+    /// Time since the console opened.
+    pub fn uptime(&self) -> Duration {
+        self.now().duration_since(self.started)
+    }
+
+    pub fn should_quit(&self) -> bool {
+        self.quit
+    }
+
+    /// Statuses the journal recorded before the console opened.
+    pub fn restore(&mut self, id: &str, status: StageStatus, detail: Option<String>) {
+        if let Some(s) = self.stages.iter_mut().find(|s| s.id == id) {
+            // a stage the journal saw running was interrupted
+            s.status = if status == StageStatus::Running { StageStatus::Cancelled } else { status };
+            if matches!(status, StageStatus::Done | StageStatus::Skipped) {
+                s.summary = detail;
+            } else {
+                s.error = detail;
+            }
+        }
+        self.follow_stage = true;
+        self.selected = self.next_to_run().unwrap_or(self.stages.len().saturating_sub(1));
+    }
+
+    fn next_to_run(&self) -> Option<usize> {
+        self.stages.iter().position(|s| !matches!(s.status, StageStatus::Done | StageStatus::Skipped))
+    }
+
+    fn note(&mut self, warning: bool, text: String) {
+        if self.log.len() == KEEP_LOG {
+            self.log.pop_front();
+        }
+        let at = self.uptime();
+        self.log.push_back(LogLine { at, warning, text });
+    }
+
+    fn stage_index(&self, id: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.id == id)
+    }
+
+    fn status_label(&self, status: StageStatus) -> &'static str {
+        let t = self.text;
+        match status {
+            StageStatus::Pending => t.status_pending,
+            StageStatus::Running => t.status_running,
+            StageStatus::Done => t.status_done,
+            StageStatus::Failed => t.status_failed,
+            StageStatus::Cancelled => t.status_cancelled,
+            StageStatus::Skipped => t.status_skipped,
+        }
+    }
+
+    pub fn status_text(&self, status: StageStatus) -> &'static str {
+        self.status_label(status)
+    }
+
+    /// Applies what the runner reports.
+    pub fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Engine(e) => self.on_event(e),
+            Msg::Verified(report) => self.on_verified(*report),
+            Msg::Idle => {
+                self.running = false;
+                if self.quit_when_idle {
+                    self.quit = true;
+                }
+            }
+            Msg::Notice(text) => self.note(true, text),
+            Msg::PreflightPassed => {
+                let key = self.keymap.keys_of(Action::RunAll);
+                let line = fill(self.text.msg_preflight_ok, &[("key", &key)]);
+                self.note(false, line);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = self.now();
+        match event {
+            Event::StageStarted { stage, title } => {
+                let Some(i) = self.stage_index(&stage) else { return };
+                let name = self.text.stage_name(&stage).to_string();
+                let s = &mut self.stages[i];
+                s.status = StageStatus::Running;
+                s.title = title;
+                s.started = Some(now);
+                s.elapsed = None;
+                s.error = None;
+                s.fix = None;
+                s.summary = None;
+                s.runs += 1;
+                if s.runs > 1 {
+                    s.output.push("pgshift", crate::engine::Stream::Info, &format!("──── run {} ────", s.runs));
+                }
+                s.progress.clear();
+                if self.follow_stage {
+                    self.selected = i;
+                }
+                let line = fill(self.text.msg_started, &[("stage", &name)]);
+                self.note(false, line);
+            }
+            Event::Output { stage, source, stream, line } => {
+                if let Some(i) = self.stage_index(&stage) {
+                    self.stages[i].output.push(&source, stream, &line);
+                }
+            }
+            Event::Progress { stage, item, done, total, unit } => {
+                let Some(i) = self.stage_index(&stage) else { return };
+                let list = &mut self.stages[i].progress;
+                match list.iter_mut().find(|p| p.item == item) {
+                    Some(p) => {
+                        p.done = done;
+                        p.total = total;
+                        p.updated = now;
+                    }
+                    None => {
+                        if list.len() == KEEP_PROGRESS {
+                            let gone = list.iter().position(|p| p.finished()).unwrap_or(0);
+                            list.remove(gone);
+                        }
+                        list.push(ProgressItem {
+                            item,
+                            done,
+                            total,
+                            unit,
+                            first_seen: now,
+                            first_done: done,
+                            updated: now,
+                        });
+                    }
+                }
+            }
+            Event::Warning { stage, message } => {
+                let name = self.text.stage_name(&stage).to_string();
+                let line = fill(self.text.msg_warning, &[("stage", &name), ("message", &message)]);
+                self.note(true, line);
+            }
+            Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
+                let Some(i) = self.stage_index(&stage) else { return };
+                let name = self.text.stage_name(&stage).to_string();
+                let label = self.status_label(status);
+                let s = &mut self.stages[i];
+                s.status = status;
+                if status != StageStatus::Skipped || s.elapsed.is_none() {
+                    s.elapsed = Some(Duration::from_millis(elapsed_ms));
+                }
+                s.summary = summary.clone();
+                s.error = error.clone();
+                s.fix = fix;
+                let mut line = fill(self.text.msg_finished, &[("stage", &name), ("status", &label)]);
+                if let Some(detail) = summary.or(error) {
+                    line.push_str(": ");
+                    line.push_str(&detail);
+                }
+                let warn = matches!(status, StageStatus::Failed | StageStatus::Cancelled);
+                self.note(warn, line);
+            }
+        }
+    }
+
+    fn on_verified(&mut self, report: VerifyReport) {
+        let key = |d: &crate::catalog::diff::Difference| format!("{} {} ({:?})", d.class, d.name, d.change);
+        let now_set: BTreeSet<String> = report.unexpected_differences().map(key).collect();
+        let (appeared, resolved, runs, compared) = match &self.verify {
+            Some(prev) => {
+                let before: BTreeSet<String> = prev.report.unexpected_differences().map(key).collect();
+                (
+                    now_set.difference(&before).cloned().collect(),
+                    before.difference(&now_set).cloned().collect(),
+                    prev.runs + 1,
+                    true,
+                )
+            }
+            None => (Vec::new(), Vec::new(), 1, false),
+        };
+        let n = report.unexpected;
+        if self.verify.is_none() && self.view == View::Stages {
+            self.view = View::Verify; // the run ends on its proof
+        }
+        self.verify = Some(VerifyState { report, at: self.uptime(), runs, appeared, resolved, compared });
+        self.last_verify = Some(self.now());
+        let line = fill(self.text.msg_verified, &[("n", &n)]);
+        self.note(n > 0, line);
+        let rows = self.verify_rows().len();
+        self.verify_selected = self.verify_selected.min(rows.saturating_sub(1));
+    }
+
+    /// The verification view's rows: object classes present on either side, then table rows.
+    pub fn verify_rows(&self) -> Vec<VerifyRow> {
+        let Some(v) = &self.verify else { return Vec::new() };
+        let mut rows: Vec<VerifyRow> = v
+            .report
+            .classes
+            .iter()
+            .filter(|c| c.source > 0 || c.target > 0 || c.missing + c.extra + c.changed > 0)
+            .map(|c| VerifyRow::Class(c.class.key()))
+            .collect();
+        rows.push(VerifyRow::TableRows);
+        rows
+    }
+
+    /// Called every tick: asks for a verify when live verification is due.
+    pub fn tick(&mut self) -> Vec<Command> {
+        let Some(every) = self.live else { return Vec::new() };
+        let due = self.last_verify.is_none_or(|t| self.now().duration_since(t) >= every);
+        if due && !self.running && self.overlay.is_none() {
+            self.running = true;
+            self.last_verify = Some(self.now());
+            return vec![Command::Verify];
+        }
+        Vec::new()
+    }
+
+    /// Applies a key; returns what the runner must do.
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        if let Some(overlay) = self.overlay.take() {
+            return self.on_overlay_key(overlay, key);
+        }
+        let Some(action) = self.keymap.action(&key) else { return Vec::new() };
+        self.on_action(action)
+    }
+
+    fn on_overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Vec<Command> {
+        match overlay {
+            Overlay::Help => Vec::new(), // any key closes it
+            Overlay::Confirm { question, then, quit } => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    if quit {
+                        self.quit_when_idle = true;
+                        if !self.running {
+                            self.quit = true;
+                        }
+                    }
+                    self.start(then)
+                }
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => Vec::new(),
+                _ => {
+                    self.overlay = Some(Overlay::Confirm { question, then, quit });
+                    Vec::new()
+                }
+            },
+            Overlay::Search(mut query) => {
+                match key.code {
+                    KeyCode::Enter => self.run_search(query),
+                    KeyCode::Esc => {}
+                    KeyCode::Backspace => {
+                        query.pop();
+                        self.overlay = Some(Overlay::Search(query));
+                    }
+                    KeyCode::Char(c) => {
+                        query.push(c);
+                        self.overlay = Some(Overlay::Search(query));
+                    }
+                    _ => self.overlay = Some(Overlay::Search(query)),
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Commands that start work mark the console busy until the runner says it is idle.
+    fn start(&mut self, commands: Vec<Command>) -> Vec<Command> {
+        if commands.iter().any(|c| !matches!(c, Command::Cancel)) {
+            self.running = true;
+            self.follow_stage = true;
+        }
+        if commands.contains(&Command::Cancel) {
+            self.note(true, self.text.msg_cancelling.to_string());
+        }
+        commands
+    }
+
+    fn confirm(&mut self, question: String, then: Vec<Command>) {
+        self.overlay = Some(Overlay::Confirm { question, then, quit: false });
+    }
+
+    fn selected_name(&self) -> String {
+        self.text.stage_name(&self.stages[self.selected].id).to_string()
+    }
+
+    /// Why the selected stage cannot run now, if it cannot.
+    fn blocked(&self, i: usize) -> Option<String> {
+        let name = self.text.stage_name(&self.stages[i].id).to_string();
+        if self.running {
+            return Some(self.text.msg_busy.to_string());
+        }
+        if matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped) {
+            return Some(fill(self.text.msg_already_done, &[("stage", &name)]));
+        }
+        if self.stages[..i].iter().any(|s| !matches!(s.status, StageStatus::Done | StageStatus::Skipped)) {
+            return Some(fill(self.text.msg_before_first, &[("stage", &name)]));
+        }
+        None
+    }
+
+    pub fn on_action(&mut self, action: Action) -> Vec<Command> {
+        let page = self.output_height.get().max(1);
+        let t = self.text;
+        match action {
+            Action::Up | Action::Down => {
+                let down = action == Action::Down;
+                match self.view {
+                    View::Stages => {
+                        self.follow_stage = false;
+                        self.selected = step(self.selected, down, self.stages.len());
+                        self.search = None;
+                    }
+                    View::Verify => {
+                        self.verify_selected = step(self.verify_selected, down, self.verify_rows().len());
+                        self.detail_scroll = 0;
+                    }
+                    View::Plan => self.plan_scroll = step(self.plan_scroll, down, self.plan_lines.len()),
+                }
+            }
+            Action::PageUp | Action::PageDown => {
+                let delta = if action == Action::PageUp { -(page as isize) } else { page as isize };
+                match self.view {
+                    View::Stages => self.stages[self.selected].output.scroll(delta, page),
+                    View::Verify => self.detail_scroll = self.detail_scroll.saturating_add_signed(delta),
+                    View::Plan => self.plan_scroll = self.plan_scroll.saturating_add_signed(delta),
+                }
+            }
+            Action::Top => match self.view {
+                View::Stages => self.stages[self.selected].output.scroll_to_top(),
+                View::Verify => self.detail_scroll = 0,
+                View::Plan => self.plan_scroll = 0,
+            },
+            Action::Bottom | Action::Follow => self.stages[self.selected].output.follow(),
+            Action::RunSelected | Action::Retry => {
+                let i = self.selected;
+                let name = self.selected_name();
+                if action == Action::Retry
+                    && !matches!(self.stages[i].status, StageStatus::Failed | StageStatus::Cancelled)
+                {
+                    self.note(true, fill(t.msg_not_failed, &[("stage", &name)]));
+                } else if let Some(why) = self.blocked(i) {
+                    self.note(true, why);
+                } else {
+                    let q = if action == Action::Retry { t.confirm_retry } else { t.confirm_run_stage };
+                    let q = fill(q, &[("stage", &name), ("target", &self.target_label)]);
+                    self.confirm(q, vec![Command::RunStage(i)]);
+                }
+            }
+            Action::RunAll => {
+                if self.running {
+                    self.note(true, t.msg_busy.to_string());
+                } else if let Some(i) = self.next_to_run() {
+                    self.selected = i;
+                    let q = fill(t.confirm_run_all, &[("target", &self.target_label)]);
+                    self.confirm(q, vec![Command::RunAll]);
+                } else {
+                    let name = t.stage_name("verify").to_string();
+                    self.note(true, fill(t.msg_already_done, &[("stage", &name)]));
+                }
+            }
+            Action::Skip => {
+                let i = self.selected;
+                let name = self.selected_name();
+                if self.running {
+                    self.note(true, t.msg_busy.to_string());
+                } else if matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped) {
+                    self.note(true, fill(t.msg_already_done, &[("stage", &name)]));
+                } else {
+                    self.confirm(fill(t.confirm_skip, &[("stage", &name)]), vec![Command::Skip(i)]);
+                }
+            }
+            Action::Cancel => {
+                if self.running {
+                    self.confirm(t.confirm_cancel.to_string(), vec![Command::Cancel]);
+                } else {
+                    self.note(false, t.msg_not_running.to_string());
+                }
+            }
+            Action::Interrupt => {
+                self.quit_when_idle = true;
+                if self.running {
+                    self.interrupted = true;
+                    return self.start(vec![Command::Cancel]);
+                }
+                self.quit = true;
+            }
+            Action::Quit => {
+                if self.running {
+                    self.overlay = Some(Overlay::Confirm {
+                        question: t.confirm_quit_running.to_string(),
+                        then: vec![Command::Cancel],
+                        quit: true,
+                    });
+                } else {
+                    self.quit = true;
+                }
+            }
+            Action::VerifyNow => {
+                if self.running {
+                    self.note(true, t.msg_busy.to_string());
+                } else {
+                    self.view = View::Verify;
+                    self.last_verify = Some(self.now());
+                    return self.start(vec![Command::Verify]);
+                }
+            }
+            Action::LiveVerify => {
+                self.live = match self.live {
+                    Some(_) => {
+                        self.note(false, t.msg_live_off.to_string());
+                        None
+                    }
+                    None => {
+                        let n = self.live_interval.as_secs();
+                        self.note(false, fill(t.msg_live_on, &[("n", &n)]));
+                        Some(self.live_interval)
+                    }
+                };
+            }
+            Action::NextView => {
+                self.view = match self.view {
+                    View::Stages => View::Verify,
+                    View::Verify => View::Plan,
+                    View::Plan => View::Stages,
+                }
+            }
+            Action::ViewStages => self.view = View::Stages,
+            Action::ViewVerify => self.view = View::Verify,
+            Action::ViewPlan => self.view = View::Plan,
+            Action::Search => {
+                self.view = View::Stages;
+                self.overlay = Some(Overlay::Search(String::new()));
+            }
+            Action::NextMatch | Action::PreviousMatch => {
+                let forward = action == Action::NextMatch;
+                if let Some(s) = self.search.as_mut() {
+                    if !s.hits.is_empty() {
+                        let n = s.hits.len();
+                        s.current = if forward { (s.current + 1) % n } else { (s.current + n - 1) % n };
+                        let line = s.hits[s.current];
+                        self.stages[self.selected].output.show(line, page);
+                    }
+                }
+            }
+            Action::Help => self.overlay = Some(Overlay::Help),
+        }
+        Vec::new()
+    }
+
+    fn run_search(&mut self, query: String) {
+        let page = self.output_height.get().max(1);
+        let output = &mut self.stages[self.selected].output;
+        let hits = output.find(&query);
+        // the first match at or after the view's end: the newest output is where one looks first
+        let current = hits.len().saturating_sub(1);
+        if let Some(&line) = hits.get(current) {
+            output.show(line, page);
+        } else {
+            let line = fill(self.text.search_none, &[("q", &format!("{query:?}"))]);
+            self.note(true, line);
+        }
+        self.search = Some(SearchState { query, hits, current });
+    }
+
+    /// The process exit code for how the console leaves the run.
+    pub fn exit_code(&self) -> i32 {
+        if self.interrupted || self.stages.iter().any(|s| s.status == StageStatus::Cancelled) {
+            return EXIT_CANCELLED;
+        }
+        if let Some(failed) = self.stages.iter().find(|s| s.status == StageStatus::Failed) {
+            let differences =
+                failed.id == "verify" && failed.error.as_deref().is_some_and(|e| e.starts_with("verify found"));
+            return if differences { EXIT_DIFFERENCES } else { EXIT_STAGE_FAILED };
+        }
+        0
+    }
+
+    /// One line for the terminal after the console closes.
+    pub fn farewell(&self) -> String {
+        let done = self.stages.iter().filter(|s| matches!(s.status, StageStatus::Done | StageStatus::Skipped)).count();
+        let mut s = format!("{done} of {} stages done", self.stages.len());
+        if let Some(f) = self.stages.iter().find(|s| s.status == StageStatus::Failed) {
+            s.push_str(&format!(
+                "; {} failed: {} (fix: {})",
+                f.id,
+                f.error.as_deref().unwrap_or("?"),
+                f.fix.as_deref().unwrap_or("see the run's pgshift.log")
+            ));
+        }
+        if let Some(v) = &self.verify {
+            s.push_str(&format!("; last verify: {} unexpected difference(s)", v.report.unexpected));
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyRow {
+    Class(&'static str),
+    TableRows,
+}
+
+fn step(i: usize, down: bool, len: usize) -> usize {
+    if down {
+        (i + 1).min(len.saturating_sub(1))
+    } else {
+        i.saturating_sub(1)
+    }
+}

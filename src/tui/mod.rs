@@ -1,0 +1,243 @@
+//! The console: the interactive view of a run. The engine does the work (through [`runner`]); this
+//! module only shows its events and turns keys into commands. `pgshift run --yes` is the other,
+//! headless view of the same engine.
+
+pub mod app;
+pub mod keymap;
+pub mod output;
+pub mod plan_view;
+pub mod runner;
+pub mod stages_view;
+pub mod terminal;
+pub mod text;
+pub mod ui;
+pub mod verify_view;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossterm::event::{Event as TermEvent, KeyEventKind};
+use tokio::sync::mpsc;
+
+use app::{App, Command, Msg};
+use keymap::{Action, Keymap};
+use runner::Runner;
+use terminal::TerminalGuard;
+use text::Lang;
+
+use crate::error::UserError;
+use crate::journal::{Journal, JOURNAL_FILE};
+use crate::plan::Plan;
+use crate::run::Prepared;
+
+pub struct ConsoleOptions {
+    pub lang: Lang,
+    pub keys: Option<PathBuf>,
+    /// Live verification: on from the start, and its interval.
+    pub live: bool,
+    pub live_every: Duration,
+}
+
+/// How often the clock, the durations and live verification are looked at.
+const TICK: Duration = Duration::from_millis(250);
+/// At most this many frames a second while output streams.
+const FRAME: Duration = Duration::from_millis(40);
+/// Messages applied before a frame is drawn.
+const BATCH: usize = 2048;
+
+/// Opens the console on a prepared run; returns the exit code once the user quits.
+pub async fn open(prepared: Prepared, plan_path: &Path, options: ConsoleOptions) -> Result<i32, UserError> {
+    let keymap = Keymap::load(options.keys.as_deref())?;
+    let Prepared { plan, dir, resuming, complete, stages, log } = prepared;
+    let list: Vec<(&str, &str)> = stages.iter().map(|s| (s.id(), s.title())).collect();
+    let target_label = target_label(&plan);
+    let title = format!("{} → {}", plan_path.display(), target_label);
+    let mut app = App::new(
+        options.lang.text(),
+        keymap,
+        title,
+        target_label,
+        &list,
+        plan_lines(&plan, &dir, resuming),
+        options.live_every,
+    );
+    drop(list);
+    if let Ok(journal) = Journal::open(&dir) {
+        for e in &journal.data().stages {
+            app.restore(&e.stage, e.status, e.detail.clone());
+        }
+    }
+    if let Some(report) = runner::read_report(&dir, SystemTime::UNIX_EPOCH) {
+        app.on_msg(Msg::Verified(Box::new(report)));
+    }
+    if options.live {
+        app.on_action(Action::LiveVerify);
+    }
+
+    let (msg_tx, mut msgs) = mpsc::channel(4 * BATCH);
+    let runner = Runner::spawn(stages, dir.clone(), log, msg_tx);
+    if !complete {
+        app.running = true;
+        runner.send(Command::Preflight); // shows at once what would refuse, before anything is written
+    }
+    let mut guard = TerminalGuard::enter()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut keys = spawn_input(stop.clone());
+    let result = event_loop(&mut guard, &mut app, &mut msgs, &mut keys, &runner).await;
+    stop.store(true, Ordering::Relaxed);
+    drop(guard); // the terminal is back before anything is printed
+    runner.shutdown().await;
+    while let Ok(m) = msgs.try_recv() {
+        app.on_msg(m);
+    }
+    result?;
+    if !dir.join(JOURNAL_FILE).exists() && !resuming {
+        let _ = std::fs::remove_dir_all(&dir); // nothing ran: leave no empty run directory
+    }
+    println!("pgshift: {}; run directory {}", app.farewell(), dir.display());
+    Ok(app.exit_code())
+}
+
+async fn event_loop(
+    guard: &mut TerminalGuard,
+    app: &mut App,
+    msgs: &mut mpsc::Receiver<Msg>,
+    keys: &mut mpsc::Receiver<TermEvent>,
+    runner: &Runner,
+) -> Result<(), UserError> {
+    let draw_error = |e: std::io::Error| {
+        UserError::new(format!("drawing the console failed: {e}"), "resize or restart the terminal")
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut last_draw: Option<Instant> = None;
+    let mut dirty = true;
+    let mut first = true;
+    loop {
+        if dirty && last_draw.is_none_or(|t| t.elapsed() >= FRAME) {
+            guard.terminal.draw(|f| ui::draw(f, app)).map_err(draw_error)?;
+            last_draw = Some(Instant::now());
+            dirty = false;
+            if first && std::env::var_os("PGSHIFT_TEST_PANIC").is_some() {
+                panic!("PGSHIFT_TEST_PANIC: a panic requested by the terminal-restore test");
+            }
+            first = false;
+        }
+        if app.should_quit() {
+            return Ok(());
+        }
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next_frame = tokio::time::Instant::from_std(last_draw.map_or_else(Instant::now, |t| t + FRAME));
+        tokio::select! {
+            // a frame that was held back to keep the rate down is drawn when its time comes
+            _ = tokio::time::sleep_until(next_frame), if dirty => {}
+            m = msgs.recv() => {
+                let Some(m) = m else { return Ok(()) };
+                app.on_msg(m);
+                // the whole batch, then one frame: a chatty tool must not cost a frame per line
+                for _ in 0..BATCH {
+                    match msgs.try_recv() {
+                        Ok(m) => app.on_msg(m),
+                        Err(_) => break,
+                    }
+                }
+                dirty = true;
+            }
+            k = keys.recv() => {
+                match k {
+                    Some(TermEvent::Key(key)) if key.kind != KeyEventKind::Release => {
+                        for c in app.on_key(key) {
+                            runner.send(c);
+                        }
+                        last_draw = None; // a key is answered at once
+                    }
+                    Some(_) => last_draw = None,
+                    None => return Ok(()),
+                }
+                dirty = true;
+            }
+            _ = tick.tick() => {
+                for c in app.tick() {
+                    runner.send(c);
+                }
+                dirty = true;
+            }
+            _ = terminated => {
+                for c in app.on_action(Action::Interrupt) {
+                    runner.send(c);
+                }
+                dirty = true;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                for c in app.on_action(Action::Interrupt) {
+                    runner.send(c);
+                }
+                dirty = true;
+            }
+        }
+    }
+}
+
+/// Terminal input on its own thread (reading blocks), handed to the loop through a channel.
+fn spawn_input(stop: Arc<AtomicBool>) -> mpsc::Receiver<TermEvent> {
+    let (tx, rx) = mpsc::channel(256);
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match crossterm::event::poll(Duration::from_millis(100)) {
+                Ok(true) => match crossterm::event::read() {
+                    Ok(e) => {
+                        if tx.blocking_send(e).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    rx
+}
+
+fn target_label(plan: &Plan) -> String {
+    let source = plan.source().ok();
+    match (&plan.target.container, source.and_then(|s| plan.target(&s).ok())) {
+        (Some(c), Some(t)) => format!("container {} ({})", c.name, t.label()),
+        (None, Some(t)) => t.label(),
+        (Some(c), None) => format!("container {}", c.name),
+        (None, None) => "?".into(),
+    }
+}
+
+/// The plan view's lines: what this run will do.
+fn plan_lines(plan: &Plan, dir: &Path, resuming: bool) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
+    add("source", plan.source().map(|s| s.label()).unwrap_or_else(|e| e.message));
+    add("target", target_label(plan));
+    add("run directory", format!("{}{}", dir.display(), if resuming { " (resumed)" } else { " (new)" }));
+    add("data", format!("{} parallel connection(s), binary COPY, resumable pieces", plan.data.jobs));
+    add("verify", format!("objects, definitions, rows{}", if plan.verify.checksums { " and checksums" } else { "" }));
+    if plan.hypertables.is_empty() {
+        add("hypertables", "source hypertables recreated; no plain table converted".into());
+    }
+    for h in &plan.hypertables {
+        let compress = if h.compress { ", compressed" } else { "" };
+        add("hypertable", format!("{} by {}{compress}", h.table, h.time_column));
+    }
+    for v in &plan.vectors {
+        let index = v.index.as_deref().unwrap_or("no index");
+        add("vector", format!("{}.{} vector({}) · {index}", v.table, v.column, v.dimensions));
+    }
+    add("planned differences", format!("{} [[allow]] entries", plan.allow.len()));
+    lines
+}

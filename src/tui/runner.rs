@@ -1,0 +1,179 @@
+//! The console's worker: it owns the stages and runs what the console asks, one command at a time,
+//! through the same engine the headless run uses. Events go to the console (and the run's log);
+//! a cancel reaches the running command at once. The console itself never runs work.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::app::{Command, Msg};
+use crate::engine::{Engine, Event, Stage, StageStatus};
+use crate::journal::Journal;
+use crate::verify::VerifyReport;
+
+/// Events buffered between the engine and the console; beyond it, the work waits.
+const EVENT_BUFFER: usize = 1024;
+
+pub struct Runner {
+    commands: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    stages: Vec<Box<dyn Stage>>,
+    dir: PathBuf,
+    log: Mutex<std::fs::File>,
+    msgs: mpsc::Sender<Msg>,
+}
+
+impl Runner {
+    pub fn spawn(stages: Vec<Box<dyn Stage>>, dir: PathBuf, log: std::fs::File, msgs: mpsc::Sender<Msg>) -> Runner {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared { stages, dir, log: Mutex::new(log), msgs });
+        Runner { commands: tx, task: tokio::spawn(serve(shared, rx)) }
+    }
+
+    pub fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    /// Cancels what runs and waits until it has stopped (children and server sessions included).
+    pub async fn shutdown(self) {
+        drop(self.commands);
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let current: Arc<Mutex<Option<CancellationToken>>> = Arc::new(Mutex::new(None));
+    let mut last: Option<JoinHandle<()>> = None;
+    while let Some(command) = commands.recv().await {
+        let running = current.lock().expect("current lock").clone();
+        match (command, running) {
+            (Command::Cancel, Some(cancel)) => cancel.cancel(),
+            (Command::Cancel, None) => {}
+            (_, Some(_)) => {
+                let _ = shared.msgs.send(Msg::Notice("a stage is running; wait for it or cancel it".into())).await;
+            }
+            (command, None) => {
+                let cancel = CancellationToken::new();
+                *current.lock().expect("current lock") = Some(cancel.clone());
+                let (shared, current) = (shared.clone(), current.clone());
+                last = Some(tokio::spawn(async move {
+                    work(&shared, command, cancel).await;
+                    *current.lock().expect("current lock") = None;
+                    let _ = shared.msgs.send(Msg::Idle).await;
+                }));
+            }
+        }
+    }
+    // the console closed: stop what runs and wait for it
+    if let Some(cancel) = current.lock().expect("current lock").clone() {
+        cancel.cancel();
+    }
+    if let Some(handle) = last {
+        let _ = handle.await;
+    }
+}
+
+async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
+    let forward = {
+        let msgs = shared.msgs.clone();
+        let log = &shared.log;
+        async move {
+            while let Some(event) = rx.recv().await {
+                if let Ok(mut f) = log.lock() {
+                    let _ = writeln!(f, "{}", crate::headless::line(&event));
+                }
+                let _ = msgs.send(Msg::Engine(event)).await;
+            }
+        }
+    };
+    let started = SystemTime::now();
+    let job = async {
+        let mut engine = Engine::new(tx.clone(), cancel);
+        engine.set_run_dir(shared.dir.clone());
+        let all: Vec<&dyn Stage> = shared.stages.iter().map(|s| s.as_ref()).collect();
+        let journal = || Journal::open(&shared.dir);
+        match command {
+            Command::Preflight => {
+                if engine.preflight(&all).await.is_ok() {
+                    let _ = shared.msgs.send(Msg::PreflightPassed).await;
+                }
+            }
+            Command::RunAll => {
+                if engine.preflight(&all).await.is_ok() {
+                    match journal() {
+                        Ok(mut j) => {
+                            engine.run(&all, Some(&mut j)).await;
+                        }
+                        Err(e) => notice(shared, e).await,
+                    }
+                }
+            }
+            Command::RunStage(i) => {
+                let one = [all[i]];
+                if engine.preflight(&one).await.is_ok() {
+                    match journal() {
+                        Ok(mut j) => {
+                            engine.run(&one, Some(&mut j)).await;
+                        }
+                        Err(e) => notice(shared, e).await,
+                    }
+                }
+            }
+            Command::Skip(i) => {
+                let id = all[i].id();
+                let summary = "skipped by the user".to_string();
+                match journal().and_then(|mut j| j.record(id, StageStatus::Skipped, Some(summary.clone()))) {
+                    Ok(()) => {
+                        let _ = tx
+                            .send(Event::StageFinished {
+                                stage: id.into(),
+                                status: StageStatus::Skipped,
+                                elapsed_ms: 0,
+                                summary: Some(summary),
+                                error: None,
+                                fix: None,
+                            })
+                            .await;
+                    }
+                    Err(e) => notice(shared, e).await,
+                }
+            }
+            Command::Verify => {
+                if let Some(verify) = all.iter().find(|s| s.id() == "verify") {
+                    engine.run(&[*verify], None).await;
+                }
+            }
+            Command::Cancel => {}
+        }
+        drop(engine);
+        drop(tx);
+    };
+    tokio::join!(job, forward);
+    // a verify that ran wrote its report: the console shows it
+    if let Some(report) = read_report(&shared.dir, started) {
+        let _ = shared.msgs.send(Msg::Verified(Box::new(report))).await;
+    }
+}
+
+async fn notice(shared: &Shared, text: String) {
+    let _ = shared.msgs.send(Msg::Notice(text)).await;
+}
+
+/// The run directory's verify.json, when a verify wrote it after `since`.
+pub fn read_report(dir: &std::path::Path, since: SystemTime) -> Option<VerifyReport> {
+    let path = dir.join("verify.json");
+    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+    if modified < since {
+        return None;
+    }
+    serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()
+}

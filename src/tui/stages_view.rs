@@ -1,0 +1,179 @@
+//! The stages view: the checklist, the selected stage's result (its error and fix when it failed),
+//! its live output and its progress gauges.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Gauge, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::app::{App, ProgressItem};
+use super::text::fill;
+use super::ui::{human_duration, pad, width};
+use crate::engine::{StageStatus, Stream};
+
+pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
+    let names: Vec<&str> = app.stages.iter().map(|s| app.text.stage_name(&s.id)).collect();
+    let name_width = names.iter().map(|n| width(n)).max().unwrap_or(8);
+    let list_width = (name_width + 17) as u16;
+    let [list, right] = Layout::horizontal([Constraint::Length(list_width), Constraint::Min(20)]).areas(area);
+    draw_checklist(frame, app, list, name_width);
+
+    let stage = &app.stages[app.selected];
+    let progress_rows = if stage.progress.is_empty() { 3 } else { (stage.progress.len().min(4) + 2) as u16 };
+    let result_rows = match (&stage.error, &stage.summary) {
+        (Some(_), _) => 4,
+        (None, Some(_)) => 3,
+        _ => 0,
+    };
+    let [result, output, progress] =
+        Layout::vertical([Constraint::Length(result_rows), Constraint::Min(3), Constraint::Length(progress_rows)])
+            .areas(right);
+    draw_result(frame, app, result);
+    draw_output(frame, app, output);
+    draw_progress(frame, app, progress);
+}
+
+pub fn status_mark(status: StageStatus) -> (&'static str, Color) {
+    match status {
+        StageStatus::Pending => ("·", Color::DarkGray),
+        StageStatus::Running => ("▶", Color::Yellow),
+        StageStatus::Done => ("✔", Color::Green),
+        StageStatus::Failed => ("✘", Color::Red),
+        StageStatus::Cancelled => ("■", Color::Magenta),
+        StageStatus::Skipped => ("↷", Color::Blue),
+    }
+}
+
+fn draw_checklist(frame: &mut Frame, app: &App, area: Rect, name_width: usize) {
+    let now = app.now();
+    let items: Vec<ListItem> = app
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (mark, color) = status_mark(s.status);
+            let time = match (s.status, s.started, s.elapsed) {
+                (StageStatus::Running, Some(t), _) => human_duration(now.duration_since(t)),
+                (_, _, Some(e)) if s.status != StageStatus::Skipped => human_duration(e),
+                _ => String::new(),
+            };
+            let name = pad(app.text.stage_name(&s.id), name_width);
+            ListItem::new(Line::from(vec![
+                Span::styled(format!("{} {mark} ", i + 1), Style::new().fg(color)),
+                Span::raw(name),
+                Span::styled(format!(" {time:>8}"), Style::new().fg(Color::DarkGray)),
+            ]))
+        })
+        .collect();
+    let list = List::new(items)
+        .block(Block::bordered().title(app.text.checklist))
+        .highlight_style(Style::new().reversed())
+        .highlight_symbol("›");
+    let mut state = ListState::default().with_selected(Some(app.selected));
+    frame.render_stateful_widget(list, area, &mut state);
+}
+
+fn draw_result(frame: &mut Frame, app: &App, area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let s = &app.stages[app.selected];
+    let t = app.text;
+    let (lines, color) = match (&s.error, &s.summary) {
+        (Some(e), _) => (
+            vec![
+                Line::from(vec![Span::styled(format!("{}: ", t.error), Style::new().bold()), Span::raw(e.clone())]),
+                Line::from(vec![
+                    Span::styled(format!("{}: ", t.fix), Style::new().bold()),
+                    Span::raw(s.fix.clone().unwrap_or_default()),
+                ]),
+            ],
+            Color::Red,
+        ),
+        (None, Some(summary)) => (vec![Line::raw(summary.clone())], Color::Green),
+        _ => return,
+    };
+    let block = Block::bordered().title(app.status_text(s.status)).border_style(Style::new().fg(color));
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }).block(block), area);
+}
+
+fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
+    let s = &app.stages[app.selected];
+    let t = app.text;
+    let height = area.height.saturating_sub(2) as usize;
+    app.output_height.set(height);
+    let hits: &[usize] = app.search.as_ref().map(|x| x.hits.as_slice()).unwrap_or(&[]);
+    let current = app.search.as_ref().and_then(|x| x.hits.get(x.current)).copied();
+    let mut lines: Vec<Line> = Vec::new();
+    let visible: Vec<_> = s.output.visible(height).collect();
+    let first = visible.first().map(|(n, _)| *n);
+    if s.output.dropped() > 0 && first == Some(s.output.dropped()) {
+        lines
+            .push(Line::styled(fill(t.dropped_lines, &[("n", &s.output.dropped())]), Style::new().fg(Color::DarkGray)));
+    }
+    for (n, l) in visible.into_iter().take(height - lines.len().min(height)) {
+        let style = match l.stream {
+            Stream::Stderr => Style::new().fg(Color::Yellow),
+            Stream::Info => Style::new().fg(Color::Cyan),
+            Stream::Stdout => Style::new(),
+        };
+        let style = if Some(n) == current {
+            style.reversed()
+        } else if hits.binary_search(&n).is_ok() {
+            style.underlined()
+        } else {
+            style
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{} ", l.source), Style::new().fg(Color::DarkGray)),
+            Span::styled(l.text.clone(), style),
+        ]));
+    }
+    if lines.is_empty() {
+        lines.push(Line::styled(t.no_output, Style::new().fg(Color::DarkGray)));
+    }
+    let mode = if s.output.following() { t.following } else { t.scrolled };
+    let mut title = format!("{}: {} · {mode}", t.output, t.stage_name(&s.id));
+    if let Some(search) = &app.search {
+        if !search.hits.is_empty() {
+            title.push_str(&format!(
+                " · /{} {}",
+                search.query,
+                fill(t.search_hit, &[("i", &(search.current + 1)), ("n", &search.hits.len())])
+            ));
+        }
+    }
+    let block = Block::bordered().title(title).title_bottom(Line::from(s.title.clone()).right_aligned());
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
+    let s = &app.stages[app.selected];
+    let t = app.text;
+    let block = Block::bordered().title(t.progress);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if s.progress.is_empty() {
+        frame.render_widget(Paragraph::new(t.no_progress).fg(Color::DarkGray), inner);
+        return;
+    }
+    // unfinished items first, the most recently moved first; then the finished ones
+    let mut items: Vec<&ProgressItem> = s.progress.iter().collect();
+    items.sort_by_key(|p| (p.finished(), std::cmp::Reverse(p.updated)));
+    let rows = Layout::vertical(vec![Constraint::Length(1); inner.height as usize]).split(inner);
+    for (row, p) in rows.iter().zip(items) {
+        let [name, gauge] = Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)]).areas(*row);
+        frame.render_widget(Paragraph::new(p.item.clone()), name);
+        let mut label = crate::headless::progress(p.done, p.total, p.unit);
+        if let Some(eta) = p.eta() {
+            label.push_str(&format!(" · {} {}", t.eta, human_duration(eta)));
+        }
+        let ratio = match p.total {
+            Some(total) if total > 0 => (p.done as f64 / total as f64).clamp(0.0, 1.0),
+            _ => 0.0,
+        };
+        let color = if p.finished() { Color::Green } else { Color::Cyan };
+        frame.render_widget(Gauge::default().ratio(ratio).label(label).gauge_style(Style::new().fg(color)), gauge);
+    }
+}

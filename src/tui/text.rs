@@ -1,0 +1,425 @@
+//! Every word the console shows, in English and Korean. The runbook pgshift replaces was written by
+//! Korean DBAs, so Korean is a first-class language: `--lang ko` or a Korean locale selects it.
+//! Templates use `{n}`-style placeholders filled by [`fill`].
+
+use crate::error::UserError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ko,
+}
+
+impl Lang {
+    /// `--lang` when given (`en`, `ko`), else the locale (`LC_ALL`, `LC_MESSAGES`, `LANG`).
+    pub fn detect(flag: Option<&str>) -> Result<Lang, UserError> {
+        match flag.map(|f| f.trim().to_ascii_lowercase()) {
+            Some(f) if f == "en" || f.starts_with("en_") || f.starts_with("en-") => Ok(Lang::En),
+            Some(f) if f == "ko" || f.starts_with("ko_") || f.starts_with("ko-") => Ok(Lang::Ko),
+            Some(other) => Err(UserError::new(format!("unknown language {other:?}"), "use --lang en or --lang ko")),
+            None => {
+                // the first variable that is set wins, as in setlocale(3)
+                let locale = ["LC_ALL", "LC_MESSAGES", "LANG"]
+                    .iter()
+                    .filter_map(|v| std::env::var(v).ok())
+                    .find(|v| !v.is_empty())
+                    .unwrap_or_default();
+                Ok(if locale.starts_with("ko") { Lang::Ko } else { Lang::En })
+            }
+        }
+    }
+
+    pub fn text(self) -> &'static Text {
+        match self {
+            Lang::En => &EN,
+            Lang::Ko => &KO,
+        }
+    }
+}
+
+/// Replaces `{key}` placeholders.
+pub fn fill(template: &str, values: &[(&str, &dyn std::fmt::Display)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in values {
+        s = s.replace(&format!("{{{k}}}"), &v.to_string());
+    }
+    s
+}
+
+pub struct Text {
+    pub app: &'static str,
+    pub view_stages: &'static str,
+    pub view_verify: &'static str,
+    pub view_plan: &'static str,
+    pub checklist: &'static str,
+    pub output: &'static str,
+    pub following: &'static str,
+    pub scrolled: &'static str,
+    pub no_output: &'static str,
+    pub dropped_lines: &'static str,
+    pub progress: &'static str,
+    pub no_progress: &'static str,
+    pub eta: &'static str,
+    pub log: &'static str,
+    pub status_pending: &'static str,
+    pub status_running: &'static str,
+    pub status_done: &'static str,
+    pub status_failed: &'static str,
+    pub status_cancelled: &'static str,
+    pub status_skipped: &'static str,
+    pub error: &'static str,
+    pub fix: &'static str,
+    pub live_off: &'static str,
+    pub live_every: &'static str,
+    pub busy: &'static str,
+    pub idle: &'static str,
+    pub search_prompt: &'static str,
+    pub search_none: &'static str,
+    pub search_hit: &'static str,
+    // verification view
+    pub verify_none: &'static str,
+    pub verify_clean: &'static str,
+    pub verify_unclean: &'static str,
+    pub verify_at: &'static str,
+    pub verify_changes: &'static str,
+    pub verify_no_changes: &'static str,
+    pub col_class: &'static str,
+    pub col_source: &'static str,
+    pub col_target: &'static str,
+    pub col_difference: &'static str,
+    pub col_table: &'static str,
+    pub col_rows: &'static str,
+    pub col_checksum: &'static str,
+    pub col_status: &'static str,
+    pub col_change: &'static str,
+    pub col_name: &'static str,
+    pub table_rows: &'static str,
+    pub details: &'static str,
+    pub details_none: &'static str,
+    pub planned: &'static str,
+    // plan view
+    pub plan: &'static str,
+    // dialogs and messages
+    pub confirm_title: &'static str,
+    pub confirm_keys: &'static str,
+    pub confirm_run_all: &'static str,
+    pub confirm_run_stage: &'static str,
+    pub confirm_retry: &'static str,
+    pub confirm_skip: &'static str,
+    pub confirm_cancel: &'static str,
+    pub confirm_quit_running: &'static str,
+    pub msg_preflight_ok: &'static str,
+    pub msg_busy: &'static str,
+    pub msg_not_running: &'static str,
+    pub msg_already_done: &'static str,
+    pub msg_before_first: &'static str,
+    pub msg_not_failed: &'static str,
+    pub msg_live_on: &'static str,
+    pub msg_live_off: &'static str,
+    pub msg_cancelling: &'static str,
+    pub msg_started: &'static str,
+    pub msg_finished: &'static str,
+    pub msg_warning: &'static str,
+    pub msg_verified: &'static str,
+    pub help_title: &'static str,
+    pub help_footer: &'static str,
+    /// Short names of the checklist's stages, by stage id.
+    pub stage_names: &'static [(&'static str, &'static str)],
+    /// The key bar's one-word names, by action name.
+    pub bar: &'static [(&'static str, &'static str)],
+    /// One line per action, by action name (`run-all`, ...).
+    pub actions: &'static [(&'static str, &'static str)],
+}
+
+impl Text {
+    pub fn stage_name<'a>(&self, id: &'a str) -> &'a str {
+        self.stage_names.iter().find(|(k, _)| *k == id).map(|(_, v)| *v).unwrap_or(id)
+    }
+
+    pub fn bar_label(&self, name: &str) -> &'static str {
+        self.bar.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap_or("")
+    }
+
+    pub fn action(&self, name: &str) -> &'static str {
+        self.actions.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap_or("")
+    }
+}
+
+pub static EN: Text = Text {
+    app: "pgshift",
+    view_stages: "Stages",
+    view_verify: "Verify",
+    view_plan: "Plan",
+    checklist: "Checklist",
+    output: "Output",
+    following: "following",
+    scrolled: "scrolled",
+    no_output: "no output yet",
+    dropped_lines: "… {n} earlier lines dropped (the run's pgshift.log keeps them all)",
+    progress: "Progress",
+    no_progress: "nothing in progress",
+    eta: "ETA",
+    log: "Log",
+    status_pending: "pending",
+    status_running: "running",
+    status_done: "done",
+    status_failed: "failed",
+    status_cancelled: "cancelled",
+    status_skipped: "skipped",
+    error: "error",
+    fix: "fix",
+    live_off: "live verify off",
+    live_every: "live verify every {n}s",
+    busy: "running",
+    idle: "idle",
+    search_prompt: "search: ",
+    search_none: "no line matches {q}",
+    search_hit: "match {i} of {n}",
+    verify_none: "No verification yet. Press {key} to verify now.",
+    verify_clean: "CLEAN: no differences beyond {planned} planned",
+    verify_unclean: "{n} UNEXPECTED DIFFERENCE(S), {planned} planned",
+    verify_at: "verified at {at} (run {run}), checksums {checksums}",
+    verify_changes: "since the previous verify: {new} new, {gone} resolved",
+    verify_no_changes: "since the previous verify: no change",
+    col_class: "object class",
+    col_source: "source",
+    col_target: "target",
+    col_difference: "difference",
+    col_table: "table",
+    col_rows: "rows",
+    col_checksum: "checksum",
+    col_status: "status",
+    col_change: "change",
+    col_name: "name",
+    table_rows: "table rows",
+    details: "Details",
+    details_none: "no differences in this class",
+    planned: "planned",
+    plan: "Plan",
+    confirm_title: "Confirm",
+    confirm_keys: "y: yes   n / Esc: no",
+    confirm_run_all: "Run every remaining stage? This writes to the target {target}.",
+    confirm_run_stage: "Run stage {stage}? It may write to the target {target}.",
+    confirm_retry: "Retry stage {stage}?",
+    confirm_skip: "Skip stage {stage}? The final verify will show what it would have done.",
+    confirm_cancel:
+        "Cancel the running stage? Child processes and server sessions are stopped; run it again to resume.",
+    confirm_quit_running: "A stage is running. Cancel it and quit?",
+    msg_preflight_ok: "pre-flight checks passed, nothing written yet: {key} runs every stage",
+    msg_busy: "a stage is running; wait for it or cancel it (c)",
+    msg_not_running: "nothing is running",
+    msg_already_done: "{stage} is already done",
+    msg_before_first: "run the stages before {stage} first (a: run all)",
+    msg_not_failed: "{stage} has not failed; nothing to retry",
+    msg_live_on: "live verify on: every {n}s while idle",
+    msg_live_off: "live verify off",
+    msg_cancelling: "cancelling: stopping child processes and ending server sessions",
+    msg_started: "{stage} started",
+    msg_finished: "{stage} {status}",
+    msg_warning: "{stage} warning: {message}",
+    msg_verified: "verify: {n} unexpected difference(s)",
+    help_title: "Keys",
+    help_footer: "Keys come from ~/.config/pgshift/keys.toml or --keys FILE (defaults: assets/keys.toml).",
+    stage_names: &[
+        ("backup", "Backup"),
+        ("environment", "Environment"),
+        ("schema", "Schema"),
+        ("data", "Data"),
+        ("post-data", "Post-data"),
+        ("timescaledb", "TimescaleDB"),
+        ("pgvector", "pgvector"),
+        ("tuning", "Tuning"),
+        ("verify", "Verify"),
+    ],
+    bar: &[
+        ("run-all", "run all"),
+        ("run-selected", "run"),
+        ("retry", "retry"),
+        ("skip", "skip"),
+        ("cancel", "cancel"),
+        ("verify-now", "verify"),
+        ("live-verify", "live"),
+        ("search", "search"),
+        ("next-view", "view"),
+        ("help", "help"),
+        ("quit", "quit"),
+    ],
+    actions: &[
+        ("up", "move up"),
+        ("down", "move down"),
+        ("page-up", "scroll up a page"),
+        ("page-down", "scroll down a page"),
+        ("top", "go to the top"),
+        ("bottom", "go to the end and follow"),
+        ("run-selected", "run the selected stage"),
+        ("run-all", "run every remaining stage"),
+        ("retry", "retry the selected failed stage"),
+        ("skip", "skip the selected stage"),
+        ("cancel", "cancel the running stage"),
+        ("verify-now", "verify source against target now"),
+        ("live-verify", "turn live verification on or off"),
+        ("next-view", "next view (stages, verify, plan)"),
+        ("view-stages", "stages view"),
+        ("view-verify", "verification view"),
+        ("view-plan", "plan view"),
+        ("search", "search the output"),
+        ("next-match", "next match"),
+        ("previous-match", "previous match"),
+        ("follow", "follow the output"),
+        ("help", "show or hide this help"),
+        ("quit", "quit (asks while a stage runs)"),
+        ("interrupt", "cancel what runs and quit at once"),
+    ],
+};
+
+pub static KO: Text = Text {
+    app: "pgshift",
+    view_stages: "단계",
+    view_verify: "검증",
+    view_plan: "계획",
+    checklist: "체크리스트",
+    output: "출력",
+    following: "따라가기",
+    scrolled: "스크롤됨",
+    no_output: "아직 출력 없음",
+    dropped_lines: "… 이전 {n}줄 생략 (전체는 실행 디렉터리의 pgshift.log에 있음)",
+    progress: "진행률",
+    no_progress: "진행 중인 작업 없음",
+    eta: "남은 시간",
+    log: "로그",
+    status_pending: "대기",
+    status_running: "실행 중",
+    status_done: "완료",
+    status_failed: "실패",
+    status_cancelled: "취소됨",
+    status_skipped: "건너뜀",
+    error: "오류",
+    fix: "해결",
+    live_off: "실시간 검증 꺼짐",
+    live_every: "실시간 검증 {n}초마다",
+    busy: "실행 중",
+    idle: "대기 중",
+    search_prompt: "검색: ",
+    search_none: "{q}와 일치하는 줄 없음",
+    search_hit: "{n}개 중 {i}번째",
+    verify_none: "아직 검증하지 않았습니다. {key} 키로 지금 검증하세요.",
+    verify_clean: "이상 없음: 계획된 {planned}건 외 차이 없음",
+    verify_unclean: "예상하지 못한 차이 {n}건, 계획된 차이 {planned}건",
+    verify_at: "{at}에 검증 ({run}회차), 체크섬 {checksums}",
+    verify_changes: "직전 검증 대비: 새 차이 {new}건, 해소 {gone}건",
+    verify_no_changes: "직전 검증 대비: 변화 없음",
+    col_class: "객체 종류",
+    col_source: "원본",
+    col_target: "대상",
+    col_difference: "차이",
+    col_table: "테이블",
+    col_rows: "행 수",
+    col_checksum: "체크섬",
+    col_status: "상태",
+    col_change: "변경",
+    col_name: "이름",
+    table_rows: "테이블 행",
+    details: "상세",
+    details_none: "이 종류에는 차이가 없습니다",
+    planned: "계획됨",
+    plan: "계획",
+    confirm_title: "확인",
+    confirm_keys: "y: 예   n / Esc: 아니요",
+    confirm_run_all: "남은 단계를 모두 실행할까요? 대상 {target}에 씁니다.",
+    confirm_run_stage: "{stage} 단계를 실행할까요? 대상 {target}에 쓸 수 있습니다.",
+    confirm_retry: "{stage} 단계를 다시 시도할까요?",
+    confirm_skip: "{stage} 단계를 건너뛸까요? 최종 검증에서 차이가 보일 수 있습니다.",
+    confirm_cancel:
+        "실행 중인 단계를 취소할까요? 자식 프로세스와 서버 세션을 멈춥니다. 다시 실행하면 이어서 진행합니다.",
+    confirm_quit_running: "단계가 실행 중입니다. 취소하고 종료할까요?",
+    msg_preflight_ok: "사전 점검 통과, 아직 아무것도 쓰지 않음: {key} 키로 모든 단계 실행",
+    msg_busy: "단계가 실행 중입니다. 끝날 때까지 기다리거나 취소(c)하세요",
+    msg_not_running: "실행 중인 단계가 없습니다",
+    msg_already_done: "{stage} 단계는 이미 완료되었습니다",
+    msg_before_first: "{stage} 이전 단계를 먼저 실행하세요 (a: 모두 실행)",
+    msg_not_failed: "{stage} 단계는 실패하지 않았습니다. 다시 시도할 것이 없습니다",
+    msg_live_on: "실시간 검증 켜짐: 대기 중 {n}초마다",
+    msg_live_off: "실시간 검증 꺼짐",
+    msg_cancelling: "취소 중: 자식 프로세스를 멈추고 서버 세션을 종료합니다",
+    msg_started: "{stage} 시작",
+    msg_finished: "{stage} {status}",
+    msg_warning: "{stage} 경고: {message}",
+    msg_verified: "검증: 예상하지 못한 차이 {n}건",
+    help_title: "키",
+    help_footer: "키 설정: ~/.config/pgshift/keys.toml 또는 --keys FILE (기본값: assets/keys.toml).",
+    stage_names: &[
+        ("backup", "백업"),
+        ("environment", "환경"),
+        ("schema", "스키마"),
+        ("data", "데이터"),
+        ("post-data", "후처리"),
+        ("timescaledb", "TimescaleDB"),
+        ("pgvector", "pgvector"),
+        ("tuning", "튜닝"),
+        ("verify", "검증"),
+    ],
+    bar: &[
+        ("run-all", "모두 실행"),
+        ("run-selected", "실행"),
+        ("retry", "재시도"),
+        ("skip", "건너뛰기"),
+        ("cancel", "취소"),
+        ("verify-now", "검증"),
+        ("live-verify", "실시간"),
+        ("search", "검색"),
+        ("next-view", "화면"),
+        ("help", "도움말"),
+        ("quit", "종료"),
+    ],
+    actions: &[
+        ("up", "위로 이동"),
+        ("down", "아래로 이동"),
+        ("page-up", "한 페이지 위로"),
+        ("page-down", "한 페이지 아래로"),
+        ("top", "맨 위로"),
+        ("bottom", "맨 끝으로 (따라가기)"),
+        ("run-selected", "선택한 단계 실행"),
+        ("run-all", "남은 단계 모두 실행"),
+        ("retry", "실패한 단계 다시 시도"),
+        ("skip", "선택한 단계 건너뛰기"),
+        ("cancel", "실행 중인 단계 취소"),
+        ("verify-now", "지금 원본과 대상 검증"),
+        ("live-verify", "실시간 검증 켜기/끄기"),
+        ("next-view", "다음 화면 (단계, 검증, 계획)"),
+        ("view-stages", "단계 화면"),
+        ("view-verify", "검증 화면"),
+        ("view-plan", "계획 화면"),
+        ("search", "출력 검색"),
+        ("next-match", "다음 일치"),
+        ("previous-match", "이전 일치"),
+        ("follow", "출력 따라가기"),
+        ("help", "도움말 보기/숨기기"),
+        ("quit", "종료 (단계 실행 중이면 확인)"),
+        ("interrupt", "실행 중인 작업을 취소하고 바로 종료"),
+    ],
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_languages_name_every_stage_and_action_the_same_way() {
+        let keys = |t: &Text| t.stage_names.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(keys(&EN), keys(&KO));
+        let actions = |t: &Text| t.actions.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(actions(&EN), actions(&KO));
+        let bar = |t: &Text| t.bar.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(bar(&EN), bar(&KO));
+    }
+
+    #[test]
+    fn flag_wins_and_unknown_language_is_one_error() {
+        assert_eq!(Lang::detect(Some("ko")).unwrap(), Lang::Ko);
+        assert_eq!(Lang::detect(Some("en")).unwrap(), Lang::En);
+        assert_eq!(Lang::detect(Some("ko_KR.UTF-8")).unwrap(), Lang::Ko);
+        let e = Lang::detect(Some("fr")).unwrap_err();
+        assert!(e.fix.contains("--lang ko"));
+        assert_eq!(fill("{a} and {b}", &[("a", &1), ("b", &"x")]), "1 and x");
+    }
+}

@@ -26,8 +26,14 @@ impl UserError {
 
 impl fmt::Display for UserError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (fix: {})", self.message, self.fix)
+        // always one line: a message taken from elsewhere (a parser, a server) may hold line breaks
+        write!(f, "{} (fix: {})", one_line(&self.message), one_line(&self.fix))
     }
+}
+
+/// `text` with its line breaks folded into `; ` (blank lines dropped).
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 impl std::error::Error for UserError {}
@@ -37,4 +43,15 @@ pub fn toml_place(text: &str, e: &toml::de::Error) -> String {
     e.span()
         .map(|s| format!("line {}: ", text[..s.start.min(text.len())].matches('\n').count() + 1))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_prints_as_one_line() {
+        let e = UserError::new("line 8: invalid table header\nexpected `.`, `]`\n", "see\n\nthe plan");
+        assert_eq!(e.to_string(), "line 8: invalid table header; expected `.`, `]` (fix: see; the plan)");
+    }
 }

@@ -105,7 +105,8 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     let post = PostDataStage::new(target.clone(), &plan.tuning);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
-    let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes);
+    let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes)
+        .checked_against(source.clone());
     let tuning = TuningStage::new(source.clone(), target.clone(), plan.tuning.clone());
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };

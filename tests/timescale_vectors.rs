@@ -224,3 +224,36 @@ fn a_3000_dimension_vector_hnsw_request_is_refused_with_the_halfvec_hint() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("at most 2000 dimensions, not 3000") && stderr.contains("halfvec"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_postgresql_source_gets_its_planned_hypertable_and_vector_column() {
+    // no TimescaleDB and no pgvector on the source: the target gets both extensions for the plan
+    let s = common::servers();
+    let src = common::fresh_db(&s.source, "ts_plain").await;
+    common::connect(&src)
+        .await
+        .batch_execute(
+            "CREATE TABLE public.meter (id bigint NOT NULL, taken_at timestamptz NOT NULL, kwh real, \
+               PRIMARY KEY (id, taken_at)); \
+             INSERT INTO public.meter SELECT i, '2026-01-01'::timestamptz + make_interval(mins => i), i \
+               FROM generate_series(1, 2000) i; \
+             CREATE TABLE public.docs (id int PRIMARY KEY, body text); INSERT INTO public.docs VALUES (1, 'a')",
+        )
+        .await
+        .unwrap();
+    common::drop_db(&s.target, "ts_plain_target").await;
+    let tgt = common::url_for(&s.target, "ts_plain_target");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[hypertables]]\ntable = \"public.meter\"\ntime_column = \"taken_at\"\n\
+                 [[vectors]]\ntable = \"public.docs\"\ncolumn = \"embedding\"\ndimensions = 3\n";
+    let plan = common::write_plan(dir.path(), &src, &tgt, extra);
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\"stage\":\"verify\",\"status\":\"done\""), "{stdout}");
+    let extensions = strings(&tgt, "SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension").await;
+    assert_eq!(extensions, vec!["plpgsql,timescaledb,vector".to_string()]);
+    let hypertables = strings(&tgt, "SELECT hypertable_name::text FROM timescaledb_information.hypertables").await;
+    assert_eq!(hypertables, vec!["meter".to_string()]);
+    tokio::join!(common::drop_db(&s.source, "ts_plain"), common::drop_db(&s.target, "ts_plain_target"));
+}

@@ -358,6 +358,28 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether a failed query means the session is gone — the server stopped, the connection broke —
+/// rather than that the statement failed.
+pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    e.is_closed()
+        || e.code().is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+        || e.source().is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// A failed query on `spec` as one line: a lost connection names the server and says so (whatever
+/// the query was for); any other failure is `what: the server's message` with `fix`.
+pub fn failed_query(spec: &ConnSpec, what: &str, e: &tokio_postgres::Error, fix: &str) -> UserError {
+    if connection_lost(e) {
+        return UserError::new(
+            format!("{what}: the connection to the {} {} was lost ({})", spec.role, spec.label(), db_message(e)),
+            "check that the server runs (a container: pgshift env status and pgshift env logs), then run again \
+             to resume",
+        );
+    }
+    UserError::new(format!("{what}: {}", db_message(e)), fix)
+}
+
 /// `(name, definition)` rows; a row without a name (an object dropped while being read) is skipped.
 fn named_rows(rows: &[tokio_postgres::Row]) -> Definitions {
     rows.iter()

@@ -520,6 +520,12 @@ impl Stage for ContainerStage {
             if docker::inspect(&engine, &self.options.name).await?.is_none() {
                 // a local engine would fail only at start, after a long build
                 check_port_free(&self.options.bind, self.options.port)?;
+                if let Some(path) = self.options.dockerfile.as_ref().filter(|p| !p.is_file()) {
+                    return Err(UserError::new(
+                        format!("the Dockerfile {} does not exist", path.display()),
+                        "check --dockerfile (in a plan: [target.container] dockerfile), or leave it out for pgshift's own",
+                    ));
+                }
             }
             Ok(())
         })

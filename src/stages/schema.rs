@@ -256,16 +256,27 @@ impl SchemaStage {
     }
 
     async fn check_target(&self) -> Result<(), UserError> {
-        let admin = self.target.with_dbname("postgres");
-        let server = match admin.connect().await {
-            Ok(c) => c,
-            Err(_) if self.target_is_container => return Ok(()), // created by the environment stage
-            Err(e) => return Err(e),
-        };
         let source = self.source.connect().await?;
         let q = |e: tokio_postgres::Error| {
             UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
         };
+        let admin = self.target.with_dbname("postgres");
+        let server = match admin.connect().await {
+            Ok(c) => c,
+            // created by the environment stage: what the source alone decides is checked now
+            Err(_) if self.target_is_container => return self.check_source(&source).await,
+            Err(e) => return Err(e),
+        };
+        // the same cluster (system identifier) and database: a restore would write into the source
+        let ident = "SELECT system_identifier::text FROM pg_control_system()";
+        if let (Ok(a), Ok(b)) = (source.query_one(ident, &[]).await, server.query_one(ident, &[]).await) {
+            if a.get::<_, String>(0) == b.get::<_, String>(0) && self.source.dbname() == self.target.dbname() {
+                return Err(UserError::new(
+                    format!("the target database {} is the source database itself", self.target.label()),
+                    "give the target another server, or another database name ([target] database)",
+                ));
+            }
+        }
         let smajor: i32 =
             source.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await.map_err(q)?.get(0);
         let tmajor: i32 =
@@ -276,13 +287,16 @@ impl SchemaStage {
                 "use a target server at least as new as the source",
             ));
         }
-        let wanted: Vec<String> = source
+        let mut wanted: Vec<String> = source
             .query("SELECT extname FROM pg_extension ORDER BY 1", &[])
             .await
             .map_err(q)?
             .iter()
             .map(|r| r.get(0))
             .collect();
+        if !self.hypertables.is_empty() && !wanted.iter().any(|e| e == "timescaledb") {
+            wanted.push("timescaledb".into()); // the plan's hypertables need it even if the source has none
+        }
         let available: BTreeSet<String> = server
             .query("SELECT name FROM pg_available_extensions", &[])
             .await
@@ -322,17 +336,7 @@ impl SchemaStage {
                 ));
             }
         }
-        for h in &self.hypertables {
-            check_conversion(&source, h).await?;
-        }
-        let large_objects: i64 =
-            source.query_one("SELECT count(*) FROM pg_largeobject_metadata", &[]).await.map_err(q)?.get(0);
-        if large_objects > 0 {
-            return Err(UserError::new(
-                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
-                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
-            ));
-        }
+        self.check_source(&source).await?;
         let exists: bool = server
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])
             .await
@@ -366,6 +370,30 @@ impl SchemaStage {
                     "migrate into an empty database, or set force = true in the plan's [target] if you mean to",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The pre-flight checks the source alone decides: each planned conversion, no large objects.
+    async fn check_source(&self, source: &tokio_postgres::Client) -> Result<(), UserError> {
+        for h in &self.hypertables {
+            check_conversion(source, h).await?;
+        }
+        let large_objects: i64 = source
+            .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+            .await
+            .map_err(|e| {
+                UserError::new(
+                    format!("pre-flight query failed: {}", catalog::db_message(&e)),
+                    "connect as a superuser",
+                )
+            })?
+            .get(0);
+        if large_objects > 0 {
+            return Err(UserError::new(
+                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
+                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
+            ));
         }
         Ok(())
     }
@@ -411,9 +439,11 @@ impl SchemaStage {
     async fn create_database(&self, ctx: &StageContext) -> Result<(), StageError> {
         let admin = ctx.tagged(&self.target.with_dbname("postgres")).connect().await?;
         let source = ctx.tagged(&self.source).connect().await?;
-        let q = |e: tokio_postgres::Error| {
-            StageError::Failed(UserError::new(
-                format!("creating the target database failed: {}", catalog::db_message(&e)),
+        let q = |spec: &ConnSpec, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(
+                spec,
+                "creating the target database failed",
+                &e,
                 "connect to the target as a superuser (or a role with CREATEDB)",
             ))
         };
@@ -423,17 +453,17 @@ impl SchemaStage {
                 &[],
             )
             .await
-            .map_err(q)?;
+            .map_err(|e| q(&self.source, e))?;
         let (encoding, owner): (String, String) = (row.get(0), row.get(1));
         let db = self.target.dbname();
         let exists: bool = admin
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
             .await
-            .map_err(q)?
+            .map_err(|e| q(&self.target, e))?
             .get(0);
         if !exists {
             let sql = format!("CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}'", quote_ident(db));
-            admin.batch_execute(&sql).await.map_err(q)?;
+            admin.batch_execute(&sql).await.map_err(|e| q(&self.target, e))?;
             ctx.info("database", format!("created database {db} ({encoding})")).await;
         }
         let sql = format!("ALTER DATABASE {} OWNER TO {}", quote_ident(db), quote_ident(&owner));
@@ -448,13 +478,17 @@ impl SchemaStage {
     async fn create_hypertables(&self, ctx: &StageContext) -> Result<usize, StageError> {
         let target = ctx.tagged(&self.target).connect().await?;
         let source = ctx.tagged(&self.source).connect().await?;
-        let q = |what: &str, e: tokio_postgres::Error| {
-            StageError::Failed(UserError::new(
-                format!("{what}: {}", catalog::db_message(&e)),
+        let q = |spec: &ConnSpec, what: &str, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(
+                spec,
+                what,
+                &e,
                 "check the hypertable's time column and that unique keys include it",
             ))
         };
-        let has_ts = timescale::has_timescaledb(&source).await.map_err(|e| q("reading the source's extensions", e))?;
+        let has_ts = timescale::has_timescaledb(&source)
+            .await
+            .map_err(|e| q(&self.source, "reading the source's extensions", e))?;
         let mut statements: Vec<(String, String)> = Vec::new();
         if has_ts {
             // dimension_number 1 is the partitioning column create_hypertable takes; others are added
@@ -468,7 +502,7 @@ impl SchemaStage {
                     &[],
                 )
                 .await
-                .map_err(|e| q("reading the source's hypertables", e))?;
+                .map_err(|e| q(&self.source, "reading the source's hypertables", e))?;
             for r in rows {
                 let (table, n, column): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
                 let kind: String = r.get(3);
@@ -512,7 +546,7 @@ impl SchemaStage {
                             &[],
                         )
                         .await
-                        .map_err(|e| q(&format!("measuring {}", h.table), e))?;
+                        .map_err(|e| q(&self.source, &format!("measuring {}", h.table), e))?;
                     let suggested = suggest_interval(row.get(0), row.get(1));
                     ctx.info(
                         "hypertables",
@@ -536,14 +570,21 @@ impl SchemaStage {
         }
         if !statements.is_empty() {
             // a plain source converts its first tables: the target needs the extension first
-            target
-                .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-                .await
-                .map_err(|e| q("CREATE EXTENSION timescaledb", e))?;
+            target.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.map_err(|e| {
+                StageError::Failed(catalog::failed_query(
+                    &self.target,
+                    "CREATE EXTENSION timescaledb",
+                    &e,
+                    "install TimescaleDB on the target and add it to shared_preload_libraries",
+                ))
+            })?;
         }
         let mut tables = BTreeSet::new();
         for (table, sql) in statements {
-            target.batch_execute(&sql).await.map_err(|e| q(&format!("making {table} a hypertable"), e))?;
+            target
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| q(&self.target, &format!("making {table} a hypertable"), e))?;
             tables.insert(table);
         }
         for t in &tables {
@@ -680,6 +721,16 @@ pub async fn check_conversion(source: &tokio_postgres::Client, h: &HypertablePla
             format!("{what}: no such table on the source"),
             "write it as schema.table, as pgshift inventory lists it",
         ));
+    }
+    for (field, value) in [("chunk_interval", &h.chunk_interval), ("compress_after", &h.compress_after)] {
+        if let Some(text) = value {
+            if source.query_one("SELECT $1::text::interval", &[text]).await.is_err() {
+                return Err(UserError::new(
+                    format!("{what}: {field} = \"{text}\" is not an interval"),
+                    "write it as PostgreSQL reads an interval: \"6 hours\", \"1 day\", \"7 days\"",
+                ));
+            }
+        }
     }
     let Some(row) = row else {
         return Err(UserError::new(

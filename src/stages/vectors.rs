@@ -103,6 +103,38 @@ pub fn check(v: &VectorPlan) -> Result<(), UserError> {
     Ok(())
 }
 
+/// Checks one `[[vectors]]` entry against the source: the table exists, and a column of that name
+/// already there has the planned type.
+pub async fn check_on_source(source: &tokio_postgres::Client, v: &VectorPlan) -> Result<(), UserError> {
+    let what = format!("[[vectors]] {}.{}", v.table, v.column);
+    let q = |e: tokio_postgres::Error| {
+        UserError::new(format!("{what}: {}", catalog::db_message(&e)), "check the table's name (schema.table)")
+    };
+    let exists: bool = source.query_one("SELECT to_regclass($1) IS NOT NULL", &[&v.table]).await.map_err(q)?.get(0);
+    if !exists {
+        return Err(UserError::new(
+            format!("{what}: no such table on the source"),
+            "write it as schema.table, as pgshift inventory lists it",
+        ));
+    }
+    let existing = source
+        .query_opt(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+            &[&v.table, &v.column.trim_matches('"')],
+        )
+        .await
+        .map_err(q)?;
+    let planned = format!("{}({})", kind(v), v.dimensions);
+    if let Some(actual) = existing.map(|r| r.get::<_, String>(0)).filter(|t| *t != planned) {
+        return Err(UserError::new(
+            format!("{what}: the source's column is {actual}, the plan says {planned}"),
+            "make the plan's type and dimensions match the column, or name a new column",
+        ));
+    }
+    Ok(())
+}
+
 /// `public.docs` + `embedding` + `hnsw` → `docs_embedding_hnsw_idx` (at most 63 bytes, as
 /// PostgreSQL keeps).
 pub fn index_name(v: &VectorPlan) -> String {
@@ -156,11 +188,20 @@ pub struct VectorStage {
     tuning: TuningPlan,
     /// The container's /dev/shm, when the target is pgshift's container.
     shm_bytes: Option<u64>,
+    /// The source, when the pre-flight checks each entry's table and column there.
+    source: Option<ConnSpec>,
 }
 
 impl VectorStage {
     pub fn new(target: ConnSpec, vectors: Vec<VectorPlan>, tuning: TuningPlan, shm_bytes: Option<u64>) -> Self {
-        Self { target, vectors, tuning, shm_bytes }
+        Self { target, vectors, tuning, shm_bytes, source: None }
+    }
+
+    /// The pre-flight also checks every entry against the source (the tables the target will get):
+    /// its table exists, and a column of its name, if there is one, has the planned type.
+    pub fn checked_against(mut self, source: ConnSpec) -> Self {
+        self.source = Some(source);
+        self
     }
 
     async fn build_index(&self, ctx: &StageContext, v: &VectorPlan) -> Result<(), StageError> {
@@ -248,6 +289,12 @@ impl Stage for VectorStage {
                     ),
                     "write it as PostgreSQL does: 512MB, 2GB",
                 ));
+            }
+            if let (Some(source), false) = (&self.source, self.vectors.is_empty()) {
+                let client = source.connect().await?;
+                for v in &self.vectors {
+                    check_on_source(&client, v).await?;
+                }
             }
             Ok(())
         })

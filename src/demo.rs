@@ -42,53 +42,78 @@ enum Target {
 
 pub async fn demo(o: DemoOptions) -> Result<i32, UserError> {
     let console = o.console.options()?; // a bad --lang or keys file is reported before anything is made
+    for (text, role) in [(&o.source, "--source"), (&o.target, "--target")] {
+        if let Some(text) = text {
+            refuse_password(text, role)?;
+        }
+    }
     std::fs::create_dir_all(&o.dir).map_err(|e| files::write_error(&o.dir, &e))?;
-    let plan_path = o.dir.join(PLAN_FILE);
     let local_source = o.dir.join("source-cluster");
     let local_target = o.dir.join("target-cluster");
+    let result = walk(&o, console, &local_source, &local_target).await;
+    // the local servers run only while the demo does, whatever its end; the next demo starts them again
+    for dir in [&local_source, &local_target] {
+        if running(dir, o.bin_dir.as_deref()).await {
+            stop_local(dir, o.bin_dir.as_deref()).await;
+        }
+    }
+    result
+}
+
+async fn walk(
+    o: &DemoOptions,
+    console: crate::tui::ConsoleOptions,
+    local_source: &Path,
+    local_target: &Path,
+) -> Result<i32, UserError> {
+    let plan_path = o.dir.join(PLAN_FILE);
     if o.reset {
-        reset(&o, &local_source, &local_target).await?;
+        reset(o, local_source, local_target).await?;
     }
     if !plan_path.exists() {
         let source = match &o.source {
             Some(text) => ConnSpec::parse("source", text)?,
-            None => start_local(&local_source, o.bin_dir.as_deref(), false, "source").await?,
+            None => start_local(local_source, o.bin_dir.as_deref(), false, "source").await?,
         };
         let target = match &o.target {
             Some(text) => Target::Server(ConnSpec::parse("target", text)?),
             None if crate::docker::connect().await.is_ok() => Target::Container,
-            None => Target::Local(start_local(&local_target, o.bin_dir.as_deref(), true, "target").await?),
+            None => Target::Local(start_local(local_target, o.bin_dir.as_deref(), true, "target").await?),
         };
         let source_db = create_source(&source, &o.database).await?;
-        let plan = plan_text(&o, &source_db, &target);
+        let plan = plan_text(o, &source_db, &target);
         crate::plan::Plan::parse(&plan)
             .map_err(|e| UserError::new(format!("the demo plan does not read: {}", e.message), e.fix))?;
         files::write_atomic(&plan_path, plan.as_bytes()).map_err(|e| files::write_error(&plan_path, &e))?;
         eprintln!("pgshift demo: sample source {} ready; plan {}", source_db.label(), plan_path.display());
     } else {
         // a demo run before: its local servers start again and its run resumes
-        for (dir, target) in [(&local_source, false), (&local_target, true)] {
+        for (dir, target) in [(local_source, false), (local_target, true)] {
             if dir.join("PG_VERSION").exists() {
                 start_local(dir, o.bin_dir.as_deref(), target, "demo").await?;
             }
         }
         eprintln!("pgshift demo: reusing {} (--reset starts over)", plan_path.display());
     }
-    let result = if o.headless {
-        crate::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await
-    } else {
-        match crate::run::prepare(&plan_path, false) {
-            Ok(prepared) => crate::tui::open(prepared, &plan_path, console).await,
-            Err(e) => Err(e),
-        }
-    };
-    // the local servers run only while the demo does; the next demo starts them again
-    for dir in [&local_source, &local_target] {
-        if dir.join("postmaster.pid").exists() {
-            stop_local(dir, o.bin_dir.as_deref()).await;
-        }
+    if o.headless {
+        return crate::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await;
     }
-    result
+    let prepared = crate::run::prepare(&plan_path, false)?;
+    crate::tui::open(prepared, &plan_path, console).await
+}
+
+/// The demo writes its connections into its plan: a password in them would land in that file.
+fn refuse_password(text: &str, role: &str) -> Result<(), UserError> {
+    let given = <tokio_postgres::Config as std::str::FromStr>::from_str(text.trim())
+        .map(|c| c.get_password().is_some())
+        .unwrap_or(false);
+    if given {
+        return Err(UserError::new(
+            format!("demo: {role} holds a password, and the demo writes its connections into its plan file"),
+            "leave the password out and give it with PGPASSWORD or ~/.pgpass (mode 0600)",
+        ));
+    }
+    Ok(())
 }
 
 /// Creates the sample database (replacing one an earlier demo created) and loads it.
@@ -113,7 +138,7 @@ async fn create_source(server: &ConnSpec, database: &str) -> Result<ConnSpec, Us
         Some(_) => {
             return Err(UserError::new(
                 format!("demo: database {database} exists on {} and pgshift demo did not create it", server.label()),
-                "choose another name with --database, or give --reset to drop it",
+                "choose another name with --database",
             ))
         }
         None => {}
@@ -123,35 +148,59 @@ async fn create_source(server: &ConnSpec, database: &str) -> Result<ConnSpec, Us
         .batch_execute(&format!("CREATE DATABASE {q} TEMPLATE template0 ENCODING 'UTF8'"))
         .await
         .map_err(|e| fail("creating the demo database", e))?;
-    let spec = server.with_dbname(database);
-    let client = spec.connect().await?;
-    client.batch_execute(SOURCE_SQL).await.map_err(|e| fail("loading the sample data", e))?;
+    // marked at once: a load that fails half-way leaves a database the next demo may replace
     admin
         .batch_execute(&format!("COMMENT ON DATABASE {q} IS '{COMMENT}'"))
         .await
         .map_err(|e| fail("marking the demo database", e))?;
+    let spec = server.with_dbname(database);
+    let client = spec.connect().await?;
+    client.batch_execute(SOURCE_SQL).await.map_err(|e| fail("loading the sample data", e))?;
     Ok(spec)
 }
 
-/// Drops what an earlier demo made: its databases on named servers, its container, its local
-/// servers and its run directories.
+/// Drops what an earlier demo made, and only that: the source database it marked, the target
+/// database its plan migrated into, its container, its local servers and its run directories.
 async fn reset(o: &DemoOptions, local_source: &Path, local_target: &Path) -> Result<(), UserError> {
-    for (text, role) in [(&o.source, "source"), (&o.target, "target")] {
-        let Some(text) = text else { continue };
-        let spec = ConnSpec::parse(role, text)?;
+    let fail = |spec: &ConnSpec, e: tokio_postgres::Error| {
+        UserError::new(
+            format!(
+                "demo --reset: dropping {} on {} failed: {}",
+                o.database,
+                spec.label(),
+                crate::catalog::db_message(&e)
+            ),
+            "connect as a superuser",
+        )
+    };
+    let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&o.database));
+    if let Some(text) = &o.source {
+        let spec = ConnSpec::parse("source", text)?;
         let admin = spec.with_dbname("postgres").connect().await?;
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&o.database));
-        admin.batch_execute(&sql).await.map_err(|e| {
-            UserError::new(
-                format!(
-                    "demo --reset: dropping {} on {} failed: {}",
-                    o.database,
-                    spec.label(),
-                    crate::catalog::db_message(&e)
-                ),
-                "connect as a superuser",
+        let marked: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1 \
+                 AND shobj_description(oid, 'pg_database') = $2)",
+                &[&o.database, &COMMENT],
             )
-        })?;
+            .await
+            .map_err(|e| fail(&spec, e))?
+            .get(0);
+        if marked {
+            admin.batch_execute(&drop_sql).await.map_err(|e| fail(&spec, e))?;
+        }
+    }
+    if let Some(text) = &o.target {
+        // only the database an earlier demo's plan (in this directory) migrated into
+        let spec = ConnSpec::parse("target", text)?.with_dbname(&o.database);
+        let planned = crate::plan::Plan::load(&o.dir.join(PLAN_FILE))
+            .ok()
+            .and_then(|p| p.source().ok().and_then(|s| p.target(&s).ok()))
+            .is_some_and(|t| t.label() == spec.label());
+        if planned {
+            let admin = spec.with_dbname("postgres").connect().await?;
+            admin.batch_execute(&drop_sql).await.map_err(|e| fail(&spec, e))?;
+        }
     }
     if o.target.is_none() {
         if let Ok(engine) = crate::docker::connect().await {
@@ -165,7 +214,7 @@ async fn reset(o: &DemoOptions, local_source: &Path, local_target: &Path) -> Res
         }
     }
     for dir in [local_source, local_target] {
-        if dir.join("PG_VERSION").exists() {
+        if running(dir, o.bin_dir.as_deref()).await {
             stop_local(dir, o.bin_dir.as_deref()).await;
         }
     }
@@ -233,6 +282,11 @@ fn conninfo(spec: &ConnSpec) -> String {
         s.push_str(&format!(" user={}", quote(u)));
     }
     s.push_str(&format!(" dbname={}", quote(spec.dbname())));
+    // the TLS the user asked for goes with the connection
+    for (key, value) in spec.tls.libpq_env() {
+        let key = if key == "PGSSLMODE" { "sslmode" } else { "sslrootcert" };
+        s.push_str(&format!(" {key}={}", quote(&value)));
+    }
     s
 }
 
@@ -301,8 +355,7 @@ async fn start_local(
             t.lines().rev().find_map(|l| l.strip_prefix("port = ").and_then(|p| p.trim().parse::<u16>().ok()))
         })
         .unwrap_or(5432);
-    let running = dir.join("postmaster.pid").exists();
-    if !running {
+    if !running(&dir, bin_dir).await {
         let log = dir.join("server.log").display().to_string();
         let cmd = ToolCommand {
             label: format!("pg_ctl {role}"),
@@ -323,6 +376,23 @@ async fn start_local(
         })?;
     }
     ConnSpec::parse(role, &format!("host='{}' port={port} user=postgres dbname=postgres", dir.display()))
+}
+
+/// Whether a local server runs in `dir` (`pg_ctl status`: a stale pid file left by a crash is not
+/// a running server).
+async fn running(dir: &Path, bin_dir: Option<&Path>) -> bool {
+    if !dir.join("postmaster.pid").exists() {
+        return false;
+    }
+    let Ok(tools) = crate::tools::find_tools(&["pg_ctl"], bin_dir, 0).await else { return false };
+    tokio::process::Command::new(&tools[0].path)
+        .args(["status", "-D"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 async fn stop_local(dir: &Path, bin_dir: Option<&Path>) {

@@ -8,6 +8,8 @@ pub const EXIT_DIFFERENCES: i32 = 1;
 pub const EXIT_USER_ERROR: i32 = 2;
 /// Exit code when a stage started and failed (a tool failed, the disk filled up).
 pub const EXIT_STAGE_FAILED: i32 = 3;
+/// Exit code when the console was left before the checklist was verified (stages to do, or skipped).
+pub const EXIT_INCOMPLETE: i32 = 4;
 /// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 pub const EXIT_CANCELLED: i32 = 130;
 

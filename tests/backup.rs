@@ -346,3 +346,65 @@ async fn a_full_disk_is_one_clear_error_and_leaves_nothing_that_looks_complete()
     assert!(journal.contains("\"failed\"") && journal.contains("no space left"), "{journal}");
     common::drop_db(&s.source, "bk_full").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_source_connection_dropped_mid_backup_fails_clearly_with_no_manifest() {
+    let s = common::servers();
+    let db = "bk_dropped";
+    let src = common::fresh_db(&s.source, db).await;
+    common::connect(&src)
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000); \
+             SELECT lo_from_bytea(0, 'a large object')",
+        )
+        .await
+        .unwrap();
+    // pg_dump waits on the large objects while this session holds them (see the cancel test)
+    let holder = common::connect(&src).await;
+    holder.batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_largeobject IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let child = Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
+        .args(["backup", "--source", &src, "--bin-dir", &bin_dir(), "--dir"])
+        .arg(base.path())
+        .env("PGPASSWORD", &s.password)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin = common::connect(&s.source).await;
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                   AND application_name LIKE 'pgshift backup %' AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.query_one(waiting, &[&db]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "pg_dump never blocked on the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the network drops the source: every session of the backup ends, server-side
+    let dropped: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name LIKE 'pgshift backup %') t",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(dropped > 0);
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("pgshift: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("(fix: "), "{stderr}");
+    let dir = run_dir(base.path());
+    assert!(!dir.join("manifest.json").exists(), "no manifest claims a complete backup");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!name.ends_with(".partial"), "partial file left: {name}");
+    }
+    let journal = std::fs::read_to_string(dir.join("journal.json")).unwrap();
+    assert!(journal.contains("\"failed\""), "{journal}");
+    common::drop_db(&s.source, db).await;
+}

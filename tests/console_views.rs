@@ -448,3 +448,90 @@ async fn the_runner_drives_the_console_with_real_engine_events() {
     assert!(log.contains("[backup] ! seq: line 5"), "{log}");
     runner.shutdown().await;
 }
+
+#[test]
+fn ctrl_c_works_inside_a_dialog_and_the_search_line() {
+    let mut app = app(Lang::En);
+    press(&mut app, "a");
+    press(&mut app, "y");
+    press(&mut app, "c"); // the cancel dialog is open
+    let cmds = app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(cmds, vec![Command::Cancel]);
+    assert!(app.overlay.is_none());
+    let mut app = self::app(Lang::En);
+    press(&mut app, "/");
+    app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(app.should_quit(), "idle: Ctrl-C quits from the search line too");
+}
+
+#[test]
+fn a_verify_now_reports_apart_from_the_checklist() {
+    let mut app = app(Lang::En);
+    app.restore("verify", StageStatus::Done, Some("clean".into()));
+    press(&mut app, "v");
+    let verify_event = |e: Event| Msg::VerifyEvent(e);
+    app.on_msg(verify_event(Event::StageStarted { stage: "verify".into(), title: "Verify".into() }));
+    app.on_msg(verify_event(Event::StageFinished {
+        stage: "verify".into(),
+        status: StageStatus::Failed,
+        elapsed_ms: 5,
+        summary: None,
+        error: Some("target: connection refused".into()),
+        fix: Some("start the target server".into()),
+    }));
+    app.on_msg(Msg::Idle);
+    assert_eq!(app.stages[8].status, StageStatus::Done, "the checklist keeps the run's verify");
+    let screen = render(&app);
+    assert!(
+        screen.contains("could not compare: target: connection refused (fix: start the target server)"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn a_refusing_preflight_does_not_undo_done_stages_and_exits_2() {
+    let mut app = app(Lang::En);
+    app.restore("backup", StageStatus::Done, Some("8 files".into()));
+    app.restore("environment", StageStatus::Failed, Some("no engine (fix: start Docker)".into()));
+    assert_eq!(app.stages[1].fix.as_deref(), Some("start Docker"), "the journal's fix is shown as the fix");
+    finished(&mut app, "backup", StageStatus::Failed, 0, None, Some(("source unreachable", "start it")));
+    assert_eq!(app.stages[0].status, StageStatus::Done);
+    assert!(app.log.back().unwrap().text.contains("source unreachable"));
+    app.on_msg(Msg::Refused);
+    assert_eq!(app.exit_code(), 2, "a refusal is bad input, as for run");
+    let mut fresh = self::app(Lang::En);
+    assert_eq!(fresh.exit_code(), 4, "left before verifying: incomplete");
+    for (id, _) in STAGES {
+        fresh.restore(id, StageStatus::Done, None);
+    }
+    assert_eq!(fresh.exit_code(), 0);
+}
+
+#[test]
+fn a_crash_in_the_work_ends_the_console() {
+    let mut app = app(Lang::En);
+    press(&mut app, "a");
+    press(&mut app, "y");
+    app.on_msg(Msg::Crashed("task panicked".into()));
+    app.on_msg(Msg::Idle);
+    assert!(app.should_quit());
+    assert_eq!(app.exit_code(), 3);
+}
+
+#[test]
+fn a_long_error_keeps_its_fix_in_view() {
+    let mut app = app(Lang::En);
+    started(&mut app, "schema");
+    let long = "pg_restore failed for 3 entries: CREATE POLICY tenant_isolation ON energy.readings: role \"tenant_app\" does not exist | CREATE FUNCTION energy.site_energy: language \"plpython3u\" does not exist | GRANT SELECT ON kb.articles TO analyst: role \"analyst\" does not exist";
+    finished(
+        &mut app,
+        "schema",
+        StageStatus::Failed,
+        100,
+        None,
+        Some((long, "create the missing roles and the plpython3u extension on the target, then retry")),
+    );
+    let screen = render(&app);
+    assert!(screen.contains("fix: create the missing roles"), "{screen}");
+    assert!(screen.contains("kb.articles TO analyst") && screen.contains("retry"), "the whole error and fix: {screen}");
+}

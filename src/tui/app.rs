@@ -5,13 +5,13 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crossterm::event::{KeyCode, KeyEvent};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::keymap::{Action, Keymap};
 use super::output::OutputBuffer;
 use super::text::{fill, Text};
 use crate::engine::{Event, StageStatus, Unit};
-use crate::error::{EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
+use crate::error::{EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_INCOMPLETE, EXIT_STAGE_FAILED, EXIT_USER_ERROR};
 use crate::verify::VerifyReport;
 
 /// What the console asks the runner to do.
@@ -40,6 +40,15 @@ pub enum Msg {
     Notice(String),
     /// Every stage's pre-flight passed.
     PreflightPassed,
+    /// A pre-flight refused: nothing was written.
+    Refused,
+    /// A command came while another runs.
+    Busy,
+    /// The work panicked (a bug): the console stops.
+    Crashed(String),
+    /// An event of a verify asked for outside the checklist (verify now, live verify): it shows in
+    /// the verification view, never as the checklist's verify stage.
+    VerifyEvent(Event),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,15 +86,16 @@ impl ProgressItem {
         self.total.is_some_and(|t| self.done >= t)
     }
 
-    /// Time left at the rate seen so far.
-    pub fn eta(&self) -> Option<Duration> {
+    /// Time left at the rate seen since the item first showed, up to `now` (a stall slows the rate,
+    /// so the time left grows while nothing moves).
+    pub fn eta(&self, now: Instant) -> Option<Duration> {
         let total = self.total?;
-        let seconds = self.updated.duration_since(self.first_seen).as_secs_f64();
+        let seconds = now.saturating_duration_since(self.first_seen).as_secs_f64();
         let moved = self.done.saturating_sub(self.first_done) as f64;
         if self.finished() || seconds < 0.5 || moved <= 0.0 {
             return None;
         }
-        Some(Duration::from_secs_f64((total - self.done) as f64 * seconds / moved))
+        Duration::try_from_secs_f64(total.saturating_sub(self.done) as f64 * seconds / moved).ok()
     }
 }
 
@@ -125,6 +135,8 @@ pub struct VerifyState {
     pub appeared: Vec<String>,
     pub resolved: Vec<String>,
     pub compared: bool,
+    /// When the report comes from an earlier session: the time its file was written.
+    pub earlier: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -148,6 +160,9 @@ pub struct App {
     pub overlay: Option<Overlay>,
     pub log: VecDeque<LogLine>,
     pub verify: Option<VerifyState>,
+    /// The last verify that could not compare (its error and fix), shown over the last report.
+    pub verify_failure: Option<(String, Option<String>)>,
+    pub verify_running: bool,
     pub verify_selected: usize,
     pub detail_scroll: usize,
     pub plan_lines: Vec<(String, String)>,
@@ -160,6 +175,9 @@ pub struct App {
     quit: bool,
     quit_when_idle: bool,
     interrupted: bool,
+    /// A pre-flight refused, and nothing ran since.
+    refused: bool,
+    crashed: bool,
     /// Height of the output pane at the last draw (page size for scrolling).
     pub output_height: std::cell::Cell<usize>,
     clock: Option<Instant>,
@@ -205,6 +223,8 @@ impl App {
             overlay: None,
             log: VecDeque::new(),
             verify: None,
+            verify_failure: None,
+            verify_running: false,
             verify_selected: 0,
             detail_scroll: 0,
             plan_lines,
@@ -217,6 +237,8 @@ impl App {
             quit: false,
             quit_when_idle: false,
             interrupted: false,
+            refused: false,
+            crashed: false,
             output_height: std::cell::Cell::new(10),
             clock: None,
             started: now,
@@ -254,6 +276,9 @@ impl App {
             s.status = if status == StageStatus::Running { StageStatus::Cancelled } else { status };
             if matches!(status, StageStatus::Done | StageStatus::Skipped) {
                 s.summary = detail;
+            } else if let Some((error, fix)) = detail.as_deref().and_then(|d| d.rsplit_once(" (fix: ")) {
+                s.error = Some(error.to_string());
+                s.fix = Some(fix.trim_end_matches(')').to_string());
             } else {
                 s.error = detail;
             }
@@ -278,7 +303,7 @@ impl App {
         self.stages.iter().position(|s| s.id == id)
     }
 
-    fn status_label(&self, status: StageStatus) -> &'static str {
+    pub fn status_text(&self, status: StageStatus) -> &'static str {
         let t = self.text;
         match status {
             StageStatus::Pending => t.status_pending,
@@ -288,10 +313,6 @@ impl App {
             StageStatus::Cancelled => t.status_cancelled,
             StageStatus::Skipped => t.status_skipped,
         }
-    }
-
-    pub fn status_text(&self, status: StageStatus) -> &'static str {
-        self.status_label(status)
     }
 
     /// Applies what the runner reports.
@@ -306,6 +327,14 @@ impl App {
                 }
             }
             Msg::Notice(text) => self.note(true, text),
+            Msg::Refused => self.refused = true,
+            Msg::Busy => self.note(true, self.busy_text()),
+            Msg::Crashed(e) => {
+                self.crashed = true;
+                self.quit_when_idle = true;
+                self.note(true, format!("internal error (a bug in pgshift, please report it): {e}"));
+            }
+            Msg::VerifyEvent(e) => self.on_verify_event(e),
             Msg::PreflightPassed => {
                 let key = self.keymap.keys_of(Action::RunAll);
                 let line = fill(self.text.msg_preflight_ok, &[("key", &key)]);
@@ -314,11 +343,51 @@ impl App {
         }
     }
 
+    fn busy_text(&self) -> String {
+        fill(self.text.msg_busy, &[("key", &self.keymap.keys_of(Action::Cancel))])
+    }
+
+    /// A verify outside the checklist: its end shows in the verification view and the log.
+    fn on_verify_event(&mut self, event: Event) {
+        match event {
+            Event::StageStarted { .. } => self.verify_running = true,
+            Event::Warning { message, .. } => {
+                let line = fill(self.text.msg_warning, &[("stage", &self.text.view_verify), ("message", &message)]);
+                self.note(true, line);
+            }
+            Event::StageFinished { status, error, fix, .. } => {
+                self.verify_running = false;
+                match status {
+                    StageStatus::Done => self.verify_failure = None,
+                    StageStatus::Failed => {
+                        let error = error.unwrap_or_default();
+                        // differences are a result, shown by the report; anything else is a failure to compare
+                        if !error.starts_with("verify found") {
+                            self.note(true, format!("{}: {error}", self.text.view_verify));
+                            self.verify_failure = Some((error, fix));
+                        } else {
+                            self.verify_failure = None;
+                        }
+                    }
+                    other => {
+                        let line = fill(
+                            self.text.msg_finished,
+                            &[("stage", &self.text.view_verify), ("status", &self.status_text(other))],
+                        );
+                        self.note(true, line);
+                    }
+                }
+            }
+            Event::Output { .. } | Event::Progress { .. } => {}
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         let now = self.now();
         match event {
             Event::StageStarted { stage, title } => {
                 let Some(i) = self.stage_index(&stage) else { return };
+                self.refused = false;
                 let name = self.text.stage_name(&stage).to_string();
                 let s = &mut self.stages[i];
                 s.status = StageStatus::Running;
@@ -377,11 +446,20 @@ impl App {
             }
             Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
                 let Some(i) = self.stage_index(&stage) else { return };
+                let finished = matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped);
                 if status == StageStatus::Skipped && self.stages[i].status == StageStatus::Done {
                     return; // a rerun passes over what an earlier run finished: it stays done
                 }
+                if finished && matches!(status, StageStatus::Failed | StageStatus::Cancelled) {
+                    // a pre-flight refusing (or cancelled) now does not undo what an earlier run did
+                    let name = self.text.stage_name(&stage).to_string();
+                    let detail = error.unwrap_or_else(|| self.status_text(status).to_string());
+                    let line = fill(self.text.msg_warning, &[("stage", &name), ("message", &detail)]);
+                    self.note(true, line);
+                    return;
+                }
                 let name = self.text.stage_name(&stage).to_string();
-                let label = self.status_label(status);
+                let label = self.status_text(status);
                 let s = &mut self.stages[i];
                 s.status = status;
                 if status != StageStatus::Skipped || s.elapsed.is_none() {
@@ -398,6 +476,14 @@ impl App {
                 let warn = matches!(status, StageStatus::Failed | StageStatus::Cancelled);
                 self.note(warn, line);
             }
+        }
+    }
+
+    /// A report from an earlier session, written at `at` (shown as such, not as a new verify).
+    pub fn restore_verify(&mut self, report: VerifyReport, at: String) {
+        self.on_verified(report);
+        if let Some(v) = self.verify.as_mut() {
+            v.earlier = Some(at);
         }
     }
 
@@ -420,7 +506,9 @@ impl App {
         if self.verify.is_none() && self.view == View::Stages {
             self.view = View::Verify; // the run ends on its proof
         }
-        self.verify = Some(VerifyState { report, at: self.uptime(), runs, appeared, resolved, compared });
+        self.verify =
+            Some(VerifyState { report, at: self.uptime(), runs, appeared, resolved, compared, earlier: None });
+        self.verify_failure = None;
         self.last_verify = Some(self.now());
         let line = fill(self.text.msg_verified, &[("n", &n)]);
         self.note(n > 0, line);
@@ -456,6 +544,10 @@ impl App {
 
     /// Applies a key; returns what the runner must do.
     pub fn on_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        if self.keymap.action(&key) == Some(Action::Interrupt) {
+            self.overlay = None; // Ctrl-C works in every dialog
+            return self.on_action(Action::Interrupt);
+        }
         if let Some(overlay) = self.overlay.take() {
             return self.on_overlay_key(overlay, key);
         }
@@ -490,7 +582,7 @@ impl App {
                         query.pop();
                         self.overlay = Some(Overlay::Search(query));
                     }
-                    KeyCode::Char(c) => {
+                    KeyCode::Char(c) if !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) => {
                         query.push(c);
                         self.overlay = Some(Overlay::Search(query));
                     }
@@ -525,13 +617,14 @@ impl App {
     fn blocked(&self, i: usize) -> Option<String> {
         let name = self.text.stage_name(&self.stages[i].id).to_string();
         if self.running {
-            return Some(self.text.msg_busy.to_string());
+            return Some(self.busy_text());
         }
         if matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped) {
             return Some(fill(self.text.msg_already_done, &[("stage", &name)]));
         }
         if self.stages[..i].iter().any(|s| !matches!(s.status, StageStatus::Done | StageStatus::Skipped)) {
-            return Some(fill(self.text.msg_before_first, &[("stage", &name)]));
+            let key = self.keymap.keys_of(Action::RunAll);
+            return Some(fill(self.text.msg_before_first, &[("stage", &name), ("key", &key)]));
         }
         None
     }
@@ -586,7 +679,7 @@ impl App {
             }
             Action::RunAll => {
                 if self.running {
-                    self.note(true, t.msg_busy.to_string());
+                    self.note(true, self.busy_text());
                 } else if let Some(i) = self.next_to_run() {
                     self.selected = i;
                     let q = fill(t.confirm_run_all, &[("target", &self.target_label)]);
@@ -600,7 +693,7 @@ impl App {
                 let i = self.selected;
                 let name = self.selected_name();
                 if self.running {
-                    self.note(true, t.msg_busy.to_string());
+                    self.note(true, self.busy_text());
                 } else if matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped) {
                     self.note(true, fill(t.msg_already_done, &[("stage", &name)]));
                 } else {
@@ -635,7 +728,7 @@ impl App {
             }
             Action::VerifyNow => {
                 if self.running {
-                    self.note(true, t.msg_busy.to_string());
+                    self.note(true, self.busy_text());
                 } else {
                     self.view = View::Verify;
                     self.last_verify = Some(self.now());
@@ -689,7 +782,7 @@ impl App {
         let page = self.output_height.get().max(1);
         let output = &mut self.stages[self.selected].output;
         let hits = output.find(&query);
-        // the first match at or after the view's end: the newest output is where one looks first
+        // the newest match first: the end of the output is where one looks first
         let current = hits.len().saturating_sub(1);
         if let Some(&line) = hits.get(current) {
             output.show(line, page);
@@ -702,21 +795,38 @@ impl App {
 
     /// The process exit code for how the console leaves the run.
     pub fn exit_code(&self) -> i32 {
+        if self.crashed {
+            return EXIT_STAGE_FAILED;
+        }
         if self.interrupted || self.stages.iter().any(|s| s.status == StageStatus::Cancelled) {
             return EXIT_CANCELLED;
         }
         if let Some(failed) = self.stages.iter().find(|s| s.status == StageStatus::Failed) {
+            if self.refused {
+                return EXIT_USER_ERROR;
+            }
             let differences =
                 failed.id == "verify" && failed.error.as_deref().is_some_and(|e| e.starts_with("verify found"));
             return if differences { EXIT_DIFFERENCES } else { EXIT_STAGE_FAILED };
         }
-        0
+        // clean only when the checklist's verify ran and passed
+        if self.stages.last().is_some_and(|s| s.status == StageStatus::Done) {
+            0
+        } else {
+            EXIT_INCOMPLETE
+        }
     }
 
     /// One line for the terminal after the console closes.
     pub fn farewell(&self) -> String {
-        let done = self.stages.iter().filter(|s| matches!(s.status, StageStatus::Done | StageStatus::Skipped)).count();
-        let mut s = format!("{done} of {} stages done", self.stages.len());
+        let count = |st: StageStatus| self.stages.iter().filter(|s| s.status == st).count();
+        let mut s = format!("{} of {} stages done", count(StageStatus::Done), self.stages.len());
+        if count(StageStatus::Skipped) > 0 {
+            s.push_str(&format!(", {} skipped", count(StageStatus::Skipped)));
+        }
+        if self.stages.last().is_some_and(|s| s.status != StageStatus::Done) {
+            s.push_str("; not verified: run it again to go on");
+        }
         if let Some(f) = self.stages.iter().find(|s| s.status == StageStatus::Failed) {
             s.push_str(&format!(
                 "; {} failed: {} (fix: {})",

@@ -69,31 +69,37 @@ pub async fn open(prepared: Prepared, plan_path: &Path, options: ConsoleOptions)
             app.restore(&e.stage, e.status, e.detail.clone());
         }
     }
-    if let Some(report) = runner::read_report(&dir, SystemTime::UNIX_EPOCH) {
-        app.on_msg(Msg::Verified(Box::new(report)));
+    if let Some((report, written)) = runner::read_report(&dir, SystemTime::UNIX_EPOCH) {
+        let at = chrono::DateTime::<chrono::Local>::from(written).format("%Y-%m-%d %H:%M:%S").to_string();
+        app.restore_verify(report, at);
     }
     if options.live {
         app.on_action(Action::LiveVerify);
     }
 
+    let mut guard = TerminalGuard::enter()?; // no terminal, no work started
     let (msg_tx, mut msgs) = mpsc::channel(4 * BATCH);
     let runner = Runner::spawn(stages, dir.clone(), log, msg_tx);
     if !complete {
         app.running = true;
         runner.send(Command::Preflight); // shows at once what would refuse, before anything is written
     }
-    let mut guard = TerminalGuard::enter()?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut keys = spawn_input(stop.clone());
     let result = event_loop(&mut guard, &mut app, &mut msgs, &mut keys, &runner).await;
     stop.store(true, Ordering::Relaxed);
     drop(guard); // the terminal is back before anything is printed
-    runner.shutdown().await;
-    while let Ok(m) = msgs.try_recv() {
-        app.on_msg(m);
-    }
+                 // stopping what runs still sends events: keep reading them, or a full channel would hold it up
+    let drain = async {
+        while let Some(m) = msgs.recv().await {
+            app.on_msg(m);
+        }
+    };
+    tokio::join!(runner.shutdown(), drain);
     result?;
-    if !dir.join(JOURNAL_FILE).exists() && !resuming {
+    let only_log =
+        std::fs::read_dir(&dir).map(|rd| rd.flatten().all(|e| e.file_name() == "pgshift.log")).unwrap_or(false);
+    if only_log && !resuming && !dir.join(JOURNAL_FILE).exists() {
         let _ = std::fs::remove_dir_all(&dir); // nothing ran: leave no empty run directory
     }
     println!("pgshift: {}; run directory {}", app.farewell(), dir.display());
@@ -112,7 +118,10 @@ async fn event_loop(
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    // a dropped SSH session: stop the work rather than leave its children running unattended
+    let mut hangup = signal(SignalKind::hangup()).ok();
     let mut last_draw: Option<Instant> = None;
     let mut dirty = true;
     let mut first = true;
@@ -130,9 +139,10 @@ async fn event_loop(
             return Ok(());
         }
         let terminated = async {
-            match term.as_mut() {
-                Some(t) => t.recv().await,
-                None => std::future::pending().await,
+            match (term.as_mut(), hangup.as_mut()) {
+                (Some(t), Some(h)) => tokio::select! { r = t.recv() => r, r = h.recv() => r },
+                (Some(t), None) => t.recv().await,
+                _ => std::future::pending().await,
             }
         };
         let next_frame = tokio::time::Instant::from_std(last_draw.map_or_else(Instant::now, |t| t + FRAME));

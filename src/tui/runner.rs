@@ -58,15 +58,20 @@ async fn serve(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comman
             (Command::Cancel, Some(cancel)) => cancel.cancel(),
             (Command::Cancel, None) => {}
             (_, Some(_)) => {
-                let _ = shared.msgs.send(Msg::Notice("a stage is running; wait for it or cancel it".into())).await;
+                let _ = shared.msgs.send(Msg::Busy).await;
             }
             (command, None) => {
                 let cancel = CancellationToken::new();
                 *current.lock().expect("current lock") = Some(cancel.clone());
                 let (shared, current) = (shared.clone(), current.clone());
                 last = Some(tokio::spawn(async move {
-                    work(&shared, command, cancel).await;
+                    // the work in its own task: a bug that panics in a stage must not leave the
+                    // console waiting for an end that never comes
+                    let outcome = tokio::spawn(work(shared.clone(), command, cancel)).await;
                     *current.lock().expect("current lock") = None;
+                    if let Err(e) = outcome {
+                        let _ = shared.msgs.send(Msg::Crashed(e.to_string())).await;
+                    }
                     let _ = shared.msgs.send(Msg::Idle).await;
                 }));
             }
@@ -81,7 +86,10 @@ async fn serve(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comman
     }
 }
 
-async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
+async fn work(shared: Arc<Shared>, command: Command, cancel: CancellationToken) {
+    let shared = shared.as_ref();
+    // a verify asked for outside the checklist (verify now, live verify) reports apart from it
+    let apart = command == Command::Verify;
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let forward = {
         let msgs = shared.msgs.clone();
@@ -91,7 +99,8 @@ async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
                 if let Ok(mut f) = log.lock() {
                     let _ = writeln!(f, "{}", crate::headless::line(&event));
                 }
-                let _ = msgs.send(Msg::Engine(event)).await;
+                let msg = if apart { Msg::VerifyEvent(event) } else { Msg::Engine(event) };
+                let _ = msgs.send(msg).await;
             }
         }
     };
@@ -103,12 +112,12 @@ async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
         let journal = || Journal::open(&shared.dir);
         match command {
             Command::Preflight => {
-                if engine.preflight(&all).await.is_ok() {
+                if preflight(shared, &engine, &all).await {
                     let _ = shared.msgs.send(Msg::PreflightPassed).await;
                 }
             }
             Command::RunAll => {
-                if engine.preflight(&all).await.is_ok() {
+                if preflight(shared, &engine, &all).await {
                     match journal() {
                         Ok(mut j) => {
                             engine.run(&all, Some(&mut j)).await;
@@ -119,7 +128,7 @@ async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
             }
             Command::RunStage(i) => {
                 let one = [all[i]];
-                if engine.preflight(&one).await.is_ok() {
+                if preflight(shared, &engine, &one).await {
                     match journal() {
                         Ok(mut j) => {
                             engine.run(&one, Some(&mut j)).await;
@@ -159,8 +168,20 @@ async fn work(shared: &Shared, command: Command, cancel: CancellationToken) {
     };
     tokio::join!(job, forward);
     // a verify that ran wrote its report: the console shows it
-    if let Some(report) = read_report(&shared.dir, started) {
+    if let Some((report, _)) = read_report(&shared.dir, started) {
         let _ = shared.msgs.send(Msg::Verified(Box::new(report))).await;
+    }
+}
+
+/// Runs the pre-flights; a refusal is reported as such (nothing was written).
+async fn preflight(shared: &Shared, engine: &Engine, stages: &[&dyn Stage]) -> bool {
+    match engine.preflight(stages).await {
+        Ok(()) => true,
+        Err(crate::engine::StageError::Failed(_)) => {
+            let _ = shared.msgs.send(Msg::Refused).await;
+            false
+        }
+        Err(crate::engine::StageError::Cancelled) => false,
     }
 }
 
@@ -168,12 +189,12 @@ async fn notice(shared: &Shared, text: String) {
     let _ = shared.msgs.send(Msg::Notice(text)).await;
 }
 
-/// The run directory's verify.json, when a verify wrote it after `since`.
-pub fn read_report(dir: &std::path::Path, since: SystemTime) -> Option<VerifyReport> {
+/// The run directory's verify.json and when it was written, when a verify wrote it after `since`.
+pub fn read_report(dir: &std::path::Path, since: SystemTime) -> Option<(VerifyReport, SystemTime)> {
     let path = dir.join("verify.json");
     let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
     if modified < since {
         return None;
     }
-    serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()
+    Some((serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?, modified))
 }

@@ -21,9 +21,16 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
 
     let stage = &app.stages[app.selected];
     let progress_rows = if stage.progress.is_empty() { 3 } else { (stage.progress.len().min(4) + 2) as u16 };
+    // the error and its fix in full (wrapped), however long the error is
+    let inner = right.width.saturating_sub(2).max(1) as usize;
+    let wrapped = |s: &str| width(s).div_ceil(inner);
     let result_rows = match (&stage.error, &stage.summary) {
-        (Some(_), _) => 4,
-        (None, Some(_)) => 3,
+        (Some(e), _) => {
+            let fix = stage.fix.as_deref().unwrap_or("");
+            (wrapped(&format!("{}: {e}", app.text.error)) + wrapped(&format!("{}: {fix}", app.text.fix)) + 2).min(12)
+                as u16
+        }
+        (None, Some(s)) => (wrapped(s) + 2).min(5) as u16,
         _ => 0,
     };
     let [result, output, progress] =
@@ -95,7 +102,7 @@ fn draw_result(frame: &mut Frame, app: &App, area: Rect) {
         _ => return,
     };
     let block = Block::bordered().title(app.status_text(s.status)).border_style(Style::new().fg(color));
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }).block(block), area);
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), area);
 }
 
 fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
@@ -166,7 +173,7 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
         let [name, gauge] = Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)]).areas(*row);
         frame.render_widget(Paragraph::new(p.item.clone()), name);
         let mut label = crate::headless::progress(p.done, p.total, p.unit);
-        if let Some(eta) = p.eta() {
+        if let Some(eta) = p.eta(app.now()) {
             label.push_str(&format!(" · {} {}", t.eta, human_duration(eta)));
         }
         let ratio = match p.total {

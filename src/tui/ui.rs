@@ -82,7 +82,10 @@ fn draw_log(frame: &mut Frame, app: &App, area: Rect) {
 
 /// The few keys that matter most, as the keymap binds them.
 fn draw_keys(frame: &mut Frame, app: &App, area: Rect) {
+    // help and quit first: on a narrow terminal the end of the bar is cut
     let actions = [
+        Action::Help,
+        Action::Quit,
         Action::RunAll,
         Action::RunSelected,
         Action::Retry,
@@ -92,8 +95,6 @@ fn draw_keys(frame: &mut Frame, app: &App, area: Rect) {
         Action::LiveVerify,
         Action::Search,
         Action::NextView,
-        Action::Help,
-        Action::Quit,
     ];
     let mut spans = Vec::new();
     for a in actions {

@@ -20,21 +20,23 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let t = app.text;
     let Some(v) = &app.verify else {
         let key = app.keymap.keys_of(Action::VerifyNow);
-        let text = Paragraph::new(fill(t.verify_none, &[("key", &key)]))
-            .block(Block::bordered().title(t.view_verify))
-            .wrap(Wrap { trim: true });
+        let mut lines = vec![Line::raw(fill(t.verify_none, &[("key", &key)]))];
+        lines.extend(status_lines(app));
+        let text = Paragraph::new(lines).block(Block::bordered().title(t.view_verify)).wrap(Wrap { trim: true });
         frame.render_widget(text, area);
         return;
     };
     let r = &v.report;
-    let [summary, body] = Layout::vertical([Constraint::Length(5), Constraint::Min(5)]).areas(area);
+    let changes = v.compared && !(v.appeared.is_empty() && v.resolved.is_empty());
+    let extra = status_lines(app).len() as u16 + u16::from(v.earlier.is_some()) + u16::from(changes);
+    let [summary, body] = Layout::vertical([Constraint::Length(5 + extra), Constraint::Min(5)]).areas(area);
 
     let (headline, color) = if r.clean {
         (fill(t.verify_clean, &[("planned", &r.planned)]), Color::Green)
     } else {
         (fill(t.verify_unclean, &[("n", &r.unexpected), ("planned", &r.planned)]), Color::Red)
     };
-    let checksums = if r.checksums { "on" } else { "off" };
+    let checksums = if r.checksums { t.on } else { t.off };
     let mut lines = vec![
         Line::styled(headline, Style::new().fg(color).bold()),
         Line::raw(fill(
@@ -43,6 +45,10 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
         ))
         .fg(Color::DarkGray),
     ];
+    if let Some(at) = &v.earlier {
+        lines.push(Line::styled(fill(t.verify_earlier, &[("at", at)]), Style::new().fg(Color::Yellow)));
+    }
+    lines.extend(status_lines(app));
     if v.compared {
         if v.appeared.is_empty() && v.resolved.is_empty() {
             lines.push(Line::raw(t.verify_no_changes));
@@ -69,6 +75,23 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
         Some(VerifyRow::TableRows) => draw_table_rows(frame, app, r, details),
         None => {}
     }
+}
+
+/// A verify running now, or the last one that could not compare.
+fn status_lines(app: &App) -> Vec<Line<'static>> {
+    let t = app.text;
+    let mut lines = Vec::new();
+    if app.verify_running {
+        lines.push(Line::styled(t.verify_running_now, Style::new().fg(Color::Cyan)));
+    }
+    if let Some((error, fix)) = &app.verify_failure {
+        let fix = fix.clone().unwrap_or_default();
+        lines.push(Line::styled(
+            fill(t.verify_failed_now, &[("error", error), ("fix", &fix)]),
+            Style::new().fg(Color::Red),
+        ));
+    }
+    lines
 }
 
 fn draw_counts(frame: &mut Frame, app: &App, r: &VerifyReport, rows: &[VerifyRow], area: Rect) {
@@ -131,16 +154,16 @@ fn difference_cell(count_diff: i64, changes: usize, unexpected: bool) -> (String
 
 fn draw_class_details(frame: &mut Frame, app: &App, r: &VerifyReport, class: &str, area: Rect) {
     let t = app.text;
-    let rows: Vec<Row> = r
-        .differences
-        .iter()
-        .filter(|d| d.class == class)
-        .skip(app.detail_scroll)
+    let differences: Vec<_> = r.differences.iter().filter(|d| d.class == class).collect();
+    let skip = app.detail_scroll.min(differences.len().saturating_sub(1));
+    let rows: Vec<Row> = differences
+        .into_iter()
+        .skip(skip)
         .map(|d| {
             let (mark, color) = match d.change {
-                Change::Missing => ("missing", Color::Red),
-                Change::Extra => ("extra", Color::Magenta),
-                Change::Changed | Change::Any => ("changed", Color::Yellow),
+                Change::Missing => (t.change[0], Color::Red),
+                Change::Extra => (t.change[1], Color::Magenta),
+                Change::Changed | Change::Any => (t.change[2], Color::Yellow),
             };
             let color = if d.allowed.is_some() { Color::DarkGray } else { color };
             let mut name = d.name.clone();
@@ -167,26 +190,27 @@ fn draw_table_rows(frame: &mut Frame, app: &App, r: &VerifyReport, area: Rect) {
     // differing tables first
     let mut tables: Vec<_> = r.tables.iter().collect();
     tables.sort_by_key(|x| (x.status == RowStatus::Same, x.name.clone()));
+    let skip = app.detail_scroll.min(tables.len().saturating_sub(1));
     let rows: Vec<Row> = tables
         .into_iter()
-        .skip(app.detail_scroll)
+        .skip(skip)
         .map(|x| {
             let rows = match (x.source_rows, x.target_rows) {
                 (Some(s), Some(t)) if s == t => s.to_string(),
                 (s, t) => format!("{} → {}", opt(s), opt(t)),
             };
             let checksum = match (&x.source_checksum, &x.target_checksum) {
-                (Some(s), Some(t)) if s == t => format!("= {}", &s[..s.len().min(8)]),
+                (Some(s), Some(t)) if s == t => format!("= {}", s.chars().take(8).collect::<String>()),
                 (Some(_), Some(_)) => "≠".to_string(),
                 _ => "–".to_string(),
             };
             let (status, color) = match x.status {
-                RowStatus::Same => ("same", Color::Green),
-                RowStatus::CountDiffers => ("count", Color::Red),
-                RowStatus::ContentDiffers => ("content", Color::Red),
-                RowStatus::MissingOnTarget => ("missing", Color::Red),
-                RowStatus::ExtraOnTarget => ("extra", Color::Magenta),
-                RowStatus::Unreadable => ("unreadable", Color::Yellow),
+                RowStatus::Same => (t.row_status[0], Color::Green),
+                RowStatus::CountDiffers => (t.row_status[1], Color::Red),
+                RowStatus::ContentDiffers => (t.row_status[2], Color::Red),
+                RowStatus::MissingOnTarget => (t.row_status[3], Color::Red),
+                RowStatus::ExtraOnTarget => (t.row_status[4], Color::Magenta),
+                RowStatus::Unreadable => (t.row_status[5], Color::Yellow),
             };
             Row::new([Cell::from(x.name.clone()), Cell::from(rows), Cell::from(checksum), Cell::from(status)])
                 .style(Style::new().fg(color))

@@ -102,3 +102,19 @@ fn the_demo_starts_local_servers_when_no_engine_answers_and_stops_them_after() {
     assert_eq!(err.lines().filter(|l| l.starts_with("pgshift:")).count(), 1, "{err}");
     assert!(err.contains("cannot be started as root") && err.contains("fix:"), "{err}");
 }
+
+#[test]
+fn a_password_in_the_demo_connections_is_refused_before_anything_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = pgshift()
+        .args(["demo", "--headless", "--source", "postgresql://postgres:s3cret-pw@127.0.0.1:1/x", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("PGPASSWORD") && !err.contains("s3cret-pw"), "{err}");
+    assert!(!dir.exists(), "nothing made");
+}

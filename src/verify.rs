@@ -99,21 +99,23 @@ pub async fn verify(
 /// Jobs for both sides. A table on both sides is read through the columns both have, in the
 /// source's order, so a planned extra column does not make every row differ.
 fn row_jobs(s: &Inventory, t: &Inventory) -> (Vec<RowJob>, Vec<RowJob>) {
+    // binary checksums compare only between servers whose types send the same bytes: same major
+    let binary = s.server.version_num / 10000 == t.server.version_num / 10000;
     let mut s_jobs = Vec::new();
     let mut t_jobs = Vec::new();
     for st in &s.tables {
         let columns = match t.table(&st.name) {
             Some(tt) => {
                 let common: Vec<String> = st.columns.iter().filter(|c| tt.columns.contains(c)).cloned().collect();
-                t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: common.clone() });
+                t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: common.clone(), binary });
                 common
             }
             None => st.columns.clone(),
         };
-        s_jobs.push(RowJob { name: st.name.clone(), from: st.from_clause(), columns });
+        s_jobs.push(RowJob { name: st.name.clone(), from: st.from_clause(), columns, binary });
     }
     for tt in t.tables.iter().filter(|tt| s.table(&tt.name).is_none()) {
-        t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: tt.columns.clone() });
+        t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: tt.columns.clone(), binary });
     }
     (s_jobs, t_jobs)
 }

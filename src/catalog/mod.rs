@@ -401,7 +401,7 @@ fn normalize(def: Option<String>) -> String {
 pub fn row_jobs(inv: &Inventory) -> Vec<RowJob> {
     inv.tables
         .iter()
-        .map(|t| RowJob { name: t.name.clone(), from: t.from_clause(), columns: t.columns.clone() })
+        .map(|t| RowJob { name: t.name.clone(), from: t.from_clause(), columns: t.columns.clone(), binary: false })
         .collect()
 }
 

@@ -35,6 +35,9 @@ pub struct RowJob {
     pub name: String,
     pub from: String,
     pub columns: Vec<String>,
+    /// Checksum the binary COPY form (built-in types as they are, others as text). Both sides of a
+    /// comparison must agree on it: verify sets it only when both servers have the same major.
+    pub binary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,15 +130,118 @@ async fn count(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postgres
 }
 
 async fn checksum(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postgres::Error> {
-    let cols = if job.columns.is_empty() { "1".to_string() } else { job.columns.join(", ") };
-    let stream = client.copy_out(&format!("COPY (SELECT {cols} FROM {}) TO STDOUT", job.from)).await?;
-    pin_mut!(stream);
-    let mut hasher = RowHasher::default();
-    while let Some(chunk) = stream.next().await {
-        hasher.feed(&chunk?);
-    }
-    let (rows, sum) = hasher.finish();
+    let cols = if job.columns.is_empty() { vec!["1".to_string()] } else { job.columns.clone() };
+    let (rows, sum) = if job.binary {
+        // the binary form skips the text output of floats, timestamps and numbers: cheaper on the
+        // server; types that are not built in (their binary form may hold OIDs) are read as text
+        let probe = client.prepare(&format!("SELECT {} FROM {} LIMIT 0", cols.join(", "), job.from)).await?;
+        let select: Vec<String> = cols
+            .iter()
+            .zip(probe.columns())
+            .map(|(c, col)| if binary_safe(col.type_()) { c.clone() } else { format!("{c}::text") })
+            .collect();
+        let sql = format!("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)", select.join(", "), job.from);
+        let stream = client.copy_out(&sql).await?;
+        pin_mut!(stream);
+        let mut hasher = BinaryRowHasher::default();
+        while let Some(chunk) = stream.next().await {
+            hasher.feed(&chunk?);
+        }
+        hasher.finish()
+    } else {
+        let sql = format!("COPY (SELECT {} FROM {}) TO STDOUT", cols.join(", "), job.from);
+        let stream = client.copy_out(&sql).await?;
+        pin_mut!(stream);
+        let mut hasher = RowHasher::default();
+        while let Some(chunk) = stream.next().await {
+            hasher.feed(&chunk?);
+        }
+        hasher.finish()
+    };
     Ok(RowStats { rows, checksum: Some(format!("{sum:032x}")) })
+}
+
+/// OIDs below this are the server's own (built-in) objects.
+const FIRST_USER_OID: u32 = 16384;
+
+/// Whether a type's binary form means the same on any server of the same major: built in, and not
+/// an OID alias (`regclass` & co. send OIDs, which differ between servers) nor `aclitem` (no binary
+/// form).
+fn binary_safe(t: &tokio_postgres::types::Type) -> bool {
+    let name = t.name().trim_start_matches('_');
+    t.oid() < FIRST_USER_OID && !name.starts_with("reg") && name != "aclitem" && name != "oid"
+}
+
+/// Splits binary COPY output into tuples and sums a 128-bit hash of each tuple's bytes (its field
+/// count, lengths and values). Tuples split across chunks wait in a small carry buffer.
+#[derive(Default)]
+pub struct BinaryRowHasher {
+    carry: Vec<u8>,
+    header_done: bool,
+    rows: i64,
+    sum: u128,
+}
+
+impl BinaryRowHasher {
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.carry.is_empty() {
+            let used = self.consume(data);
+            self.carry.extend_from_slice(&data[used..]);
+        } else {
+            self.carry.extend_from_slice(data);
+            let carry = std::mem::take(&mut self.carry);
+            let used = self.consume(&carry);
+            self.carry = carry[used..].to_vec();
+        }
+    }
+
+    /// Hashes the complete tuples at the start of `data`; returns how many bytes they took.
+    fn consume(&mut self, data: &[u8]) -> usize {
+        let mut pos = 0;
+        if !self.header_done {
+            // PGCOPY\n\xff\r\n\0, flags (4 bytes), header extension length (4) and extension
+            if data.len() < 19 {
+                return 0;
+            }
+            let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
+            if data.len() < 19 + ext {
+                return 0;
+            }
+            pos = 19 + ext;
+            self.header_done = true;
+        }
+        while let Some(len) = tuple_len(&data[pos..]) {
+            let tuple = &data[pos..pos + len];
+            if tuple == [0xff, 0xff] {
+                return data.len(); // the trailer: nothing follows
+            }
+            self.rows += 1;
+            self.sum = self.sum.wrapping_add(xxh3_128(tuple));
+            pos += len;
+        }
+        pos
+    }
+
+    pub fn finish(self) -> (i64, u128) {
+        (self.rows, self.sum)
+    }
+}
+
+/// The length of the complete tuple (or trailer) at the start of `data`, if all of it is there.
+fn tuple_len(data: &[u8]) -> Option<usize> {
+    let count = i16::from_be_bytes([*data.first()?, *data.get(1)?]);
+    if count == -1 {
+        return Some(2);
+    }
+    let mut off = 2usize;
+    for _ in 0..count.max(0) {
+        let len = i32::from_be_bytes(data.get(off..off + 4)?.try_into().ok()?);
+        off += 4 + len.max(0) as usize;
+        if off > data.len() {
+            return None;
+        }
+    }
+    Some(off)
 }
 
 /// Splits COPY text output into rows (a raw newline ends a row; newlines inside values are escaped)
@@ -194,6 +300,50 @@ mod tests {
         assert_eq!(whole.0, 3);
         assert_eq!(whole, hash(&[b"1\ta", b"\n2\t", b"b\n3\tc\n"]));
         assert_eq!(whole, hash(&[b"3\tc\n", b"1\ta\n", b"2\tb\n"]));
+    }
+
+    /// A binary COPY stream: header, then tuples of (count, (len, bytes)*), then the trailer.
+    fn binary(rows: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for field in *row {
+                match field {
+                    Some(v) => {
+                        out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        out.extend_from_slice(v);
+                    }
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn binary_tuples_split_anywhere_hash_the_same_and_nulls_count() {
+        let stream = binary(&[&[Some(b"\0\0\0\x01"), Some(b"abc")], &[Some(b"\0\0\0\x02"), None]]);
+        let whole = {
+            let mut h = BinaryRowHasher::default();
+            h.feed(&stream);
+            h.finish()
+        };
+        assert_eq!(whole.0, 2);
+        for cut in 0..stream.len() {
+            for cut2 in cut..stream.len() {
+                let mut h = BinaryRowHasher::default();
+                h.feed(&stream[..cut]);
+                h.feed(&stream[cut..cut2]);
+                h.feed(&stream[cut2..]);
+                assert_eq!(h.finish(), whole, "cut at {cut} and {cut2}");
+            }
+        }
+        let other = binary(&[&[Some(b"\0\0\0\x01"), Some(b"abc")], &[Some(b"\0\0\0\x02"), Some(b"")]]);
+        let mut h = BinaryRowHasher::default();
+        h.feed(&other);
+        assert_ne!(h.finish().1, whole.1, "NULL and empty differ");
     }
 
     #[test]

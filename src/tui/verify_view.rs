@@ -67,7 +67,7 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let title = format!("{} · {} → {}", t.view_verify, r.source.connection, r.target.connection);
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), summary);
 
-    let [counts, details] = Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(body);
+    let [counts, details] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
     let rows = app.verify_rows();
     draw_counts(frame, app, r, &rows, counts);
     match rows.get(app.verify_selected) {
@@ -129,7 +129,7 @@ fn draw_counts(frame: &mut Frame, app: &App, r: &VerifyReport, rows: &[VerifyRow
         })
         .collect();
     let table =
-        Table::new(body, [Constraint::Min(16), Constraint::Length(9), Constraint::Length(9), Constraint::Length(12)])
+        Table::new(body, [Constraint::Min(20), Constraint::Length(8), Constraint::Length(8), Constraint::Length(10)])
             .header(header)
             .row_highlight_style(Style::new().reversed())
             .block(Block::bordered());

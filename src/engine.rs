@@ -526,7 +526,7 @@ mod tests {
                 .flatten()
                 .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .filter(|c| c.contains("sleep 30"))
+                .filter(|c| c.trim_end() == "sleep 30")
                 .collect()
         };
         assert!(!sleepers().is_empty(), "the child runs");

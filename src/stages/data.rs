@@ -299,9 +299,12 @@ impl Stage for DataStage {
 
 fn copy_error(side: &str, spec_label: &str, e: &tokio_postgres::Error) -> UserError {
     let text = e.to_string();
-    let closed = e.is_closed() || text.contains("connection") || text.contains("unexpected EOF");
+    let closed = catalog::connection_lost(e) || text.contains("connection") || text.contains("unexpected EOF");
     let fix = if closed {
-        format!("the connection to the {side} ({spec_label}) was lost: check that the server runs")
+        format!(
+            "the connection to the {side} ({spec_label}) was lost: check that the server runs (a container: \
+             pgshift env status), then run again to resume"
+        )
     } else {
         format!("fix the cause on the {side} ({spec_label})")
     };

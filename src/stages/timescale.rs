@@ -352,8 +352,10 @@ impl Stage for TimescaleStage {
             for (what, sql) in &all {
                 ctx.info("timescaledb", format!("{what}: {sql}")).await;
                 target.batch_execute(sql).await.map_err(|e| {
-                    UserError::new(
-                        format!("{what} failed on the target: {}", catalog::db_message(&e)),
+                    catalog::failed_query(
+                        &self.target,
+                        &format!("{what} failed on the target"),
+                        &e,
                         "check the target's TimescaleDB version and license (pgshift env status)",
                     )
                 })?;

@@ -7,7 +7,6 @@ use futures_util::future::BoxFuture;
 use crate::catalog;
 use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError};
-use crate::error::UserError;
 use crate::plan::TuningPlan;
 
 pub struct TuningStage {
@@ -35,8 +34,10 @@ impl Stage for TuningStage {
         Box::pin(async move {
             let target = ctx.tagged(&self.target).connect().await?;
             let fail = |what: &str, e: tokio_postgres::Error| {
-                StageError::Failed(UserError::new(
-                    format!("{what}: {}", catalog::db_message(&e)),
+                StageError::Failed(catalog::failed_query(
+                    &self.target,
+                    what,
+                    &e,
                     "connect to the target as a superuser",
                 ))
             };

@@ -209,8 +209,10 @@ impl VectorStage {
         let builder = target.connect().await?;
         let watcher = target.connect().await?;
         let q = |e: tokio_postgres::Error| {
-            StageError::Failed(UserError::new(
-                format!("building the vector index on {}.{}: {}", v.table, v.column, catalog::db_message(&e)),
+            StageError::Failed(catalog::failed_query(
+                &self.target,
+                &format!("building the vector index on {}.{}", v.table, v.column),
+                &e,
                 "check maintenance_work_mem against the server's memory and /dev/shm ([tuning] in the plan)",
             ))
         };
@@ -307,10 +309,7 @@ impl Stage for VectorStage {
             }
             let client = ctx.tagged(&self.target).connect().await?;
             let q = |what: String, e: tokio_postgres::Error| {
-                StageError::Failed(UserError::new(
-                    format!("{what}: {}", catalog::db_message(&e)),
-                    "check the plan's [[vectors]] entry",
-                ))
+                StageError::Failed(catalog::failed_query(&self.target, &what, &e, "check the plan's [[vectors]] entry"))
             };
             client
                 .batch_execute("CREATE EXTENSION IF NOT EXISTS vector")

@@ -189,8 +189,7 @@ fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, Instan
     }
 }
 
-/// `3 MiB of 10 MiB (30%)`.
-pub fn progress(done: u64, total: Option<u64>, unit: Unit) -> String {
+fn progress(done: u64, total: Option<u64>, unit: Unit) -> String {
     let fmt = |n: u64| match unit {
         Unit::Bytes => human_bytes(n),
         Unit::Rows => format!("{n} rows"),

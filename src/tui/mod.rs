@@ -60,7 +60,7 @@ pub async fn open(prepared: Prepared, plan_path: &Path, options: ConsoleOptions)
         title,
         target_label,
         &list,
-        plan_lines(&plan, &dir, resuming),
+        plan_lines(&plan, &dir, resuming, options.lang.text()),
         options.live_every,
     );
     drop(list);
@@ -229,25 +229,28 @@ fn target_label(plan: &Plan) -> String {
 }
 
 /// The plan view's lines: what this run will do.
-fn plan_lines(plan: &Plan, dir: &Path, resuming: bool) -> Vec<(String, String)> {
+fn plan_lines(plan: &Plan, dir: &Path, resuming: bool, t: &text::Text) -> Vec<(String, String)> {
+    use text::fill;
+    let (k, v) = (&t.plan_rows, &t.plan_values);
     let mut lines = Vec::new();
-    let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
-    add("source", plan.source().map(|s| s.label()).unwrap_or_else(|e| e.message));
-    add("target", target_label(plan));
-    add("run directory", format!("{}{}", dir.display(), if resuming { " (resumed)" } else { " (new)" }));
-    add("data", format!("{} parallel connection(s), binary COPY, resumable pieces", plan.data.jobs));
-    add("verify", format!("objects, definitions, rows{}", if plan.verify.checksums { " and checksums" } else { "" }));
+    let mut add = |key: &str, value: String| lines.push((key.to_string(), value));
+    add(k[0], plan.source().map(|s| s.label()).unwrap_or_else(|e| e.message));
+    add(k[1], target_label(plan));
+    let dir_text = dir.display().to_string();
+    add(k[2], fill(if resuming { v.resumed_dir } else { v.new_dir }, &[("dir", &dir_text)]));
+    add(k[3], fill(v.data, &[("n", &plan.data.jobs)]));
+    add(k[4], (if plan.verify.checksums { v.verify_checksums } else { v.verify }).to_string());
     if plan.hypertables.is_empty() {
-        add("hypertables", "source hypertables recreated; no plain table converted".into());
+        add(k[5], v.no_hypertables.to_string());
     }
     for h in &plan.hypertables {
-        let compress = if h.compress { ", compressed" } else { "" };
-        add("hypertable", format!("{} by {}{compress}", h.table, h.time_column));
+        let compress = if h.compress { v.compressed } else { "" };
+        add(k[6], fill(v.hypertable, &[("table", &h.table), ("column", &h.time_column)]) + compress);
     }
-    for v in &plan.vectors {
-        let index = v.index.as_deref().unwrap_or("no index");
-        add("vector", format!("{}.{} vector({}) · {index}", v.table, v.column, v.dimensions));
+    for x in &plan.vectors {
+        let index = x.index.as_deref().unwrap_or(v.no_index);
+        add(k[7], format!("{}.{} vector({}) · {index}", x.table, x.column, x.dimensions));
     }
-    add("planned differences", format!("{} [[allow]] entries", plan.allow.len()));
+    add(k[8], fill(v.allow, &[("n", &plan.allow.len())]));
     lines
 }

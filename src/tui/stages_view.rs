@@ -172,7 +172,7 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
     for (row, p) in rows.iter().zip(items) {
         let [name, gauge] = Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)]).areas(*row);
         frame.render_widget(Paragraph::new(p.item.clone()), name);
-        let mut label = crate::headless::progress(p.done, p.total, p.unit);
+        let mut label = amount(t, p.done, p.total, p.unit);
         if let Some(eta) = p.eta(app.now()) {
             label.push_str(&format!(" · {} {}", t.eta, human_duration(eta)));
         }
@@ -182,5 +182,23 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
         };
         let color = if p.finished() { Color::Green } else { Color::Cyan };
         frame.render_widget(Gauge::default().ratio(ratio).label(label).gauge_style(Style::new().fg(color)), gauge);
+    }
+}
+
+/// `3 MiB / 10 MiB (30%)`, `1200 rows`, in the console's language.
+fn amount(t: &super::text::Text, done: u64, total: Option<u64>, unit: crate::engine::Unit) -> String {
+    use crate::engine::Unit;
+    let fmt = |n: u64| match unit {
+        Unit::Bytes => crate::stages::backup::human_bytes(n),
+        Unit::Rows => format!("{n} {}", t.units[0]),
+        Unit::Tables => format!("{n} {}", t.units[1]),
+        Unit::Steps => format!("{n} {}", t.units[2]),
+        Unit::Seconds => format!("{n} {}", t.units[3]),
+    };
+    match total {
+        Some(total) if total > 0 => {
+            format!("{} / {} ({:.0}%)", fmt(done), fmt(total), done as f64 * 100.0 / total as f64)
+        }
+        _ => fmt(done),
     }
 }

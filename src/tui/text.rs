@@ -46,6 +46,20 @@ pub fn fill(template: &str, values: &[(&str, &dyn std::fmt::Display)]) -> String
     s
 }
 
+/// The plan view's values, as templates.
+pub struct PlanValues {
+    pub new_dir: &'static str,
+    pub resumed_dir: &'static str,
+    pub data: &'static str,
+    pub verify: &'static str,
+    pub verify_checksums: &'static str,
+    pub no_hypertables: &'static str,
+    pub hypertable: &'static str,
+    pub compressed: &'static str,
+    pub no_index: &'static str,
+    pub allow: &'static str,
+}
+
 pub struct Text {
     pub app: &'static str,
     pub view_stages: &'static str,
@@ -108,6 +122,12 @@ pub struct Text {
     pub planned: &'static str,
     // plan view
     pub plan: &'static str,
+    /// The plan view's rows: source, target, run directory (new / resumed), data, verify (with
+    /// checksums), hypertables (none), hypertable, vector, planned differences.
+    pub plan_rows: [&'static str; 9],
+    pub plan_values: PlanValues,
+    /// Progress units: rows, tables, steps, seconds.
+    pub units: [&'static str; 4],
     // dialogs and messages
     pub confirm_title: &'static str,
     pub confirm_keys: &'static str,
@@ -212,6 +232,30 @@ pub static EN: Text = Text {
     details_none: "no differences in this class",
     planned: "planned",
     plan: "Plan",
+    plan_rows: [
+        "source",
+        "target",
+        "run directory",
+        "data",
+        "verify",
+        "hypertables",
+        "hypertable",
+        "vector",
+        "planned differences",
+    ],
+    plan_values: PlanValues {
+        new_dir: "{dir} (new)",
+        resumed_dir: "{dir} (resumed)",
+        data: "{n} parallel connection(s), binary COPY, resumable pieces",
+        verify: "objects, definitions, rows",
+        verify_checksums: "objects, definitions, rows and checksums",
+        no_hypertables: "source hypertables recreated; no plain table converted",
+        hypertable: "{table} by {column}",
+        compressed: ", compressed",
+        no_index: "no index",
+        allow: "{n} [[allow]] entries",
+    },
+    units: ["rows", "tables", "steps", "s"],
     confirm_title: "Confirm",
     confirm_keys: "y: yes   n / Esc: no",
     confirm_run_all: "Run every remaining stage? This writes to the target {target}.",
@@ -346,6 +390,30 @@ pub static KO: Text = Text {
     details_none: "이 종류에는 차이가 없습니다",
     planned: "계획됨",
     plan: "계획",
+    plan_rows: [
+        "원본",
+        "대상",
+        "실행 디렉터리",
+        "데이터",
+        "검증",
+        "하이퍼테이블",
+        "하이퍼테이블",
+        "벡터",
+        "계획된 차이",
+    ],
+    plan_values: PlanValues {
+        new_dir: "{dir} (새 실행)",
+        resumed_dir: "{dir} (이어서 실행)",
+        data: "병렬 연결 {n}개, 바이너리 COPY, 조각 단위 재개",
+        verify: "객체, 정의, 행 수",
+        verify_checksums: "객체, 정의, 행 수와 체크섬",
+        no_hypertables: "원본 하이퍼테이블은 다시 만듦; 변환할 일반 테이블 없음",
+        hypertable: "{table} ({column} 기준)",
+        compressed: ", 압축",
+        no_index: "인덱스 없음",
+        allow: "[[allow]] 항목 {n}개",
+    },
+    units: ["행", "테이블", "단계", "초"],
     confirm_title: "확인",
     confirm_keys: "y: 예   n / Esc: 아니요",
     confirm_run_all: "남은 단계를 모두 실행할까요? 대상 {target}에 씁니다.",

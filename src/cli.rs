@@ -166,7 +166,8 @@ pub enum Command {
     },
     /// Open the console on a plan: the checklist, live output and progress, the side-by-side
     /// verification. Keys run, retry, skip and cancel stages (press ? for all of them). A reopened
-    /// console resumes the latest unfinished run. Exit codes as for run.
+    /// console resumes the latest unfinished run. Exit codes as for run, plus 4: left before the
+    /// checklist was verified.
     Console {
         /// The plan (TOML; pgshift plan init writes one).
         #[arg(long, value_name = "FILE")]
@@ -177,7 +178,8 @@ pub enum Command {
         #[command(flatten)]
         view: ConsoleArgs,
     },
-    /// Run the whole plan: backup, environment, schema, data, post-data, verify. A rerun resumes
+    /// Run the whole plan headless: backup, environment, schema, data, post-data, timescaledb,
+    /// pgvector, tuning, verify. A rerun resumes
     /// the latest unfinished run. Exit code 0: migrated and verified clean; 1: verify found
     /// differences; 2: refused; 3: a stage failed; 130: cancelled.
     Run {

@@ -526,10 +526,16 @@ mod tests {
                 .flatten()
                 .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .filter(|c| c.trim_end() == "sleep 30")
+                // the shell (`sh -c ...; sleep 30; ...`) and its `sleep 30`, nothing else
+                .filter(|c| c.contains("sleep 30;") || c.trim_end() == "sleep 30")
                 .collect()
         };
-        assert!(!sleepers().is_empty(), "the child runs");
+        // the shell has printed; wait until it has also started its `sleep`
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sleepers().iter().any(|c| c.trim_end() == "sleep 30") {
+            assert!(Instant::now() < deadline, "the child's sleep never started: {:?}", sleepers());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let started = Instant::now();
         cancel.cancel();
         let out = run.await.unwrap();

@@ -167,11 +167,11 @@ fn processes_for(db: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cancelling_during_pg_dump_leaves_no_process_no_session_and_no_manifest() {
-    let s = common::servers();
-    let db = "bk_cancel";
-    let src = common::fresh_db(&s.source, db).await;
+/// A database with a table and one large object, and a session holding pg_largeobject: the
+/// inventory never reads it, but pg_dump's data dumps wait for it when they save the large object,
+/// so pg_dump is surely running, server-side, until the holder lets go (ROLLBACK).
+async fn source_with_held_large_object(server: &str, db: &str) -> (String, tokio_postgres::Client) {
+    let src = common::fresh_db(server, db).await;
     common::connect(&src)
         .await
         .batch_execute(
@@ -180,10 +180,16 @@ async fn cancelling_during_pg_dump_leaves_no_process_no_session_and_no_manifest(
         )
         .await
         .unwrap();
-    // A session holding pg_largeobject: the inventory never reads it, but pg_dump's data dumps
-    // wait for it when they save the large object. pg_dump is then surely running, server-side.
     let holder = common::connect(&src).await;
     holder.batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_largeobject IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    (src, holder)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_during_pg_dump_leaves_no_process_no_session_and_no_manifest() {
+    let s = common::servers();
+    let db = "bk_cancel";
+    let (src, holder) = source_with_held_large_object(&s.source, db).await;
 
     let base = tempfile::tempdir().unwrap();
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
@@ -351,18 +357,7 @@ async fn a_full_disk_is_one_clear_error_and_leaves_nothing_that_looks_complete()
 async fn the_source_connection_dropped_mid_backup_fails_clearly_with_no_manifest() {
     let s = common::servers();
     let db = "bk_dropped";
-    let src = common::fresh_db(&s.source, db).await;
-    common::connect(&src)
-        .await
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000); \
-             SELECT lo_from_bytea(0, 'a large object')",
-        )
-        .await
-        .unwrap();
-    // pg_dump waits on the large objects while this session holds them (see the cancel test)
-    let holder = common::connect(&src).await;
-    holder.batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_largeobject IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let (src, holder) = source_with_held_large_object(&s.source, db).await;
     let base = tempfile::tempdir().unwrap();
     let child = Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
         .args(["backup", "--source", &src, "--bin-dir", &bin_dir(), "--dir"])

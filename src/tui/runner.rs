@@ -116,22 +116,15 @@ async fn work(shared: Arc<Shared>, command: Command, cancel: CancellationToken) 
                     let _ = shared.msgs.send(Msg::PreflightPassed).await;
                 }
             }
-            Command::RunAll => {
-                if preflight(shared, &engine, &all).await {
+            Command::RunAll | Command::RunStage(_) => {
+                let chosen: Vec<&dyn Stage> = match command {
+                    Command::RunStage(i) => vec![all[i]],
+                    _ => all.clone(),
+                };
+                if preflight(shared, &engine, &chosen).await {
                     match journal() {
                         Ok(mut j) => {
-                            engine.run(&all, Some(&mut j)).await;
-                        }
-                        Err(e) => notice(shared, e).await,
-                    }
-                }
-            }
-            Command::RunStage(i) => {
-                let one = [all[i]];
-                if preflight(shared, &engine, &one).await {
-                    match journal() {
-                        Ok(mut j) => {
-                            engine.run(&one, Some(&mut j)).await;
+                            engine.run(&chosen, Some(&mut j)).await;
                         }
                         Err(e) => notice(shared, e).await,
                     }

@@ -85,8 +85,14 @@ pub fn timescale_query(class: Class) -> Option<String> {
 }
 
 /// Chunks per hypertable (information only: a different chunk history is not a loss).
-pub const HYPERTABLE_CHUNKS: &str =
-    "SELECT format('%I.%I', hypertable_schema, hypertable_name), num_chunks FROM timescaledb_information.hypertables";
+/// Chunks and on-disk bytes per hypertable (its own relation is empty). Through the information
+/// views, whose schema is fixed: `hypertable_size()` lives in the extension's schema, which the
+/// collecting session's `search_path = pg_catalog` does not see.
+pub const HYPERTABLE_CHUNKS: &str = "SELECT format('%I.%I', h.hypertable_schema, h.hypertable_name), h.num_chunks,
+        (SELECT coalesce(sum(pg_total_relation_size(format('%I.%I', c.chunk_schema, c.chunk_name)::regclass)), 0)::bigint
+         FROM timescaledb_information.chunks c
+         WHERE c.hypertable_schema = h.hypertable_schema AND c.hypertable_name = h.hypertable_name)
+     FROM timescaledb_information.hypertables h";
 
 /// Continuous aggregates are views in user schemas; this lists them so the views class leaves them out.
 pub const CAGG_VIEWS: &str =

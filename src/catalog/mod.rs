@@ -257,20 +257,18 @@ impl Session {
         }
 
         // A hypertable's own relation is empty: its size is its chunks'.
-        let chunks: BTreeMap<String, i64> = if timescaledb.is_some() {
+        let chunks: BTreeMap<String, (i64, i64)> = if timescaledb.is_some() {
             match c.query(extensions::HYPERTABLE_CHUNKS, &[]).await {
-                Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+                Ok(rows) => rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect(),
                 Err(e) => return Err(self.query_error("hypertable chunks", &e)),
             }
         } else {
             BTreeMap::new()
         };
         for t in tables.iter_mut().filter(|t| t.kind == "hypertable") {
-            t.chunks = chunks.get(&t.name).copied();
-            if let Ok(Some(size)) =
-                self.scalar_i64(&format!("SELECT hypertable_size('{}'::regclass)", t.name.replace('\'', "''"))).await
-            {
-                t.bytes = size;
+            if let Some(&(count, bytes)) = chunks.get(&t.name) {
+                t.chunks = Some(count);
+                t.bytes = bytes;
             }
         }
 
@@ -323,10 +321,6 @@ impl Session {
             .await
             .map(|rows| named_rows(&rows))
             .map_err(|e| format!("{} not read: {}", class.label(), db_message(&e)))
-    }
-
-    async fn scalar_i64(&self, sql: &str) -> Result<Option<i64>, tokio_postgres::Error> {
-        Ok(self.guarded_query(sql).await?.first().and_then(|r| r.get(0)))
     }
 
     async fn names(&self, sql: &str) -> Result<BTreeSet<String>, tokio_postgres::Error> {

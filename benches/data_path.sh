@@ -3,7 +3,9 @@
 # at the default size: a 2,000,000-row hypertable, a wide table, 100 small tables):
 #   (a) classic  pg_dump --data-only | psql           (into the classic schema, indexes present)
 #   (b) raw      COPY TO STDOUT | COPY FROM STDIN per table, JOBS pipes at a time (no indexes)
-#   (c) pgshift  pgshift copy --jobs JOBS              (no indexes: they come after, in post-data)
+#   (c) pgshift  pgshift copy --jobs JOBS              (into the schema as pgshift's schema stage
+#                makes it: hypertables without their default index; indexes come after, in post-data,
+#                and their build is timed too, as (c+))
 #   (d) verify   pgshift verify --checksums, source against (c)'s target
 # Prints each time, the ratios c/a, c/b and d/c, and pgshift's peak memory.
 # Usage: bash benches/data_path.sh [HYPERTABLE_ROWS] [JOBS]   (run it at two sizes: memory stays flat)
@@ -22,15 +24,19 @@ bin="$PGSHIFT_TEST_BIN_DIR"
 psql17() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
 now() { date +%s.%N; }
 
-ddl="CREATE EXTENSION IF NOT EXISTS timescaledb;
+# $1: more create_hypertable arguments
+ddl() { echo "CREATE EXTENSION IF NOT EXISTS timescaledb;
 CREATE TABLE readings (ts timestamptz NOT NULL, device int NOT NULL, value double precision, note text);
-SELECT create_hypertable('readings', 'ts', chunk_time_interval => INTERVAL '1 day');
+SELECT create_hypertable('readings', 'ts', chunk_time_interval => INTERVAL '1 day'${1:-});
 CREATE TABLE wide (id int NOT NULL, body text, at timestamptz);
-DO \$\$ BEGIN FOR i IN 1..100 LOOP EXECUTE format('CREATE TABLE small_%s (id int NOT NULL, v text)', i); END LOOP; END \$\$;"
+DO \$\$ BEGIN FOR i IN 1..100 LOOP EXECUTE format('CREATE TABLE small_%s (id int NOT NULL, v text)', i); END LOOP; END \$\$;"; }
+# pgshift's schema stage creates hypertables without their default time index: it is built after the
+# data, in post-data, with every other index
+no_default_index=", create_default_indexes => false"
 indexes="CREATE INDEX ON readings (device, ts); ALTER TABLE wide ADD PRIMARY KEY (id);"
 
 psql17 -p "$SOURCE_PORT" -d postgres -c 'DROP DATABASE IF EXISTS bench_src WITH (FORCE)' -c 'CREATE DATABASE bench_src'
-psql17 -p "$SOURCE_PORT" -d bench_src -c "$ddl" >/dev/null
+psql17 -p "$SOURCE_PORT" -d bench_src -c "$(ddl)" >/dev/null
 psql17 -p "$SOURCE_PORT" -d bench_src -c "
     INSERT INTO readings SELECT '2026-01-01'::timestamptz + make_interval(secs => i * 2), i % 500, sin(i) * 1000,
         CASE WHEN i % 7 = 0 THEN 'check ' || i END FROM generate_series(1, $rows) AS i;
@@ -57,7 +63,7 @@ a=$(echo "$(now) - $t0" | bc)
 
 # (b) raw pipes, JOBS at a time
 fresh bench_b
-psql17 -p "$TARGET_PORT" -d bench_b -c "$ddl" >/dev/null
+psql17 -p "$TARGET_PORT" -d bench_b -c "$(ddl "$no_default_index")" >/dev/null
 tables="readings wide $(seq -f 'small_%g' 1 100)"
 t0=$(now)
 printf '%s\n' $tables | xargs -P "$jobs" -I{} sh -c \
@@ -67,7 +73,7 @@ b=$(echo "$(now) - $t0" | bc)
 
 # (c) pgshift copy
 fresh bench_c
-psql17 -p "$TARGET_PORT" -d bench_c -c "$ddl" >/dev/null
+psql17 -p "$TARGET_PORT" -d bench_c -c "$(ddl "$no_default_index")" >/dev/null
 src="postgresql://postgres@127.0.0.1:$SOURCE_PORT/bench_src"
 tgt="postgresql://postgres@127.0.0.1:$TARGET_PORT/bench_c"
 t0=$(now)
@@ -81,12 +87,20 @@ t0=$(now)
 d=$(echo "$(now) - $t0" | bc)
 grep -q "rows: .* tables compared, .* identical, 0 different" "$work/verify.out" || { grep -A5 "^rows:" "$work/verify.out"; die "rows differ after pgshift copy"; }
 
+# (c+) the indexes (a) maintained while loading, built after the data as pgshift's post-data does:
+# one after another in one session, with the maintenance settings post-data passes
+t0=$(now)
+PGOPTIONS='-c maintenance_work_mem=512MB -c max_parallel_maintenance_workers=2' psql17 -p "$TARGET_PORT" -d bench_c \
+    -c "CREATE INDEX readings_ts_idx ON readings (ts DESC); $indexes" >/dev/null
+cidx=$(echo "$(now) - $t0" | bc)
+
 echo "database: $size on the source; hypertable rows: $rows; connections: $jobs"
 echo "(a) classic pg_dump --data-only | psql:  ${a}s"
 echo "(b) raw COPY pipes ($jobs at a time):       ${b}s"
 echo "(c) pgshift copy --jobs $jobs:              ${c}s"
+echo "(c+) then its indexes, built after:     ${cidx}s"
 echo "(d) pgshift verify --checksums:           ${d}s  (rows and checksums of every table equal)"
-echo "c/a = $(echo "scale=2; $c / $a" | bc)   c/b = $(echo "scale=2; $c / $b" | bc)   d/c = $(echo "scale=2; $d / $c" | bc)"
+echo "c/a = $(echo "scale=2; $c / $a" | bc)   c/b = $(echo "scale=2; $c / $b" | bc)   d/c = $(echo "scale=2; $d / $c" | bc)   (c + c+)/a = $(echo "scale=2; ($c + $cidx) / $a" | bc)"
 echo "pgshift copy peak memory (max RSS): $(( $(tail -1 "$work/rss_c") / 1024 )) MiB; verify: $(( $(tail -1 "$work/rss_d") / 1024 )) MiB"
 for db in bench_a bench_b bench_c; do psql17 -p "$TARGET_PORT" -d postgres -c "DROP DATABASE $db WITH (FORCE)" >/dev/null; done
 psql17 -p "$SOURCE_PORT" -d postgres -c 'DROP DATABASE bench_src WITH (FORCE)' >/dev/null

@@ -227,8 +227,17 @@ impl BinaryRowHasher {
     }
 }
 
+/// The length of a binary COPY header (signature, flags, extension) at the start of `data`.
+pub fn binary_header_len(data: &[u8]) -> Option<usize> {
+    if !data.starts_with(b"PGCOPY\n\xff\r\n\0") || data.len() < 19 {
+        return None;
+    }
+    let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
+    (data.len() >= 19 + ext).then_some(19 + ext)
+}
+
 /// The length of the complete tuple (or trailer) at the start of `data`, if all of it is there.
-fn tuple_len(data: &[u8]) -> Option<usize> {
+pub fn tuple_len(data: &[u8]) -> Option<usize> {
     let count = i16::from_be_bytes([*data.first()?, *data.get(1)?]);
     if count == -1 {
         return Some(2);

@@ -568,3 +568,36 @@ async fn set_sequences(ctx: &StageContext, session: &Session, target: &ConnSpec)
     ctx.info("data", format!("{} sequences set to the source's values", values.len())).await;
     Ok(values.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+    /// A binary tuple of int4 fields.
+    fn tuple(values: &[i32]) -> Vec<u8> {
+        let mut t = (values.len() as i16).to_be_bytes().to_vec();
+        for v in values {
+            t.extend_from_slice(&4i32.to_be_bytes());
+            t.extend_from_slice(&v.to_be_bytes());
+        }
+        t
+    }
+
+    #[test]
+    fn only_a_message_of_exactly_one_row_is_split_off() {
+        let one = [HEADER, &tuple(&[1, 2])].concat();
+        assert_eq!(single_row_message(&one, true), Some(HEADER.len()));
+        // two rows, a cut row, the header with the trailer only, no header: not split
+        assert_eq!(single_row_message(&[one.clone(), tuple(&[3, 4])].concat(), true), None);
+        assert_eq!(single_row_message(&one[..one.len() - 1], true), None);
+        assert_eq!(single_row_message(&[HEADER, &BINARY_TRAILER[..]].concat(), true), None);
+        assert_eq!(single_row_message(&tuple(&[1, 2]), true), None);
+
+        assert_eq!(single_row_message(b"1\tnote\n", false), Some(0));
+        assert_eq!(single_row_message(b"1\ta\\nb\n", false), Some(0), "an escaped newline is inside the row");
+        assert_eq!(single_row_message(b"1\ta\n2\tb\n", false), None);
+        assert_eq!(single_row_message(b"1\ta", false), None);
+    }
+}

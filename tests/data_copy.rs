@@ -1,0 +1,145 @@
+//! The data stage's fast path on the real servers (`pgshift copy`): hypertable chunks are written
+//! straight into the target's chunks when those cover the source's ranges, and routed through the
+//! hypertable when they do not; rows land frozen; a second load into the same target replaces
+//! rather than doubles. Every case ends with `verify --checksums` rows equal on both sides.
+
+mod common;
+
+/// Two hypertables over five days in one-day chunks: one with built-in types only (binary COPY),
+/// one with an enum column (text COPY), plus a plain table.
+fn schema(chunk_interval: &str) -> String {
+    format!(
+        "CREATE EXTENSION IF NOT EXISTS timescaledb;
+         CREATE TYPE level AS ENUM ('low', 'high');
+         CREATE TABLE readings (ts timestamptz NOT NULL, device int NOT NULL, value double precision, note text);
+         SELECT create_hypertable('readings', 'ts', chunk_time_interval => INTERVAL '{chunk_interval}');
+         CREATE TABLE alarms (at timestamptz NOT NULL, lvl level, msg text);
+         SELECT create_hypertable('alarms', 'at', chunk_time_interval => INTERVAL '{chunk_interval}');
+         CREATE TABLE sites (id int PRIMARY KEY, name text);"
+    )
+}
+
+const ROWS: &str = "INSERT INTO readings SELECT '2026-05-01'::timestamptz + make_interval(secs => i * 30), i % 9,
+                        i * 0.5, CASE WHEN i % 5 = 0 THEN E'tab\\there, newline\\nthere' END
+                      FROM generate_series(0, 14399) i;
+                    INSERT INTO alarms SELECT '2026-05-01'::timestamptz + make_interval(mins => i * 7),
+                        CASE WHEN i % 2 = 0 THEN 'low' ELSE 'high' END::level, 'alarm ' || i
+                      FROM generate_series(0, 1000) i;
+                    INSERT INTO sites SELECT i, 'site ' || i FROM generate_series(1, 300) i;";
+
+async fn source(db: &str) -> String {
+    let s = common::servers();
+    let url = common::fresh_db(&s.source, db).await;
+    common::connect(&url).await.batch_execute(&format!("{}\n{ROWS}", schema("1 day"))).await.unwrap();
+    url
+}
+
+async fn target(db: &str, chunk_interval: &str) -> String {
+    let s = common::servers();
+    let url = common::fresh_db(&s.target, db).await;
+    common::connect(&url).await.batch_execute(&schema(chunk_interval)).await.unwrap();
+    url
+}
+
+/// `pgshift copy`; returns its summary line (the stage's "done" line).
+fn copy(src: &str, tgt: &str, dir: &std::path::Path) -> String {
+    let out = common::pgshift()
+        .args(["copy", "--source", src, "--target", tgt, "--jobs", "3", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    all.lines().find(|l| l.contains("done after")).unwrap_or_else(|| panic!("no summary: {all}")).to_string()
+}
+
+/// `verify --checksums --json`: every table's rows and checksum equal on both sides.
+fn assert_rows_equal(src: &str, tgt: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("verify.json");
+    let out = common::pgshift()
+        .args(["verify", "--source", src, "--target", tgt, "--checksums", "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("verify JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let tables = report["tables"].as_array().expect("tables");
+    assert_eq!(tables.len(), 3, "{tables:?}");
+    for t in tables {
+        assert_eq!(t["source_rows"], t["target_rows"], "{t}");
+        assert!(t["source_checksum"].is_string() && t["source_checksum"] == t["target_checksum"], "{t}");
+    }
+}
+
+async fn scalar(url: &str, sql: &str) -> i64 {
+    common::connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_go_straight_into_the_targets_chunks_frozen_and_a_second_load_replaces() {
+    let src = source("copy_direct").await;
+    let tgt = target("copy_direct_target", "1 day").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let summary = copy(&src, &tgt, dir.path());
+    // 14,400 readings every 30 s span 5 days; 1,001 alarms every 7 min span 5 days (+ a bit)
+    let chunks = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
+        + scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
+    assert!(
+        summary.contains(&format!("hypertable chunks: {chunks} written directly, 0 through the hypertable")),
+        "{summary}"
+    );
+    assert_rows_equal(&src, &tgt);
+    // the parents hold nothing; the target has exactly the source's chunk count
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM ONLY readings").await, 0);
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await,
+        scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
+    );
+    // loaded frozen: the visibility map marks the pages of the plain table and of the chunks
+    let t = common::connect(&tgt).await;
+    t.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_visibility").await.unwrap();
+    for rel in ["'sites'::regclass", "(SELECT c FROM show_chunks('readings') c ORDER BY 1 LIMIT 1 OFFSET 2)"] {
+        let row = t
+            .query_one(
+                &format!("SELECT count(*), count(*) FILTER (WHERE all_frozen) FROM pg_visibility_map({rel})"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let (pages, frozen): (i64, i64) = (row.get(0), row.get(1));
+        // COPY FREEZE marks a page all-frozen when it starts filling it empty; the page a batch of
+        // rows ends on is continued by the next batch and stays unmarked (its rows are frozen too),
+        // so most pages, not all. A load without FREEZE marks none.
+        assert!(pages > 0 && frozen * 2 > pages, "{rel}: {frozen} of {pages} pages frozen");
+    }
+
+    // a second load with a fresh progress file: every piece empties what it writes, then writes
+    // into the chunks that are already there
+    let again = tempfile::tempdir().unwrap();
+    let summary = copy(&src, &tgt, again.path());
+    assert!(summary.contains(&format!("{chunks} written directly")), "{summary}");
+    assert_rows_equal(&src, &tgt);
+
+    common::drop_db(&common::servers().source, "copy_direct").await;
+    common::drop_db(&common::servers().target, "copy_direct_target").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smaller_target_chunks_take_the_rows_through_the_hypertable() {
+    let src = source("copy_routed").await;
+    // 12-hour chunks on the target: none covers a source day, so nothing is written directly
+    let tgt = target("copy_routed_target", "12 hours").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let summary = copy(&src, &tgt, dir.path());
+    assert!(summary.contains(" 0 written directly"), "{summary}");
+    assert_rows_equal(&src, &tgt);
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM ONLY readings").await, 0);
+    assert!(
+        scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await
+            > scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
+    );
+
+    common::drop_db(&common::servers().source, "copy_routed").await;
+    common::drop_db(&common::servers().target, "copy_routed_target").await;
+}

@@ -273,7 +273,11 @@ fn naive_table(r: &VerifyReport, markdown: bool) -> Table {
 }
 
 fn verdict(r: &VerifyReport) -> String {
-    let mode = if r.checksums { "row counts and checksums" } else { "row counts (add --checksums to compare content)" };
+    let mode = match (&r.checksum_form, r.checksums) {
+        (Some(form), true) => format!("row counts and checksums (computed {form})"),
+        (None, true) => "row counts and checksums".to_string(),
+        (_, false) => "row counts (add --checksums to compare content)".to_string(),
+    };
     if r.clean {
         format!(
             "CLEAN: no differences beyond {} planned ones; compared {} classes and {mode}",

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::allow::AllowList;
 use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, TableRows};
-use crate::catalog::rows::{RowJob, RowMode};
+use crate::catalog::rows::{HashForm, RowJob, RowMode};
 use crate::catalog::{Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::conn::ConnSpec;
 use crate::error::UserError;
@@ -31,6 +31,9 @@ pub struct VerifyReport {
     pub source: Side,
     pub target: Side,
     pub checksums: bool,
+    /// Where row checksums were computed: "in each server", or "here, from binary COPY" / "here, from COPY text".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_form: Option<String>,
     pub classes: Vec<ClassCount>,
     pub differences: Vec<Difference>,
     pub tables: Vec<TableRows>,
@@ -59,7 +62,8 @@ pub async fn verify(
     let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
 
     let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
-    let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv);
+    let form = hash_form(&s, &t, &s_inv, &t_inv).await;
+    let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv, form);
     let (s_rows, t_rows) =
         tokio::try_join!(s.measure_rows(s_jobs, mode, opts.workers), t.measure_rows(t_jobs, mode, opts.workers))?;
     s_inv.apply_rows(&s_rows);
@@ -84,6 +88,14 @@ pub async fn verify(
         source: side(source, s_inv),
         target: side(target, t_inv),
         checksums: opts.checksums,
+        checksum_form: opts.checksums.then(|| {
+            match form {
+                HashForm::InServer => "in each server",
+                HashForm::Binary => "here, from binary COPY",
+                HashForm::Text => "here, from COPY text",
+            }
+            .to_string()
+        }),
         classes,
         differences,
         tables,
@@ -96,26 +108,37 @@ pub async fn verify(
     })
 }
 
+/// How both sides hash rows: in each server when they hash alike (same major, and the same answer
+/// to a probe row of every type hashed natively: byte order and database encoding show there);
+/// else here, from binary COPY when the majors match (types send the same bytes); else from text.
+async fn hash_form(s: &Session, t: &Session, s_inv: &Inventory, t_inv: &Inventory) -> HashForm {
+    if s_inv.server.version_num / 10000 != t_inv.server.version_num / 10000 {
+        return HashForm::Text;
+    }
+    match tokio::join!(s.in_server_probe(), t.in_server_probe()) {
+        (Some(a), Some(b)) if a == b => HashForm::InServer,
+        _ => HashForm::Binary,
+    }
+}
+
 /// Jobs for both sides. A table on both sides is read through the columns both have, in the
 /// source's order, so a planned extra column does not make every row differ.
-fn row_jobs(s: &Inventory, t: &Inventory) -> (Vec<RowJob>, Vec<RowJob>) {
-    // binary checksums compare only between servers whose types send the same bytes: same major
-    let binary = s.server.version_num / 10000 == t.server.version_num / 10000;
+fn row_jobs(s: &Inventory, t: &Inventory, form: HashForm) -> (Vec<RowJob>, Vec<RowJob>) {
     let mut s_jobs = Vec::new();
     let mut t_jobs = Vec::new();
     for st in &s.tables {
         let columns = match t.table(&st.name) {
             Some(tt) => {
                 let common: Vec<String> = st.columns.iter().filter(|c| tt.columns.contains(c)).cloned().collect();
-                t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: common.clone(), binary });
+                t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: common.clone(), form });
                 common
             }
             None => st.columns.clone(),
         };
-        s_jobs.push(RowJob { name: st.name.clone(), from: st.from_clause(), columns, binary });
+        s_jobs.push(RowJob { name: st.name.clone(), from: st.from_clause(), columns, form });
     }
     for tt in t.tables.iter().filter(|tt| s.table(&tt.name).is_none()) {
-        t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: tt.columns.clone(), binary });
+        t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: tt.columns.clone(), form });
     }
     (s_jobs, t_jobs)
 }

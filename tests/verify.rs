@@ -168,3 +168,53 @@ async fn cli_exits_one_on_differences() {
     assert!(stdout.contains("equal counts hide") || stdout.contains("policies"), "{stdout}");
     tokio::join!(common::drop_db(&s.source, "vfy_cli1"), common::drop_db(&s.target, "vfy_cli1"));
 }
+
+/// Tables equal on both sides but for one value whose type calls it equal while its text differs
+/// (or two rows trading a value): the in-server checksum must tell each apart. An enum table, whose
+/// values have other OIDs on the other server, must still compare equal.
+const IN_SERVER_CASES: &str = "
+    CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+    CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TABLE swap (id int, v text);       INSERT INTO swap VALUES (1, 'x'), (2, 'y');
+    CREATE TABLE scale (id int, n numeric);   INSERT INTO scale VALUES (1, 1.0);
+    CREATE TABLE span (id int, i interval);   INSERT INTO span VALUES (1, '1 day');
+    CREATE TABLE zero (id int, f float8);     INSERT INTO zero VALUES (1, 0);
+    CREATE TABLE casing (id int, c text COLLATE ci); INSERT INTO casing VALUES (1, 'abc');
+    CREATE TABLE padded (id int, b bpchar);   INSERT INTO padded VALUES (1, 'a');
+    CREATE TABLE moods (id int, m mood);      INSERT INTO moods VALUES (1, 'happy'), (2, 'sad');
+    CREATE TABLE same (id int, n numeric, i interval, f real, t timestamptz, j jsonb, a int[]);
+    INSERT INTO same VALUES (1, 2.50, '1 mon 2 days', 1.5, '2026-01-01 10:00+02', '{\"k\": [1, 2.0]}', '{1,2}');";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_server_checksums_tell_apart_values_their_types_call_equal() {
+    let s = common::servers();
+    let src = common::fresh_db(&s.source, "vfy_in_server").await;
+    // the target's enum is made with another value first, so its labels have other OIDs
+    let tgt = common::fresh_db(&s.target, "vfy_in_server").await;
+    common::connect(&src).await.batch_execute(IN_SERVER_CASES).await.unwrap();
+    common::connect(&tgt)
+        .await
+        .batch_execute(&format!("CREATE TYPE filler AS ENUM ('a', 'b'); {IN_SERVER_CASES}"))
+        .await
+        .unwrap();
+    common::connect(&tgt)
+        .await
+        .batch_execute(
+            "UPDATE swap SET v = CASE id WHEN 1 THEN 'y' ELSE 'x' END;
+             UPDATE scale SET n = 1.00; UPDATE span SET i = '24 hours'; UPDATE zero SET f = '-0';
+             UPDATE casing SET c = 'ABC'; UPDATE padded SET b = 'a ';",
+        )
+        .await
+        .unwrap();
+
+    let r = run_verify(&src, &tgt, &AllowList::default()).await;
+    assert_eq!(r.checksum_form.as_deref(), Some("in each server"), "both servers are PostgreSQL 17 on one machine");
+    let status = |name: &str| r.tables.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name}")).status;
+    for t in ["swap", "scale", "span", "zero", "casing", "padded"] {
+        assert_eq!(status(&format!("public.{t}")), RowStatus::ContentDiffers, "{t}: {:#?}", r.tables);
+    }
+    for t in ["moods", "same"] {
+        assert_eq!(status(&format!("public.{t}")), RowStatus::Same, "{t}: {:#?}", r.tables);
+    }
+    tokio::join!(common::drop_db(&s.source, "vfy_in_server"), common::drop_db(&s.target, "vfy_in_server"));
+}

@@ -306,6 +306,11 @@ impl Session {
         rows::measure(&self.spec, self.snapshot.clone(), jobs, mode, workers).await
     }
 
+    /// This server's answer to `rows::IN_SERVER_PROBE`; None where it has no answer (before 14).
+    pub async fn in_server_probe(&self) -> Option<String> {
+        self.guarded_query(rows::IN_SERVER_PROBE).await.ok()?.first().map(|r| r.get(0))
+    }
+
     pub async fn close(self) {
         let _ = self.client.batch_execute("COMMIT").await;
     }
@@ -395,7 +400,12 @@ fn normalize(def: Option<String>) -> String {
 pub fn row_jobs(inv: &Inventory) -> Vec<RowJob> {
     inv.tables
         .iter()
-        .map(|t| RowJob { name: t.name.clone(), from: t.from_clause(), columns: t.columns.clone(), binary: false })
+        .map(|t| RowJob {
+            name: t.name.clone(),
+            from: t.from_clause(),
+            columns: t.columns.clone(),
+            form: rows::HashForm::Text,
+        })
         .collect()
 }
 

@@ -1,10 +1,12 @@
 //! Exact row counts and content checksums per table, read in parallel by a pool of connections
 //! that all share one exported snapshot, so every table is seen at the same moment.
 //!
-//! A checksum streams `COPY (SELECT cols FROM table) TO STDOUT` and adds up a 128-bit hash of each
-//! row's text: independent of row order (no sort on the server), memory flat in table size, and a
-//! single changed value changes it. Sessions use fixed output settings so both servers print a value
-//! the same way.
+//! A checksum adds up a hash of each row: independent of row order (no sort on the server), memory
+//! flat in table size, and a single changed value changes it. Three ways, chosen per comparison
+//! (`HashForm`): inside each server, where only the sum crosses the network (same major, and both
+//! servers hash a probe row alike); here, over each row's binary COPY form (same major); or here,
+//! over each row's COPY text (any two servers). Sessions use fixed output settings so both servers
+//! print a value the same way.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -29,16 +31,39 @@ pub enum RowMode {
     Checksum,
 }
 
+/// How rows are hashed. Both sides of a comparison must use the same form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashForm {
+    /// Each row's COPY text, hashed here: any two servers.
+    Text,
+    /// Each row's binary COPY form (built-in types as they are, others as text), hashed here:
+    /// servers of the same major.
+    Binary,
+    /// Hashed inside each server (`hash_record_extended` over values whose hash is their identity);
+    /// only a count and a sum cross the network. Servers of the same major whose hashes of a probe
+    /// row (every type used, a non-ASCII text) are equal.
+    InServer,
+}
+
 /// One table to read: its display name, what follows FROM (`ONLY s.t` or `s.t`), and the columns.
 #[derive(Debug, Clone)]
 pub struct RowJob {
     pub name: String,
     pub from: String,
     pub columns: Vec<String>,
-    /// Checksum the binary COPY form (built-in types as they are, others as text). Both sides of a
-    /// comparison must agree on it: verify sets it only when both servers have the same major.
-    pub binary: bool,
+    pub form: HashForm,
 }
+
+/// A row of every type the in-server checksum hashes natively or through its send function. Two
+/// servers whose answers differ (another major, byte order or database encoding) are compared by
+/// hashing here instead.
+pub const IN_SERVER_PROBE: &str =
+    "SELECT hash_record_extended(ROW(true, '\\x00ff'::bytea, 'c'::\"char\", 7::int2, 7::int4, \
+    7::int8, 'Zürich 東京'::text COLLATE \"C\", 'ab'::varchar COLLATE \"C\", 'nm'::name, bpcharsend('a '::bpchar), \
+    '2026-01-31'::date, '12:34:56.789'::time, '2026-01-31 12:34:56.789'::timestamp, \
+    '2026-01-31 12:34:56.789+02'::timestamptz, '12:34+02'::timetz, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, \
+    float4send(1.5), float8send(-0.0), numeric_send(1.50), interval_send('1 day 2 hours'), \
+    ('{1,2}'::int[])::text COLLATE \"C\"), 0)::text";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowStats {
@@ -131,7 +156,10 @@ async fn count(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postgres
 
 async fn checksum(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postgres::Error> {
     let cols = if job.columns.is_empty() { vec!["1".to_string()] } else { job.columns.clone() };
-    let (rows, sum) = if job.binary {
+    if job.form == HashForm::InServer {
+        return in_server_checksum(client, job, &cols).await;
+    }
+    let (rows, sum) = if job.form == HashForm::Binary {
         // the binary form skips the text output of floats, timestamps and numbers: cheaper on the
         // server; types that are not built in (their binary form may hold OIDs) are read as text
         let probe = client.prepare(&format!("SELECT {} FROM {} LIMIT 0", cols.join(", "), job.from)).await?;
@@ -159,6 +187,43 @@ async fn checksum(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postg
         hasher.finish()
     };
     Ok(RowStats { rows, checksum: Some(format!("{sum:032x}")) })
+}
+
+/// The server hashes every row and adds the hashes up: no row leaves it. Each value is hashed in a
+/// form where equal hashes mean equal bytes (`hash_record_extended` hashes by type equality, under
+/// which 1.0 = 1.00 and '1 day' = '24 hours'): numbers, intervals and padded text through their
+/// send functions, text under the "C" collation, other types as text. The row's hash combines its
+/// columns linearly, so each is mixed (xor-shift) before the sum: otherwise two rows trading one
+/// column's values would leave the sum unchanged.
+async fn in_server_checksum(client: &Client, job: &RowJob, cols: &[String]) -> Result<RowStats, tokio_postgres::Error> {
+    let probe = client.prepare(&format!("SELECT {} FROM {} LIMIT 0", cols.join(", "), job.from)).await?;
+    let values: Vec<String> = cols.iter().zip(probe.columns()).map(|(c, col)| hashable(c, col.type_().oid())).collect();
+    // OFFSET 0 keeps the subquery whole: flattened, `h` would be computed once per use
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(h # (h >> 29) # (h << 23)), 0)::text \
+         FROM (SELECT hash_record_extended(ROW({}), 0) AS h FROM {} OFFSET 0) q",
+        values.join(", "),
+        job.from
+    );
+    let row = client.query_one(&sql, &[]).await?;
+    let sum: String = row.get(1);
+    Ok(RowStats { rows: row.get(0), checksum: Some(format!("srv:{sum}")) })
+}
+
+/// A column as hashed in the server (see `in_server_checksum`), by its type's OID.
+fn hashable(column: &str, type_oid: u32) -> String {
+    match type_oid {
+        // bool, bytea, "char", int8, int2, int4, date, time, timestamp, timestamptz, timetz, uuid
+        16 | 17 | 18 | 20 | 21 | 23 | 1082 | 1083 | 1114 | 1184 | 1266 | 2950 => column.to_string(),
+        // text, varchar, name: bytes, whatever the column's collation
+        25 | 1043 | 19 => format!("({column} COLLATE \"C\")"),
+        1042 => format!("bpcharsend({column})"),
+        700 => format!("float4send({column})"),
+        701 => format!("float8send({column})"),
+        1700 => format!("numeric_send({column})"),
+        1186 => format!("interval_send({column})"),
+        _ => format!("({column}::text COLLATE \"C\")"),
+    }
 }
 
 /// OIDs below this are the server's own (built-in) objects.

@@ -210,6 +210,11 @@ pub enum Command {
         /// Directory for the progress file (a rerun with the same one resumes).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Plain tables larger than twice this many MiB are copied in block ranges of about this
+        /// size, several at a time.
+        #[arg(long, value_name = "MIB", default_value_t = crate::stages::data::RANGE_BYTES >> 20,
+              value_parser = clap::value_parser!(i64).range(1..))]
+        range_mib: i64,
         #[arg(long)]
         json: bool,
     },
@@ -418,11 +423,11 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             crate::run::run(&plan, yes, restart, mode).await
         }
-        Command::Copy { source, target, jobs, dir, json } => {
+        Command::Copy { source, target, jobs, dir, range_mib, json } => {
             let source = ConnSpec::parse("source", &source)?;
             let target = ConnSpec::parse("target", &target)?;
             std::fs::create_dir_all(&dir).map_err(|e| files::write_error(&dir, &e))?;
-            let stage = crate::stages::data::DataStage::new(source, target, jobs);
+            let stage = crate::stages::data::DataStage::new(source, target, jobs).with_range_bytes(range_mib << 20);
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose: false } };
             match headless::run_stage(&stage, Some(&dir), None, mode).await? {
                 headless::Ended::Done => Ok(0),

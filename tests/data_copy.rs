@@ -15,7 +15,8 @@ fn schema(chunk_interval: &str) -> String {
          SELECT create_hypertable('readings', 'ts', chunk_time_interval => INTERVAL '{chunk_interval}');
          CREATE TABLE alarms (at timestamptz NOT NULL, lvl level, msg text);
          SELECT create_hypertable('alarms', 'at', chunk_time_interval => INTERVAL '{chunk_interval}');
-         CREATE TABLE sites (id int PRIMARY KEY, name text);"
+         CREATE TABLE sites (id int PRIMARY KEY, name text);
+         CREATE TABLE events (id bigint, body text);"
     )
 }
 
@@ -25,7 +26,8 @@ const ROWS: &str = "INSERT INTO readings SELECT '2026-05-01'::timestamptz + make
                     INSERT INTO alarms SELECT '2026-05-01'::timestamptz + make_interval(mins => i * 7),
                         CASE WHEN i % 2 = 0 THEN 'low' ELSE 'high' END::level, 'alarm ' || i
                       FROM generate_series(0, 1000) i;
-                    INSERT INTO sites SELECT i, 'site ' || i FROM generate_series(1, 300) i;";
+                    INSERT INTO sites SELECT i, 'site ' || i FROM generate_series(1, 300) i;
+                    INSERT INTO events SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 40000) i;";
 
 async fn source(db: &str) -> String {
     let s = common::servers();
@@ -41,15 +43,18 @@ async fn target(db: &str, chunk_interval: &str) -> String {
     url
 }
 
-/// `pgshift copy`; returns its summary line (the stage's "done" line).
-fn copy(src: &str, tgt: &str, dir: &std::path::Path) -> String {
+/// `pgshift copy` with 1 MiB block ranges (`events`, about 5 MiB, goes in pieces); returns its
+/// output and its summary line (the stage's "done" line).
+fn copy(src: &str, tgt: &str, dir: &std::path::Path) -> (String, String) {
     let out = common::pgshift()
-        .args(["copy", "--source", src, "--target", tgt, "--jobs", "3", "--dir", dir.to_str().unwrap()])
+        .args(["copy", "--source", src, "--target", tgt, "--jobs", "3", "--range-mib", "1"])
+        .args(["--dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{all}");
-    all.lines().find(|l| l.contains("done after")).unwrap_or_else(|| panic!("no summary: {all}")).to_string()
+    let summary = all.lines().find(|l| l.contains("done after")).unwrap_or_else(|| panic!("no summary: {all}"));
+    (summary.to_string(), all)
 }
 
 /// `verify --checksums --json`: every table's rows and checksum equal on both sides.
@@ -63,7 +68,7 @@ fn assert_rows_equal(src: &str, tgt: &str) {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default())
         .unwrap_or_else(|e| panic!("verify JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let tables = report["tables"].as_array().expect("tables");
-    assert_eq!(tables.len(), 3, "{tables:?}");
+    assert_eq!(tables.len(), 4, "{tables:?}");
     for t in tables {
         assert_eq!(t["source_rows"], t["target_rows"], "{t}");
         assert!(t["source_checksum"].is_string() && t["source_checksum"] == t["target_checksum"], "{t}");
@@ -80,7 +85,10 @@ async fn chunks_go_straight_into_the_targets_chunks_frozen_and_a_second_load_rep
     let tgt = target("copy_direct_target", "1 day").await;
     let dir = tempfile::tempdir().unwrap();
 
-    let summary = copy(&src, &tgt, dir.path());
+    let (summary, output) = copy(&src, &tgt, dir.path());
+    // the plain table larger than two block ranges went in several, each a line of its own
+    let ranges = output.lines().filter(|l| l.contains("public.events blocks ")).count();
+    assert!(ranges >= 2, "{output}");
     // 14,400 readings every 30 s span 5 days; 1,001 alarms every 7 min span 5 days (+ a bit)
     let chunks = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
         + scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
@@ -116,7 +124,7 @@ async fn chunks_go_straight_into_the_targets_chunks_frozen_and_a_second_load_rep
     // a second load with a fresh progress file: every piece empties what it writes, then writes
     // into the chunks that are already there
     let again = tempfile::tempdir().unwrap();
-    let summary = copy(&src, &tgt, again.path());
+    let (summary, _) = copy(&src, &tgt, again.path());
     assert!(summary.contains(&format!("{chunks} written directly")), "{summary}");
     assert_rows_equal(&src, &tgt);
 
@@ -131,7 +139,7 @@ async fn smaller_target_chunks_take_the_rows_through_the_hypertable() {
     let tgt = target("copy_routed_target", "12 hours").await;
     let dir = tempfile::tempdir().unwrap();
 
-    let summary = copy(&src, &tgt, dir.path());
+    let (summary, _) = copy(&src, &tgt, dir.path());
     assert!(summary.contains(" 0 written directly"), "{summary}");
     assert_rows_equal(&src, &tgt);
     assert_eq!(scalar(&tgt, "SELECT count(*) FROM ONLY readings").await, 0);

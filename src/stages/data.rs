@@ -29,16 +29,25 @@ use crate::stages::backup::human_bytes;
 const PROGRESS_FILE: &str = "data-progress.json";
 /// Bytes gathered before one write to the target (memory per copying table stays near this).
 const BATCH_BYTES: usize = 256 << 10;
+/// A plain table larger than two of these is copied in block ranges of about this size.
+pub const RANGE_BYTES: i64 = 64 << 20;
 
 pub struct DataStage {
     source: ConnSpec,
     target: ConnSpec,
     jobs: usize,
+    range_bytes: i64,
 }
 
 impl DataStage {
     pub fn new(source: ConnSpec, target: ConnSpec, jobs: usize) -> Self {
-        Self { source, target, jobs: jobs.max(1) }
+        Self { source, target, jobs: jobs.max(1), range_bytes: RANGE_BYTES }
+    }
+
+    /// Plain tables larger than twice `bytes` are copied in block ranges of about `bytes`.
+    pub fn with_range_bytes(mut self, bytes: i64) -> Self {
+        self.range_bytes = bytes.max(1);
+        self
     }
 }
 
@@ -111,9 +120,17 @@ async fn plan_pieces(
     dst: &Client,
     tables: &[TableInfo],
     progress: &Progress,
+    range_bytes: i64,
 ) -> Result<Vec<Piece>, UserError> {
     let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
     let target_hypertables = crate::stages::timescale::hypertables(dst).await.map_err(tgt)?;
+    // reading a block range costs only its blocks from 14 on (TID range scans)
+    let tid_ranges = session
+        .strings("server version", "SELECT current_setting('server_version_num')")
+        .await?
+        .first()
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|v| v >= 140000);
     let mut pieces = Vec::new();
     for table in tables {
         if progress.contains(&table.name) {
@@ -175,6 +192,10 @@ async fn plan_pieces(
                 continue;
             }
         }
+        if tid_ranges && !target_hypertable && table.bytes > 2 * range_bytes {
+            pieces.extend(block_ranges(session, dst, table, &columns, binary, range_bytes).await?);
+            continue;
+        }
         // through a hypertable, rows are routed to chunks: no FREEZE there
         let clear = if target_hypertable {
             format!("TRUNCATE {}", table.name)
@@ -194,6 +215,58 @@ async fn plan_pieces(
         });
     }
     pieces.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    Ok(pieces)
+}
+
+/// A large plain table in pieces of consecutive source blocks (`ctid` ranges: at one snapshot each
+/// row is in exactly one), copied in parallel. Target rows have no source blocks, so a piece cannot
+/// be redone alone: the table is emptied once here, and a rerun that finds it unfinished empties it
+/// again and copies every range.
+async fn block_ranges(
+    session: &Session,
+    dst: &Client,
+    table: &TableInfo,
+    columns: &str,
+    binary: bool,
+    range_bytes: i64,
+) -> Result<Vec<Piece>, UserError> {
+    let lit = crate::stages::schema::quote_literal(&table.name);
+    let blocks: i64 = session
+        .strings(
+            "table size",
+            &format!("SELECT (pg_relation_size({lit}::regclass) / current_setting('block_size')::int)::text"),
+        )
+        .await?
+        .first()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    let count = (table.bytes / range_bytes).clamp(2, 64);
+    let step = (blocks / count).max(1);
+    dst.batch_execute(&format!("TRUNCATE ONLY {}", table.name))
+        .await
+        .map_err(|e| copy_error("target", "the target server", &e))?;
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for i in 0..count {
+        // the last range is open: the table may have grown since its size was read
+        let range = if i + 1 == count {
+            format!("ctid >= '({start},0)'")
+        } else {
+            format!("ctid >= '({start},0)' AND ctid < '({},0)'", start + step)
+        };
+        pieces.push(Piece {
+            key: format!("{}#blocks {start}-", table.name),
+            table: table.clone(),
+            from: format!("{} WHERE {range}", table.from_clause()),
+            clear: String::new(),
+            columns: columns.to_string(),
+            binary,
+            chunk_range: None,
+            bytes: table.bytes / count,
+            freeze: false,
+        });
+        start += step;
+    }
     Ok(pieces)
 }
 
@@ -246,7 +319,7 @@ impl Stage for DataStage {
             let session = Session::open(&source).await?;
             let snapshot = session.snapshot().map(str::to_string);
             let planner = open_writer(&target).await?;
-            let pieces = plan_pieces(&session, &planner, &all, &progress).await?;
+            let pieces = plan_pieces(&session, &planner, &all, &progress, self.range_bytes).await?;
             let binary = pieces.iter().filter(|p| p.binary).count();
             ctx.info(
                 "data",
@@ -414,7 +487,7 @@ async fn copy_piece(
     // a table emptied (or a chunk created) in this transaction takes its rows frozen: nothing left
     // for VACUUM to rewrite on the new server
     let mut freeze = piece.freeze;
-    dst.batch_execute(&format!("BEGIN; {}", piece.clear)).await.map_err(tgt)?;
+    dst.batch_execute(&format!("BEGIN; {};", piece.clear)).await.map_err(tgt)?;
     let stream = src
         .copy_out(&format!("COPY (SELECT {} FROM {}) TO STDOUT{format}", piece.columns, piece.from))
         .await
@@ -498,7 +571,11 @@ async fn copy_piece(
         *v
     };
     ctx.progress(&piece.table.name, so_far, total.map(|t| t.max(so_far)), Unit::Bytes).await;
-    let what = if piece.key == piece.table.name { piece.table.name.clone() } else { piece.key.replace('#', " chunk ") };
+    let what = match piece.key.split_once('#') {
+        None => piece.table.name.clone(),
+        Some((table, blocks)) if blocks.starts_with("blocks ") => format!("{table} {blocks}"),
+        Some((table, chunk)) => format!("{table} chunk {chunk}"),
+    };
     ctx.info("data", format!("{what}: {rows} rows, {}", human_bytes(bytes))).await;
     Ok((rows, bytes, into != piece.table.name))
 }

@@ -133,6 +133,9 @@ impl Session {
             )
         };
         client.batch_execute(rows::CANONICAL_SETTINGS).await.map_err(fail)?;
+        // catalog queries are small, but where TimescaleDB's catalog was never analyzed (a freshly
+        // loaded target) their estimates passed jit_above_cost: compiling one took 0.8 s
+        client.batch_execute("SET jit = off").await.map_err(fail)?;
         client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(fail)?;
         // A standby cannot export snapshots before PostgreSQL 10; then readers take their own.
         let snapshot = match client.query_one("SELECT pg_export_snapshot()", &[]).await {

@@ -432,7 +432,11 @@ fn copy_error(side: &str, spec_label: &str, e: &tokio_postgres::Error) -> UserEr
 /// A source connection reading at the shared snapshot.
 async fn open_reader(source: &ConnSpec, snapshot: Option<&str>) -> Result<Client, UserError> {
     let c = source.connect().await?;
-    let mut sql = format!("{}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;", catalog::rows::CANONICAL_SETTINGS);
+    // no JIT: a plain SELECT of a large table passes jit_above_cost and gains nothing from it
+    let mut sql = format!(
+        "{}; SET jit = off; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;",
+        catalog::rows::CANONICAL_SETTINGS
+    );
     if let Some(id) = snapshot {
         sql.push_str(&format!(" SET TRANSACTION SNAPSHOT '{}';", id.replace('\'', "")));
     }
@@ -441,11 +445,12 @@ async fn open_reader(source: &ConnSpec, snapshot: Option<&str>) -> Result<Client
 }
 
 /// A target connection that fires no user trigger. Its prepared statements are planned once
-/// (`plan_cache_mode`): the chunk lookup runs once per chunk.
+/// (`plan_cache_mode`): the chunk lookup runs once per chunk. No JIT: its catalog estimates are
+/// untrustworthy on a freshly loaded target (a catalog query compiled for 0.8 s there).
 async fn open_writer(target: &ConnSpec) -> Result<Client, UserError> {
     let c = target.connect().await?;
     c.batch_execute(
-        "SET session_replication_role = replica; SET statement_timeout = 0; SET plan_cache_mode = force_generic_plan; \
+        "SET session_replication_role = replica; SET statement_timeout = 0; SET plan_cache_mode = force_generic_plan; SET jit = off; \
          SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; \
          SET extra_float_digits = 3; SET bytea_output = 'hex'",
     )

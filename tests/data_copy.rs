@@ -151,3 +151,23 @@ async fn smaller_target_chunks_take_the_rows_through_the_hypertable() {
     common::drop_db(&common::servers().source, "copy_routed").await;
     common::drop_db(&common::servers().target, "copy_routed_target").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_with_a_space_dimension_takes_that_hypertables_rows_through_the_hypertable() {
+    let src = source("copy_space").await;
+    let tgt = target("copy_space_target", "1 day").await;
+    // the target's readings are also partitioned by device: the chunk made for one row holds only
+    // that row's partition, so none of readings' chunks may be written directly; alarms' may
+    common::connect(&tgt).await.batch_execute("SELECT add_dimension('readings', by_hash('device', 3))").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let (summary, _) = copy(&src, &tgt, dir.path());
+    let readings = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await;
+    let alarms = scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
+    assert!(summary.contains(&format!("{alarms} written directly, {readings} through the hypertable")), "{summary}");
+    assert_rows_equal(&src, &tgt);
+    assert!(scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await > readings, "split by device too");
+
+    common::drop_db(&common::servers().source, "copy_space").await;
+    common::drop_db(&common::servers().target, "copy_space_target").await;
+}

@@ -111,6 +111,8 @@ struct Piece {
     bytes: i64,
     /// `clear` empties the table itself (TRUNCATE ONLY): COPY can write its rows frozen.
     freeze: bool,
+    /// One source chunk of a hypertable.
+    chunk: bool,
 }
 
 /// The pieces of every table not yet loaded, largest first: the longest piece starts at once and
@@ -141,7 +143,19 @@ async fn plan_pieces(
         let target_hypertable = table.kind == "hypertable" || target_hypertables.contains(&table.name);
         let columns = cols.join(", ");
         if table.kind == "hypertable" {
-            // one piece per source chunk, when the hypertable has a single time dimension
+            // one piece per source chunk, when the hypertable has a single time dimension; its rows
+            // go straight into the target's chunk only when the target's hypertable has a single
+            // dimension too (a chunk found for one row holds only that row's space partition)
+            let direct = target_hypertables.contains(&table.name)
+                && dst
+                    .query_one(
+                        "SELECT count(*) = 1 FROM timescaledb_information.dimensions
+                         WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1",
+                        &[&table.name],
+                    )
+                    .await
+                    .map_err(tgt)?
+                    .get::<_, bool>(0);
             let chunks = session
                 .strings(
                     "hypertable chunks",
@@ -172,7 +186,7 @@ async fn plan_pieces(
                     let bytes = fields.next().and_then(|b| b.parse().ok()).unwrap_or(0);
                     let rest = fields.next().unwrap_or("");
                     let (chunk, clear) = rest.split_once('\t').unwrap_or((rest, ""));
-                    let chunk_range = start.zip(end).map(|(s, e)| (s.to_string(), e.to_string()));
+                    let chunk_range = start.zip(end).filter(|_| direct).map(|(s, e)| (s.to_string(), e.to_string()));
                     let key = format!("{}#{chunk}", table.name);
                     if progress.contains(&key) {
                         continue;
@@ -187,6 +201,7 @@ async fn plan_pieces(
                         chunk_range,
                         bytes,
                         freeze: false,
+                        chunk: true,
                     });
                 }
                 continue;
@@ -212,6 +227,7 @@ async fn plan_pieces(
             chunk_range: None,
             bytes: table.bytes,
             freeze: !target_hypertable,
+            chunk: false,
         });
     }
     pieces.sort_by_key(|p| std::cmp::Reverse(p.bytes));
@@ -264,6 +280,7 @@ async fn block_ranges(
             chunk_range: None,
             bytes: table.bytes / count,
             freeze: false,
+            chunk: false,
         });
         start += step;
     }
@@ -377,7 +394,7 @@ impl Stage for DataStage {
                         let mut t = totals.lock().expect("totals");
                         t.rows += rows;
                         t.bytes += bytes;
-                        if piece.chunk_range.is_some() {
+                        if piece.chunk {
                             if direct {
                                 t.direct_chunks += 1;
                             } else {

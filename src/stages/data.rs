@@ -1,14 +1,19 @@
 //! Stage 4 — Data: every table's rows streamed from the source (`COPY (SELECT ...) TO STDOUT`,
 //! one exported snapshot for all readers) into the target (`COPY ... FROM STDIN`), several pieces
-//! at a time: a hypertable in pieces of one source chunk each (so one big table still loads in
-//! parallel), other tables whole. Binary COPY where every column has a built-in type (user types
-//! carry server-specific OIDs in binary form), text otherwise. It runs after the schema and before indexes, constraints and triggers, so no user
-//! trigger fires and foreign keys are checked once, at the end; the target session also runs with
+//! at a time, largest first: a hypertable in pieces of one source chunk each, a plain table larger
+//! than two block ranges in `ctid` ranges, other tables whole. A chunk's first row goes through the
+//! hypertable (creating the target's chunk); when that chunk covers the source chunk's range the
+//! rest is written straight into it, skipping TimescaleDB's per-row routing. Binary COPY where
+//! every column has a built-in type (user types carry server-specific OIDs), text otherwise. It
+//! runs after the schema and before indexes, constraints and triggers, so no user trigger fires
+//! and foreign keys are checked once, at the end; the target session also runs with
 //! `session_replication_role = replica`. Each piece is loaded in one transaction that first
-//! empties what it writes (the table, or the chunk's time range) and is recorded in
-//! `data-progress.json` when committed: a rerun skips finished pieces and redoes an interrupted
-//! one from the start — no row lost, none twice. Sequences are set to the
-//! source's values at the end. Memory stays flat: rows pass through in COPY chunks.
+//! empties what it writes (the table, or the chunk's time range; a table in block ranges is
+//! emptied once, when planned) and is recorded in `data-progress.json` when committed: a rerun
+//! skips finished pieces and redoes an interrupted one from the start — no row lost, none twice.
+//! Rows land frozen where the table was emptied or the chunk created in the piece's transaction.
+//! Sequences are set to the source's values at the end. Memory stays flat: rows pass through in
+//! COPY chunks.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};

@@ -171,3 +171,22 @@ async fn a_target_with_a_space_dimension_takes_that_hypertables_rows_through_the
     common::drop_db(&common::servers().source, "copy_space").await;
     common::drop_db(&common::servers().target, "copy_space_target").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wider_target_chunks_take_several_source_chunks_written_directly_by_several_workers() {
+    let src = source("copy_wide").await;
+    // 7-day chunks on the target: each holds several source days, written by different workers;
+    // only the worker whose transaction made a chunk may load it frozen
+    let tgt = target("copy_wide_target", "7 days").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let (summary, _) = copy(&src, &tgt, dir.path());
+    let chunks = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
+        + scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
+    assert!(summary.contains(&format!("{chunks} written directly, 0 through")), "{summary}");
+    assert_rows_equal(&src, &tgt);
+    assert!(scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await < chunks);
+
+    common::drop_db(&common::servers().source, "copy_wide").await;
+    common::drop_db(&common::servers().target, "copy_wide_target").await;
+}

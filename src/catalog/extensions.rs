@@ -87,9 +87,11 @@ pub fn timescale_query(class: Class) -> Option<String> {
 /// Chunks per hypertable (information only: a different chunk history is not a loss).
 /// Chunks and on-disk bytes per hypertable (its own relation is empty). Through the information
 /// views, whose schema is fixed: `hypertable_size()` lives in the extension's schema, which the
-/// collecting session's `search_path = pg_catalog` does not see.
+/// collecting session's `search_path = pg_catalog` does not see. A chunk dropped since the snapshot
+/// (a retention job) counts 0 rather than failing; compressed chunks count their uncompressed
+/// part only (the bytes order the copy and size its progress, nothing more).
 pub const HYPERTABLE_CHUNKS: &str = "SELECT format('%I.%I', h.hypertable_schema, h.hypertable_name), h.num_chunks,
-        (SELECT coalesce(sum(pg_total_relation_size(format('%I.%I', c.chunk_schema, c.chunk_name)::regclass)), 0)::bigint
+        (SELECT coalesce(sum(pg_total_relation_size(to_regclass(format('%I.%I', c.chunk_schema, c.chunk_name)))), 0)::bigint
          FROM timescaledb_information.chunks c
          WHERE c.hypertable_schema = h.hypertable_schema AND c.hypertable_name = h.hypertable_name)
      FROM timescaledb_information.hypertables h";

@@ -51,7 +51,7 @@ impl DataStage {
 
     /// Plain tables larger than twice `bytes` are copied in block ranges of about `bytes`.
     pub fn with_range_bytes(mut self, bytes: i64) -> Self {
-        self.range_bytes = bytes.max(1);
+        self.range_bytes = bytes.clamp(1, i64::MAX / 4);
         self
     }
 }
@@ -531,7 +531,7 @@ async fn copy_piece(
         // hypertable load 2-3 times slower than a plain table's. The source chunk's first row goes
         // through the hypertable (creating the target's chunk, by TimescaleDB's own rules); when
         // that chunk covers the source chunk's whole range, the rest is written into it directly.
-        if let Some(chunk) = target_chunk(dst, chunk_lookup, &piece.table.name, range).await.map_err(tgt)? {
+        if let Some((chunk, _)) = target_chunk(dst, chunk_lookup, &piece.table.name, range).await.map_err(tgt)? {
             // the chunk is there already (a resumed load): all of it goes straight in
             into = chunk;
         } else if let Some(first) = stream.next().await {
@@ -548,9 +548,13 @@ async fn copy_piece(
                     pin_mut!(sink);
                     sink.send(one.freeze()).await.map_err(tgt)?;
                     rows += sink.finish().await.map_err(tgt)?;
-                    if let Some(chunk) = target_chunk(dst, chunk_lookup, &piece.table.name, range).await.map_err(tgt)? {
+                    if let Some((chunk, created_here)) =
+                        target_chunk(dst, chunk_lookup, &piece.table.name, range).await.map_err(tgt)?
+                    {
                         into = chunk;
-                        freeze = true;
+                        // another worker may have made it (a target chunk wider than this one's
+                        // range): COPY FREEZE only into a chunk this transaction created
+                        freeze = created_here;
                     }
                     batch.extend_from_slice(&first[..header_len]);
                 }
@@ -598,10 +602,11 @@ async fn copy_piece(
         *v
     };
     ctx.progress(&piece.table.name, so_far, total.map(|t| t.max(so_far)), Unit::Bytes).await;
-    let what = match piece.key.split_once('#') {
-        None => piece.table.name.clone(),
-        Some((table, blocks)) if blocks.starts_with("blocks ") => format!("{table} {blocks}"),
-        Some((table, chunk)) => format!("{table} chunk {chunk}"),
+    let table = &piece.table.name;
+    let what = match piece.key.strip_prefix(table.as_str()).and_then(|rest| rest.strip_prefix('#')) {
+        None => table.clone(),
+        Some(blocks) if !piece.chunk => format!("{table} {blocks}"),
+        Some(chunk) => format!("{table} chunk {chunk}"),
     };
     ctx.info("data", format!("{what}: {rows} rows, {}", human_bytes(bytes))).await;
     Ok((rows, bytes, into != piece.table.name))
@@ -623,22 +628,26 @@ fn single_row_message(message: &[u8], binary: bool) -> Option<usize> {
     (header + row == message.len() && message[header..] != BINARY_TRAILER).then_some(header)
 }
 
-/// The target's chunk of `hypertable` that covers the whole `range` (start, end), if there is one.
-/// The statement is prepared once per connection: planning the view alone took 23 ms a chunk.
+/// The target's uncompressed chunk of `hypertable` that covers the whole `range` (start, end), if
+/// there is one, and whether this transaction created it. Compressed chunks are left to the
+/// hypertable's routing. Prepared once per connection: planning the view took 23 ms a chunk.
 async fn target_chunk(
     dst: &Client,
     lookup: &mut Option<Statement>,
     hypertable: &str,
     (start, end): &(String, String),
-) -> Result<Option<String>, tokio_postgres::Error> {
+) -> Result<Option<(String, bool)>, tokio_postgres::Error> {
     let statement = match lookup {
         Some(s) => s.clone(),
         None => {
             let s = dst
                 .prepare(
-                    "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks
-                     WHERE format('%I.%I', hypertable_schema, hypertable_name) = $1
-                       AND range_start <= $2::text::timestamptz AND range_end >= $3::text::timestamptz
+                    "SELECT format('%I.%I', c.chunk_schema, c.chunk_name),
+                            k.xmin::text::bigint = txid_current() % 4294967296
+                     FROM timescaledb_information.chunks c
+                     JOIN pg_class k ON k.oid = to_regclass(format('%I.%I', c.chunk_schema, c.chunk_name))
+                     WHERE format('%I.%I', c.hypertable_schema, c.hypertable_name) = $1 AND NOT c.is_compressed
+                       AND c.range_start <= $2::text::timestamptz AND c.range_end >= $3::text::timestamptz
                      LIMIT 1",
                 )
                 .await?;
@@ -646,7 +655,7 @@ async fn target_chunk(
         }
     };
     let row = dst.query_opt(&statement, &[&hypertable, start, end]).await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// Sets every user sequence of the target to the source's value at the snapshot.

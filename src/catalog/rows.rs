@@ -162,31 +162,42 @@ async fn checksum(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postg
     let (rows, sum) = if job.form == HashForm::Binary {
         // the binary form skips the text output of floats, timestamps and numbers: cheaper on the
         // server; types that are not built in (their binary form may hold OIDs) are read as text
-        let probe = client.prepare(&format!("SELECT {} FROM {} LIMIT 0", cols.join(", "), job.from)).await?;
         let select: Vec<String> = cols
             .iter()
-            .zip(probe.columns())
-            .map(|(c, col)| if binary_safe(col.type_()) { c.clone() } else { format!("{c}::text") })
+            .zip(column_types(client, job, &cols).await?)
+            .map(|(c, t)| if binary_safe(&t) { c.clone() } else { format!("{c}::text") })
             .collect();
         let sql = format!("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)", select.join(", "), job.from);
-        let stream = client.copy_out(&sql).await?;
-        pin_mut!(stream);
         let mut hasher = BinaryRowHasher::default();
-        while let Some(chunk) = stream.next().await {
-            hasher.feed(&chunk?);
-        }
+        stream_copy(client, &sql, |chunk| hasher.feed(chunk)).await?;
         hasher.finish()
     } else {
         let sql = format!("COPY (SELECT {} FROM {}) TO STDOUT", cols.join(", "), job.from);
-        let stream = client.copy_out(&sql).await?;
-        pin_mut!(stream);
         let mut hasher = RowHasher::default();
-        while let Some(chunk) = stream.next().await {
-            hasher.feed(&chunk?);
-        }
+        stream_copy(client, &sql, |chunk| hasher.feed(chunk)).await?;
         hasher.finish()
     };
     Ok(RowStats { rows, checksum: Some(format!("{sum:032x}")) })
+}
+
+/// The types of the job's columns, as the server describes them.
+async fn column_types(
+    client: &Client,
+    job: &RowJob,
+    cols: &[String],
+) -> Result<Vec<tokio_postgres::types::Type>, tokio_postgres::Error> {
+    let probe = client.prepare(&format!("SELECT {} FROM {} LIMIT 0", cols.join(", "), job.from)).await?;
+    Ok(probe.columns().iter().map(|c| c.type_().clone()).collect())
+}
+
+/// Runs a `COPY ... TO STDOUT` and hands each chunk of its output to `feed`.
+async fn stream_copy(client: &Client, sql: &str, mut feed: impl FnMut(&[u8])) -> Result<(), tokio_postgres::Error> {
+    let stream = client.copy_out(sql).await?;
+    pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        feed(&chunk?);
+    }
+    Ok(())
 }
 
 /// The server hashes every row and adds the hashes up: no row leaves it. Each value is hashed in a
@@ -196,8 +207,8 @@ async fn checksum(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postg
 /// columns linearly, so each is mixed (xor-shift) before the sum: otherwise two rows trading one
 /// column's values would leave the sum unchanged.
 async fn in_server_checksum(client: &Client, job: &RowJob, cols: &[String]) -> Result<RowStats, tokio_postgres::Error> {
-    let probe = client.prepare(&format!("SELECT {} FROM {} LIMIT 0", cols.join(", "), job.from)).await?;
-    let values: Vec<String> = cols.iter().zip(probe.columns()).map(|(c, col)| hashable(c, col.type_().oid())).collect();
+    let values: Vec<String> =
+        cols.iter().zip(column_types(client, job, cols).await?).map(|(c, t)| hashable(c, t.oid())).collect();
     // OFFSET 0 keeps the subquery whole: flattened, `h` would be computed once per use
     let sql = format!(
         "SELECT count(*), coalesce(sum(h # (h >> 29) # (h << 23)), 0)::text \
@@ -264,15 +275,8 @@ impl BinaryRowHasher {
     fn consume(&mut self, data: &[u8]) -> usize {
         let mut pos = 0;
         if !self.header_done {
-            // PGCOPY\n\xff\r\n\0, flags (4 bytes), header extension length (4) and extension
-            if data.len() < 19 {
-                return 0;
-            }
-            let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
-            if data.len() < 19 + ext {
-                return 0;
-            }
-            pos = 19 + ext;
+            let Some(header) = binary_header_len(data) else { return 0 };
+            pos = header;
             self.header_done = true;
         }
         while let Some(len) = tuple_len(&data[pos..]) {
@@ -292,7 +296,8 @@ impl BinaryRowHasher {
     }
 }
 
-/// The length of a binary COPY header (signature, flags, extension) at the start of `data`.
+/// The length of a binary COPY header at the start of `data`: PGCOPY\n\xff\r\n\0, flags (4
+/// bytes), header extension length (4) and extension.
 pub fn binary_header_len(data: &[u8]) -> Option<usize> {
     if !data.starts_with(b"PGCOPY\n\xff\r\n\0") || data.len() < 19 {
         return None;

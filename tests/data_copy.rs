@@ -79,6 +79,17 @@ async fn scalar(url: &str, sql: &str) -> i64 {
     common::connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+async fn chunks(url: &str, hypertable: &str) -> i64 {
+    scalar(url, &format!("SELECT count(*) FROM show_chunks('{hypertable}')")).await
+}
+
+/// Drops the source database `db` and its target `db_target`.
+async fn drop_pair(db: &str) {
+    let s = common::servers();
+    common::drop_db(&s.source, db).await;
+    common::drop_db(&s.target, &format!("{db}_target")).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chunks_go_straight_into_the_targets_chunks_frozen_and_a_second_load_replaces() {
     let src = source("copy_direct").await;
@@ -90,19 +101,15 @@ async fn chunks_go_straight_into_the_targets_chunks_frozen_and_a_second_load_rep
     let ranges = output.lines().filter(|l| l.contains("public.events blocks ")).count();
     assert!(ranges >= 2, "{output}");
     // 14,400 readings every 30 s span 5 days; 1,001 alarms every 7 min span 5 days (+ a bit)
-    let chunks = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
-        + scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
+    let total = chunks(&src, "readings").await + chunks(&src, "alarms").await;
     assert!(
-        summary.contains(&format!("hypertable chunks: {chunks} written directly, 0 through the hypertable")),
+        summary.contains(&format!("hypertable chunks: {total} written directly, 0 through the hypertable")),
         "{summary}"
     );
     assert_rows_equal(&src, &tgt);
     // the parents hold nothing; the target has exactly the source's chunk count
     assert_eq!(scalar(&tgt, "SELECT count(*) FROM ONLY readings").await, 0);
-    assert_eq!(
-        scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await,
-        scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
-    );
+    assert_eq!(chunks(&tgt, "readings").await, chunks(&src, "readings").await);
     // loaded frozen: the visibility map marks the pages of the plain table and of the chunks
     let t = common::connect(&tgt).await;
     t.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_visibility").await.unwrap();
@@ -125,11 +132,10 @@ async fn chunks_go_straight_into_the_targets_chunks_frozen_and_a_second_load_rep
     // into the chunks that are already there
     let again = tempfile::tempdir().unwrap();
     let (summary, _) = copy(&src, &tgt, again.path());
-    assert!(summary.contains(&format!("{chunks} written directly")), "{summary}");
+    assert!(summary.contains(&format!("{total} written directly")), "{summary}");
     assert_rows_equal(&src, &tgt);
 
-    common::drop_db(&common::servers().source, "copy_direct").await;
-    common::drop_db(&common::servers().target, "copy_direct_target").await;
+    drop_pair("copy_direct").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,13 +149,9 @@ async fn smaller_target_chunks_take_the_rows_through_the_hypertable() {
     assert!(summary.contains(" 0 written directly"), "{summary}");
     assert_rows_equal(&src, &tgt);
     assert_eq!(scalar(&tgt, "SELECT count(*) FROM ONLY readings").await, 0);
-    assert!(
-        scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await
-            > scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
-    );
+    assert!(chunks(&tgt, "readings").await > chunks(&src, "readings").await);
 
-    common::drop_db(&common::servers().source, "copy_routed").await;
-    common::drop_db(&common::servers().target, "copy_routed_target").await;
+    drop_pair("copy_routed").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,14 +164,13 @@ async fn a_target_with_a_space_dimension_takes_that_hypertables_rows_through_the
     let dir = tempfile::tempdir().unwrap();
 
     let (summary, _) = copy(&src, &tgt, dir.path());
-    let readings = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await;
-    let alarms = scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
+    let readings = chunks(&src, "readings").await;
+    let alarms = chunks(&src, "alarms").await;
     assert!(summary.contains(&format!("{alarms} written directly, {readings} through the hypertable")), "{summary}");
     assert_rows_equal(&src, &tgt);
-    assert!(scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await > readings, "split by device too");
+    assert!(chunks(&tgt, "readings").await > readings, "split by device too");
 
-    common::drop_db(&common::servers().source, "copy_space").await;
-    common::drop_db(&common::servers().target, "copy_space_target").await;
+    drop_pair("copy_space").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,12 +182,10 @@ async fn wider_target_chunks_take_several_source_chunks_written_directly_by_seve
     let dir = tempfile::tempdir().unwrap();
 
     let (summary, _) = copy(&src, &tgt, dir.path());
-    let chunks = scalar(&src, "SELECT count(*) FROM show_chunks('readings')").await
-        + scalar(&src, "SELECT count(*) FROM show_chunks('alarms')").await;
-    assert!(summary.contains(&format!("{chunks} written directly, 0 through")), "{summary}");
+    let total = chunks(&src, "readings").await + chunks(&src, "alarms").await;
+    assert!(summary.contains(&format!("{total} written directly, 0 through")), "{summary}");
     assert_rows_equal(&src, &tgt);
-    assert!(scalar(&tgt, "SELECT count(*) FROM show_chunks('readings')").await < chunks);
+    assert!(chunks(&tgt, "readings").await < total);
 
-    common::drop_db(&common::servers().source, "copy_wide").await;
-    common::drop_db(&common::servers().target, "copy_wide_target").await;
+    drop_pair("copy_wide").await;
 }

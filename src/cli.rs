@@ -215,6 +215,10 @@ pub enum Command {
         #[arg(long, value_name = "MIB", default_value_t = crate::stages::data::RANGE_BYTES >> 20,
               value_parser = clap::value_parser!(i64).range(1..=1 << 20))]
         range_mib: i64,
+        /// Read compressed chunks through decompression and leave them for the target to compress
+        /// again, rather than copying their compressed rows as they are.
+        #[arg(long)]
+        recompress: bool,
         #[arg(long)]
         json: bool,
     },
@@ -423,11 +427,13 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             crate::run::run(&plan, yes, restart, mode).await
         }
-        Command::Copy { source, target, jobs, dir, range_mib, json } => {
+        Command::Copy { source, target, jobs, dir, range_mib, recompress, json } => {
+            use crate::stages::data::{CompressedMode, DataStage};
             let source = ConnSpec::parse("source", &source)?;
             let target = ConnSpec::parse("target", &target)?;
             std::fs::create_dir_all(&dir).map_err(|e| files::write_error(&dir, &e))?;
-            let stage = crate::stages::data::DataStage::new(source, target, jobs).with_range_bytes(range_mib << 20);
+            let mode = if recompress { CompressedMode::Recompress } else { CompressedMode::AsIs };
+            let stage = DataStage::new(source, target, jobs).with_range_bytes(range_mib << 20).with_compressed(mode);
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose: false } };
             match headless::run_stage(&stage, Some(&dir), None, mode).await? {
                 headless::Ended::Done => Ok(0),

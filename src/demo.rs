@@ -12,7 +12,7 @@ use crate::error::UserError;
 use crate::files;
 use crate::headless::Mode;
 use crate::process::ToolCommand;
-use crate::stages::schema::quote_ident;
+use crate::sql::quote_ident;
 
 pub const SOURCE_SQL: &str = include_str!("../assets/demo/source.sql");
 const COMMENT: &str = "sample source created by pgshift demo";

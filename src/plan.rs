@@ -98,6 +98,19 @@ pub struct DataPlan {
     /// Tables copied at the same time.
     #[serde(default = "default_jobs")]
     pub jobs: usize,
+    /// How compressed chunks travel: `as-is` (their compressed rows copied as they are where both
+    /// servers run the same TimescaleDB, else read through decompression) or `recompress` (always
+    /// read through decompression and compressed again on the target).
+    #[serde(default)]
+    pub compressed_chunks: CompressedChunks,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressedChunks {
+    #[default]
+    AsIs,
+    Recompress,
 }
 
 /// One connection pair per core (at least 2, at most 8).
@@ -107,7 +120,7 @@ pub fn default_jobs() -> usize {
 
 impl Default for DataPlan {
     fn default() -> Self {
-        Self { jobs: default_jobs() }
+        Self { jobs: default_jobs(), compressed_chunks: CompressedChunks::AsIs }
     }
 }
 

@@ -13,10 +13,10 @@ use crate::headless::{self, Ended, Mode};
 use crate::journal::{Journal, JOURNAL_FILE};
 use crate::plan::Plan;
 use crate::stages::backup::{BackupOptions, BackupStage};
-use crate::stages::data::DataStage;
+use crate::stages::data::{CompressedMode, DataStage};
 use crate::stages::environment::{ensure_password, ContainerStage, ExistingServerStage};
 use crate::stages::schema::{PostDataStage, SchemaStage};
-use crate::stages::timescale::TimescaleStage;
+use crate::stages::timescaledb::TimescaleStage;
 use crate::stages::tuning::TuningStage;
 use crate::stages::vectors::{index_name, VectorStage};
 use crate::stages::verify::VerifyStage;
@@ -101,7 +101,11 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         force,
         plan.hypertables.clone(),
     );
-    let data = DataStage::new(source.clone(), target.clone(), plan.data.jobs);
+    let compressed = match plan.data.compressed_chunks {
+        crate::plan::CompressedChunks::AsIs => CompressedMode::AsIs,
+        crate::plan::CompressedChunks::Recompress => CompressedMode::Recompress,
+    };
+    let data = DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(compressed);
     let post = PostDataStage::new(target.clone(), &plan.tuning);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
@@ -210,7 +214,7 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
     }
     for v in &plan.vectors {
         let schema = v.table.rsplit_once('.').map(|(s, _)| s).unwrap_or("public");
-        let index = crate::stages::schema::quote_ident(&index_name(v));
+        let index = crate::sql::quote_ident(&index_name(v));
         rules.push(rule("columns", format!("{}.{}", v.table, v.column), "vector column added by the plan"));
         rules.push(rule("vector_columns", format!("{}.{}", v.table, v.column), "vector column added by the plan"));
         rules.push(rule("indexes", format!("{schema}.{index}"), "vector index built by the plan"));
@@ -262,7 +266,7 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
          [target.container]\nname = \"pgshift-timescaledb\"\n# image = \"pgshift/timescaledb-pgvector:pg17\"\n\
          # dockerfile = \"Dockerfile.timescaledb\"\nport = 55432\n# data = \"./data/postgresql\"   # default: volume NAME-data\n\n\
          [backup]\ndir = \"backups\"\n# bin_dir = \"/usr/lib/postgresql/17/bin\"\n# role_passwords = false\n\n\
-         [data]\njobs = 2\n\n[verify]\nchecksums = true\n\n\
+         [data]\njobs = 2\n# compressed_chunks = \"as-is\"   # or \"recompress\": decompress on the way, compress again\n\n[verify]\nchecksums = true\n\n\
          [tuning]\n# maintenance_work_mem = \"512MB\"   # for index builds (vector indexes above all)\n\
          # parallel_workers = 2\n# vacuum = false\n# reindex = false\n# compress_chunks = true\n",
         source = source.label(),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::allow::AllowList;
 use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, TableRows};
-use crate::catalog::rows::{HashForm, RowJob, RowMode};
+use crate::catalog::rows::{self, HashForm, RowJob, RowMode};
 use crate::catalog::{Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::conn::ConnSpec;
 use crate::error::UserError;
@@ -130,15 +130,15 @@ fn row_jobs(s: &Inventory, t: &Inventory, form: HashForm) -> (Vec<RowJob>, Vec<R
         let columns = match t.table(&st.name) {
             Some(tt) => {
                 let common: Vec<String> = st.columns.iter().filter(|c| tt.columns.contains(c)).cloned().collect();
-                t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: common.clone(), form });
+                t_jobs.extend(rows::jobs_for(tt, common.clone(), form));
                 common
             }
             None => st.columns.clone(),
         };
-        s_jobs.push(RowJob { name: st.name.clone(), from: st.from_clause(), columns, form });
+        s_jobs.extend(rows::jobs_for(st, columns, form));
     }
     for tt in t.tables.iter().filter(|tt| s.table(&tt.name).is_none()) {
-        t_jobs.push(RowJob { name: tt.name.clone(), from: tt.from_clause(), columns: tt.columns.clone(), form });
+        t_jobs.extend(rows::jobs_for(tt, tt.columns.clone(), form));
     }
     (s_jobs, t_jobs)
 }

@@ -23,6 +23,8 @@ const PASSWORD_IN_INPUT: &str = "s3cr3t-in-the-input";
 enum Check {
     /// This database does not exist on the target server.
     NoDatabase(String),
+    /// This database does not exist on that server (URL).
+    NoDatabaseOn(String, String),
     /// This database (URL) holds exactly these user tables.
     OnlyTables(String, Vec<&'static str>),
     /// No container of this name and no volume NAME-data exist on the Docker engine.
@@ -95,6 +97,14 @@ impl Plans {
     /// A plan whose target is an existing server (database named after the case); `extra` added.
     fn existing(&self, case: &'static str, extra: &str) -> (PathBuf, Vec<Check>) {
         self.existing_from(case, &self.source, extra)
+    }
+
+    /// A plan whose target is a database on `server` (not the usual target server).
+    fn existing_on(&self, case: &'static str, server: &str, extra: &str) -> (PathBuf, Vec<Check>) {
+        let db = Self::target_db(case);
+        let target = format!("connection = \"{}\"", common::url_for(server, &db));
+        let plan = self.write(case, &self.source, &target, &self.backups(case), &self.bin_dir, extra);
+        (plan, vec![Check::NoDatabaseOn(server.to_string(), db), Check::NoRunDir(self.backups(case))])
     }
 
     fn existing_from(&self, case: &'static str, source: &str, extra: &str) -> (PathBuf, Vec<Check>) {
@@ -219,8 +229,12 @@ fn error_line(case: &Case, out: &Output) -> Result<String, String> {
 async fn untouched(checks: &[Check], target_server: &str) -> Result<(), String> {
     for check in checks {
         match check {
-            Check::NoDatabase(db) => {
-                let n: i64 = common::connect(target_server)
+            Check::NoDatabase(db) | Check::NoDatabaseOn(_, db) => {
+                let server = match check {
+                    Check::NoDatabaseOn(server, _) => server.as_str(),
+                    _ => target_server,
+                };
+                let n: i64 = common::connect(server)
                     .await
                     .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[db])
                     .await
@@ -257,7 +271,7 @@ fn describe(checks: &[Check]) -> String {
     let parts: Vec<&str> = checks
         .iter()
         .map(|c| match c {
-            Check::NoDatabase(_) => "no target db",
+            Check::NoDatabase(_) | Check::NoDatabaseOn(..) => "no target db",
             Check::OnlyTables(..) => "db unchanged",
             Check::NoContainer(_) => "no container/volume",
             Check::NoRunDir(_) => "no run dir",
@@ -530,12 +544,20 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
     let vector = |table: &str, column: &str, more: &str| {
         format!("[[vectors]]\ntable = \"{table}\"\ncolumn = \"{column}\"\n{more}")
     };
+    // the server started with timescaledb.license = apache, as Debian's Apache-only package runs
+    let (plan, checks) = p.existing_on(
+        "apache-license-with-compression",
+        &s.apache,
+        &hypertable("public.meter", "taken_at", "compress = true\nsegment_by = \"label\"\n"),
+    );
+    cases.push(case(
+        "apache-license-with-compression",
+        run(&plan),
+        2,
+        "Apache-only build and cannot hold the source's planned compression of public.meter",
+        checks,
+    ));
     for (name, extra, needle) in [
-        (
-            "apache-license-with-compression",
-            hypertable("public.meter", "taken_at", "compress = true\nsegment_by = \"label\"\n"),
-            "Apache-only build and cannot hold the source's planned compression of public.meter",
-        ),
         (
             "vector-3000-dimensions-hnsw",
             vector("public.docs", "embedding", "dimensions = 3000\nindex = \"hnsw\"\n"),

@@ -31,6 +31,7 @@ pub enum Class {
     Owners,
     Comments,
     Hypertables,
+    Chunks,
     CompressionSettings,
     ContinuousAggregates,
     Jobs,
@@ -39,7 +40,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 31] = [
+    pub const ALL: [Class; 32] = [
         Class::Schemas,
         Class::Tables,
         Class::Columns,
@@ -66,6 +67,7 @@ impl Class {
         Class::Owners,
         Class::Comments,
         Class::Hypertables,
+        Class::Chunks,
         Class::CompressionSettings,
         Class::ContinuousAggregates,
         Class::Jobs,
@@ -102,6 +104,7 @@ impl Class {
             Class::Owners => "owners",
             Class::Comments => "comments",
             Class::Hypertables => "hypertables",
+            Class::Chunks => "chunks",
             Class::CompressionSettings => "compression_settings",
             Class::ContinuousAggregates => "continuous_aggregates",
             Class::Jobs => "jobs",

@@ -157,6 +157,8 @@ pub fn compare_rows(source: &Inventory, target: &Inventory, allow: &AllowList) -
         };
         let table_kind_note = match (s, t) {
             (Some(s), Some(t)) if s.kind != t.kind => Some(format!("{} on source, {} on target", s.kind, t.kind)),
+            (Some(s), Some(t)) => chunk_note(s, t, status),
+            (Some(x), None) | (None, Some(x)) => chunk_note(x, x, status),
             _ => None,
         };
         let entry = TableRows {
@@ -189,10 +191,67 @@ pub fn compare_rows(source: &Inventory, target: &Inventory, allow: &AllowList) -
                 target: describe(entry.target_rows, &entry.target_checksum).or_else(|| t.and(entry.note.clone())),
                 allowed: allow.reason("rows", name, change).map(String::from),
             });
+            if let (Some(s), Some(t)) = (s, t) {
+                // the same chunks on both sides: name each one whose rows differ
+                let allowed = allow.reason("rows", name, Change::Changed).map(String::from);
+                diffs.extend(part_differences(name, s, t).into_iter().map(|mut d| {
+                    d.allowed = allowed.clone();
+                    d
+                }));
+            }
         }
         rows.push(entry);
     }
     (rows, diffs)
+}
+
+/// Whether both sides hold the same chunks (by their slices).
+fn same_parts(s: &super::TableInfo, t: &super::TableInfo) -> bool {
+    !s.parts.is_empty() && s.parts.len() == t.parts.len() && s.parts.iter().zip(&t.parts).all(|(a, b)| a.key == b.key)
+}
+
+/// One difference per chunk whose rows differ between two tables holding the same chunks.
+fn part_differences(name: &str, s: &super::TableInfo, t: &super::TableInfo) -> Vec<Difference> {
+    if !same_parts(s, t) {
+        return Vec::new();
+    }
+    let describe = |p: &super::TablePart| match (&p.error, p.rows, &p.checksum) {
+        (Some(e), _, _) => Some(format!("unreadable: {e}")),
+        (None, Some(r), Some(c)) => {
+            Some(format!("{r} rows, checksum {c}{}", if p.compressed { ", compressed" } else { "" }))
+        }
+        (None, Some(r), None) => Some(format!("{r} rows{}", if p.compressed { ", compressed" } else { "" })),
+        (None, None, _) => None,
+    };
+    s.parts
+        .iter()
+        .zip(&t.parts)
+        .filter(|(a, b)| a.error.is_some() || b.error.is_some() || a.rows != b.rows || a.checksum != b.checksum)
+        .map(|(a, b)| Difference {
+            class: "rows".into(),
+            name: format!("{name} chunk {}", a.key),
+            change: Change::Changed,
+            source: describe(a),
+            target: describe(b),
+            allowed: None,
+        })
+        .collect()
+}
+
+/// What a table's chunks say beside its rows: how many there are and how many are compressed, and
+/// whether differing rows can be traced to chunks.
+fn chunk_note(s: &super::TableInfo, t: &super::TableInfo, status: RowStatus) -> Option<String> {
+    if s.parts.is_empty() && t.parts.is_empty() {
+        return None;
+    }
+    let count =
+        |x: &super::TableInfo| format!("{} chunks, {} compressed", x.parts.len(), x.compressed_chunks.unwrap_or(0));
+    let mut note =
+        if count(s) == count(t) { count(s) } else { format!("{} on the source, {} on the target", count(s), count(t)) };
+    if status != RowStatus::Same && !same_parts(s, t) && !std::ptr::eq(s, t) {
+        note.push_str("; the chunks differ between the servers, so rows are compared as a whole");
+    }
+    Some(note)
 }
 
 /// The classic six counts, each beside the precise user count, with a note where it misleads.

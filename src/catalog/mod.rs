@@ -66,15 +66,51 @@ pub struct TableInfo {
     pub checksum: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The relation that holds the rows, where it is not `name`: a continuous aggregate's
+    /// materialization hypertable (named differently on each server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<String>,
+    /// A hypertable's (or materialization's) chunks, each counted on its own so a difference names
+    /// the chunk; the table's rows are their sum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<TablePart>,
+    /// How many of its chunks are compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_chunks: Option<i64>,
 }
+
+/// One chunk of a hypertable: named by its slices (the same on any server holding the same chunk),
+/// read from its own relation (through TimescaleDB's decompression when it is compressed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TablePart {
+    pub key: String,
+    pub relation: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compressed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a materialization's entry is called: `view (materialization)`.
+pub const MATERIALIZATION_SUFFIX: &str = " (materialization)";
 
 impl TableInfo {
     /// What follows FROM to read exactly this table's own rows.
     pub fn from_clause(&self) -> String {
         match self.kind.as_str() {
             "hypertable" | "continuous aggregate" | "materialized view" => self.name.clone(),
+            "materialization" => self.relation.clone().unwrap_or_else(|| self.name.clone()),
             _ => format!("ONLY {}", self.name),
         }
+    }
+
+    /// The continuous aggregate whose materialization this is.
+    pub fn aggregate(&self) -> Option<&str> {
+        (self.kind == "materialization").then(|| self.name.strip_suffix(MATERIALIZATION_SUFFIX)).flatten()
     }
 }
 
@@ -101,9 +137,35 @@ impl Inventory {
         self.tables.iter().find(|t| t.name == name)
     }
 
-    /// Fills `rows`/`checksum`/`error` of each table from a measurement.
+    /// Fills `rows`/`checksum`/`error` of each table (and of each of its parts) from a measurement;
+    /// a table measured in parts gets their sum.
     pub fn apply_rows(&mut self, results: &rows::RowResults) {
         for t in &mut self.tables {
+            if !t.parts.is_empty() {
+                let mut total: Option<RowStats> = Some(RowStats { rows: 0, checksum: None });
+                for (i, p) in t.parts.iter_mut().enumerate() {
+                    match results.get(&rows::part_job_name(&t.name, &p.key)) {
+                        Some(Ok(stats)) => {
+                            p.rows = Some(stats.rows);
+                            p.checksum = stats.checksum.clone();
+                            total =
+                                total.and_then(|sum| if i == 0 { Some(stats.clone()) } else { sum.combined(stats) });
+                        }
+                        Some(Err(e)) => {
+                            p.error = Some(e.clone());
+                            t.error.get_or_insert_with(|| format!("chunk {}: {e}", p.key));
+                        }
+                        None => total = None,
+                    }
+                }
+                if t.error.is_none() {
+                    if let Some(RowStats { rows, checksum }) = total {
+                        t.rows = Some(rows);
+                        t.checksum = checksum;
+                    }
+                }
+                continue;
+            }
             match results.get(&t.name) {
                 Some(Ok(RowStats { rows, checksum })) => {
                     t.rows = Some(*rows);
@@ -181,7 +243,13 @@ impl Session {
         let mut cagg_names = BTreeSet::new();
         let mut hypertable_names = BTreeSet::new();
         if timescaledb.is_some() {
-            for class in [Class::Hypertables, Class::CompressionSettings, Class::ContinuousAggregates, Class::Jobs] {
+            for class in [
+                Class::Hypertables,
+                Class::Chunks,
+                Class::CompressionSettings,
+                Class::ContinuousAggregates,
+                Class::Jobs,
+            ] {
                 let sql = extensions::timescale_query(class).expect("timescale class");
                 match self.optional_definitions(class, &sql).await {
                     Ok(defs) => {
@@ -256,7 +324,35 @@ impl Session {
                 rows: None,
                 checksum: None,
                 error: None,
+                relation: None,
+                parts: Vec::new(),
+                compressed_chunks: None,
             });
+        }
+        // what an aggregate holds is read from its materialization too, not only through its view
+        // (which adds raw rows above the watermark for a real-time aggregate)
+        if timescaledb.is_some() {
+            let rows = self
+                .guarded_query(extensions::MATERIALIZATIONS)
+                .await
+                .map_err(|e| self.query_error("materializations", &e))?;
+            for r in rows {
+                let view: String = r.get(0);
+                tables.push(TableInfo {
+                    name: format!("{view}{MATERIALIZATION_SUFFIX}"),
+                    kind: "materialization".into(),
+                    bytes: 0,
+                    columns: r.get(2),
+                    chunks: None,
+                    rows: None,
+                    checksum: None,
+                    error: None,
+                    relation: Some(r.get(1)),
+                    parts: Vec::new(),
+                    compressed_chunks: None,
+                });
+            }
+            tables.sort_by(|a, b| a.name.cmp(&b.name));
         }
 
         // A hypertable's own relation is empty: its size is its chunks'.
@@ -268,10 +364,38 @@ impl Session {
         } else {
             BTreeMap::new()
         };
-        for t in tables.iter_mut().filter(|t| t.kind == "hypertable") {
-            if let Some(&(count, bytes)) = chunks.get(&t.name) {
+        for t in tables.iter_mut().filter(|t| matches!(t.kind.as_str(), "hypertable" | "materialization")) {
+            let relation = t.relation.clone().unwrap_or_else(|| t.name.clone());
+            if let Some(&(count, bytes)) = chunks.get(&relation) {
                 t.chunks = Some(count);
                 t.bytes = bytes;
+            }
+        }
+        if timescaledb.is_some() {
+            let rows =
+                self.guarded_query(&extensions::chunks_query()).await.map_err(|e| self.query_error("chunks", &e))?;
+            for r in rows {
+                let owner: String = r.get(0);
+                let key: Option<String> = r.get(1);
+                let compressed: bool = r.get(3);
+                let entry = tables
+                    .iter_mut()
+                    .find(|t| (t.kind == "hypertable" && t.name == owner) || t.aggregate() == Some(owner.as_str()));
+                if let Some(t) = entry {
+                    *t.compressed_chunks.get_or_insert(0) += i64::from(compressed);
+                    // in key order: chunk ids follow creation order, which differs between servers
+                    t.parts.push(TablePart {
+                        key: key.unwrap_or_else(|| "(no slices)".into()),
+                        relation: r.get(2),
+                        compressed,
+                        rows: None,
+                        checksum: None,
+                        error: None,
+                    });
+                }
+            }
+            for t in &mut tables {
+                t.parts.sort_by(|a, b| a.key.cmp(&b.key));
             }
         }
 
@@ -297,6 +421,22 @@ impl Session {
     pub async fn strings(&self, what: &str, sql: &str) -> Result<Vec<String>, UserError> {
         let rows = self.guarded_query(sql).await.map_err(|e| self.query_error(what, &e))?;
         Ok(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
+    }
+
+    /// Every row of `sql`, read at this session's snapshot.
+    pub async fn rows(&self, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>, UserError> {
+        self.guarded_query(sql).await.map_err(|e| self.query_error(what, &e))
+    }
+
+    /// Like `strings`, but a failure is returned as the server's error (a query that older
+    /// versions of an extension cannot answer), leaving the snapshot usable.
+    pub async fn try_strings(&self, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+        Ok(self.guarded_query(sql).await?.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
+    }
+
+    /// Runs `sql` in the snapshot's transaction (a `LOCK TABLE` held until the session closes).
+    pub async fn execute(&self, what: &str, sql: &str) -> Result<(), UserError> {
+        self.client.batch_execute(sql).await.map_err(|e| self.query_error(what, &e))
     }
 
     /// Counts or checksums the given tables with `workers` connections sharing this snapshot.
@@ -399,17 +539,9 @@ fn normalize(def: Option<String>) -> String {
     lines.join("\n").trim().to_string()
 }
 
-/// Row jobs for every table of an inventory (its own columns).
+/// Row jobs for every table of an inventory (its own columns), one per part for a table in parts.
 pub fn row_jobs(inv: &Inventory) -> Vec<RowJob> {
-    inv.tables
-        .iter()
-        .map(|t| RowJob {
-            name: t.name.clone(),
-            from: t.from_clause(),
-            columns: t.columns.clone(),
-            form: rows::HashForm::Text,
-        })
-        .collect()
+    inv.tables.iter().flat_map(|t| rows::jobs_for(t, t.columns.clone(), rows::HashForm::Text)).collect()
 }
 
 /// `pgshift inventory`: everything, with exact row counts.

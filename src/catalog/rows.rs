@@ -75,6 +75,49 @@ pub struct RowStats {
 /// Per table: its stats, or the error reading it (permission denied, ...).
 pub type RowResults = BTreeMap<String, Result<RowStats, String>>;
 
+impl RowStats {
+    /// The stats of two disjoint sets of rows together (checksums are sums, so they add up), if
+    /// both were hashed the same way.
+    pub fn combined(self, other: &RowStats) -> Option<RowStats> {
+        let checksum = match (&self.checksum, &other.checksum) {
+            (None, None) => None,
+            (Some(a), Some(b)) => Some(match (a.strip_prefix("srv:"), b.strip_prefix("srv:")) {
+                (Some(x), Some(y)) => format!("srv:{}", x.parse::<i128>().ok()?.checked_add(y.parse::<i128>().ok()?)?),
+                (None, None) => {
+                    let sum = u128::from_str_radix(a, 16).ok()?.wrapping_add(u128::from_str_radix(b, 16).ok()?);
+                    format!("{sum:032x}")
+                }
+                _ => return None,
+            }),
+            _ => return None,
+        };
+        Some(RowStats { rows: self.rows + other.rows, checksum })
+    }
+}
+
+/// The name a part's measurement is filed under: the table's name and the part's key.
+pub fn part_job_name(table: &str, key: &str) -> String {
+    format!("{table}\u{1f}{key}")
+}
+
+/// The jobs that measure `table` through `columns`: one per part (chunk) where it has parts, else
+/// one for the whole table.
+pub fn jobs_for(table: &super::TableInfo, columns: Vec<String>, form: HashForm) -> Vec<RowJob> {
+    if table.parts.is_empty() {
+        return vec![RowJob { name: table.name.clone(), from: table.from_clause(), columns, form }];
+    }
+    table
+        .parts
+        .iter()
+        .map(|p| RowJob {
+            name: part_job_name(&table.name, &p.key),
+            from: p.relation.clone(),
+            columns: columns.clone(),
+            form,
+        })
+        .collect()
+}
+
 /// Reads every job with `workers` connections importing `snapshot` (when given).
 pub async fn measure(
     spec: &ConnSpec,
@@ -423,6 +466,19 @@ mod tests {
         let mut h = BinaryRowHasher::default();
         h.feed(&other);
         assert_ne!(h.finish().1, whole.1, "NULL and empty differ");
+    }
+
+    #[test]
+    fn parts_add_up_to_the_whole() {
+        let whole = hash(&[b"1\ta\n2\tb\n3\tc\n"]);
+        let (a, b) = (hash(&[b"1\ta\n"]), hash(&[b"2\tb\n3\tc\n"]));
+        let stats = |(rows, sum): (i64, u128)| RowStats { rows, checksum: Some(format!("{sum:032x}")) };
+        assert_eq!(stats(a).combined(&stats(b)), Some(stats(whole)));
+        let srv = |rows: i64, sum: &str| RowStats { rows, checksum: Some(format!("srv:{sum}")) };
+        assert_eq!(srv(2, "-5").combined(&srv(3, "9223372036854775807")), Some(srv(5, "9223372036854775802")));
+        assert_eq!(srv(1, "1").combined(&stats(a)), None, "two hash forms do not add up");
+        let count = |rows: i64| RowStats { rows, checksum: None };
+        assert_eq!(count(2).combined(&count(3)), Some(count(5)));
     }
 
     #[test]

@@ -116,7 +116,10 @@ impl BackupStage {
             let mut inv = session.inventory().await?;
             if self.options.row_counts {
                 let jobs = catalog::row_jobs(&inv);
-                ctx.info("inventory", format!("counting rows of {} tables", jobs.len())).await;
+                let chunks = jobs.len() - inv.tables.iter().filter(|t| t.parts.is_empty()).count();
+                let parts =
+                    if chunks > 0 { format!(" (hypertables chunk by chunk: {chunks} chunks)") } else { String::new() };
+                ctx.info("inventory", format!("counting rows of {} tables{parts}", inv.tables.len())).await;
                 let results = session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1)).await?;
                 inv.apply_rows(&results);
             }
@@ -149,7 +152,7 @@ impl BackupStage {
         )
         .await;
         let inventory_json = serde_json::to_string_pretty(&inv).expect("inventory serializes");
-        let inventory_path = dir.join("inventory.json");
+        let inventory_path = dir.join(crate::run_files::INVENTORY);
         write_atomic(&inventory_path, inventory_json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))?;
 
         let estimate: u64 = inv.tables.iter().map(|t| t.bytes.max(0) as u64).sum();

@@ -4,7 +4,7 @@ pub mod backup;
 pub mod data;
 pub mod environment;
 pub mod schema;
-pub mod timescale;
+pub mod timescaledb;
 pub mod tuning;
 pub mod vectors;
 pub mod verify;

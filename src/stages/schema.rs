@@ -21,12 +21,12 @@ use crate::files::{self, write_atomic, write_error};
 use crate::manifest::Manifest;
 use crate::plan::HypertablePlan;
 use crate::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
+use crate::sql::{quote_ident, quote_literal};
 use crate::stages::environment::check_server;
-use crate::stages::timescale;
+use crate::timescaledb;
 use crate::toc::{self, Entry, FailureLog};
 
 const MAX_ROUNDS: usize = 5;
-const FAILED_FILE: &str = "schema-failures.json";
 
 /// The backup files this stage restores from, found in the run directory.
 struct Backup {
@@ -95,10 +95,21 @@ fn restorable(entries: Vec<Entry>, caggs: &BTreeSet<String>) -> Vec<Entry> {
         .collect()
 }
 
+/// An entry about a continuous aggregate's view (its grants, comments, security labels).
+fn on_aggregate(e: &Entry, caggs: &BTreeSet<String>) -> bool {
+    if !matches!(e.kind.as_str(), "ACL" | "COMMENT" | "SECURITY LABEL") {
+        return false;
+    }
+    let mut words = e.rest.split_whitespace();
+    let (_, name) = (words.next(), words.next().unwrap_or(""));
+    let name = name.split('.').next().unwrap_or(name);
+    caggs.contains(&format!("{}.{name}", e.schema))
+}
+
 /// The source's continuous aggregate views (`schema.name`).
 async fn cagg_views(source: &ConnSpec) -> Result<BTreeSet<String>, UserError> {
     let client = source.connect().await?;
-    let f = timescale::read_features(&client).await?;
+    let f = timescaledb::read_features(&client).await?;
     Ok(f.continuous_aggregates.into_iter().map(|a| a.view).collect())
 }
 
@@ -315,7 +326,7 @@ impl SchemaStage {
             ));
         }
         // the license pre-flight: what the source's TimescaleDB holds must be creatable on the target
-        let features = timescale::read_features(&source).await?;
+        let features = timescaledb::read_features(&source).await?;
         let mut licensed = features.licensed();
         licensed.extend(self.hypertables.iter().filter_map(HypertablePlan::licensed));
         if !licensed.is_empty() {
@@ -486,7 +497,7 @@ impl SchemaStage {
                 "check the hypertable's time column and that unique keys include it",
             ))
         };
-        let has_ts = timescale::has_timescaledb(&source)
+        let has_ts = timescaledb::has_timescaledb(&source)
             .await
             .map_err(|e| q(&self.source, "reading the source's extensions", e))?;
         let mut statements: Vec<(String, String)> = Vec::new();
@@ -594,6 +605,47 @@ impl SchemaStage {
     }
 }
 
+impl SchemaStage {
+    /// The source's continuous aggregates, empty, in dependency order, before the data: the data
+    /// stage copies their materialized rows into them (a rerun finds those made already).
+    async fn create_aggregates(&self, ctx: &StageContext) -> Result<usize, StageError> {
+        let source = ctx.tagged(&self.source).connect().await?;
+        let f = timescaledb::read_features(&source).await?;
+        if f.continuous_aggregates.is_empty() {
+            return Ok(0);
+        }
+        let target = ctx.tagged(&self.target).connect().await?;
+        let q = |what: &str, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(
+                &self.target,
+                what,
+                &e,
+                "check that the functions and tables the aggregate reads exist on the target (the schema entries \
+                 above), and the target's TimescaleDB license",
+            ))
+        };
+        let exists = |view: String| {
+            let target = &target;
+            async move {
+                target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&view]).await.map(|r| r.get::<_, bool>(0))
+            }
+        };
+        let mut made = 0;
+        for (what, sql) in timescaledb::caggs::create_statements(&f) {
+            let view = what.strip_prefix("continuous aggregate ").map(String::from);
+            if let Some(v) = &view {
+                if exists(v.clone()).await.map_err(|e| q(&what, e))? {
+                    continue;
+                }
+                made += 1;
+            }
+            ctx.info("continuous aggregates", format!("{what}: {}", sql.lines().next().unwrap_or(""))).await;
+            target.batch_execute(&sql).await.map_err(|e| q(&format!("creating {what}"), e))?;
+        }
+        Ok(made)
+    }
+}
+
 impl Stage for SchemaStage {
     fn id(&self) -> &'static str {
         "schema"
@@ -617,15 +669,20 @@ impl Stage for SchemaStage {
             let target = ctx.tagged(&self.target);
             let caggs = cagg_views(&ctx.tagged(&self.source)).await?;
             let entries = restorable(list_section(ctx, &backup, "pre-data").await?, &caggs);
+            // grants and comments on an aggregate wait for it: it is made after these entries
+            let (later, entries): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| on_aggregate(e, &caggs));
             let failed = restore_with_retries(ctx, &backup, &target, entries, "schema", None).await?;
             // what still fails may work once post-data objects exist: the post-data stage retries it
-            let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).collect();
-            let path = backup.dir.join(FAILED_FILE);
+            let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).chain(later.iter().map(|e| e.id)).collect();
+            let path = backup.dir.join(crate::run_files::SCHEMA_FAILURES);
             write_atomic(&path, serde_json::to_string(&ids).expect("ids").as_bytes())
                 .map_err(|e| write_error(&path, &e))?;
             let hypertables = self.create_hypertables(ctx).await?;
+            let aggregates = self.create_aggregates(ctx).await?;
+            let aggregates =
+                if aggregates > 0 { format!(", {aggregates} continuous aggregate(s)") } else { String::new() };
             Ok(format!(
-                "schema restored into {}; {hypertables} hypertable(s); {} entr(ies) left for after the data",
+                "schema restored into {}; {hypertables} hypertable(s){aggregates}; {} entr(ies) left for after the data",
                 self.target.label(),
                 failed.len()
             ))
@@ -665,7 +722,7 @@ impl Stage for PostDataStage {
         Box::pin(async move {
             let backup = Backup::open(ctx)?;
             let target = ctx.tagged(&self.target);
-            let earlier: BTreeSet<u32> = std::fs::read_to_string(backup.dir.join(FAILED_FILE))
+            let earlier: BTreeSet<u32> = std::fs::read_to_string(backup.dir.join(crate::run_files::SCHEMA_FAILURES))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
@@ -806,37 +863,17 @@ pub fn suggest_interval(span_secs: f64, bytes: i64) -> String {
     }
 }
 
-/// `"name"` when it needs quotes, as PostgreSQL's quote_ident does.
-pub fn quote_ident(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain && !is_keyword(name) {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
-fn is_keyword(name: &str) -> bool {
-    // the reserved words a role or database name could plausibly be
-    ["user", "all", "default", "public", "select", "table", "group", "order", "current_user", "session_user"]
-        .contains(&name)
-}
-
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn identifiers_are_quoted_like_postgres_does() {
-        assert_eq!(quote_ident("postgres"), "postgres");
-        assert_eq!(quote_ident("EcoAnP"), "\"EcoAnP\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("user"), "\"user\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
+    fn grants_and_comments_on_an_aggregate_wait_for_it() {
+        let caggs: BTreeSet<String> = ["metrics.readings_hourly".to_string()].into();
+        let entry = |line: &str| Entry::parse(line).expect("entry");
+        assert!(on_aggregate(&entry("5098; 0 0 ACL metrics TABLE readings_hourly pgshift_ingest"), &caggs));
+        assert!(on_aggregate(&entry("5099; 0 0 COMMENT metrics COLUMN readings_hourly.bucket pgshift_ingest"), &caggs));
+        assert!(!on_aggregate(&entry("5100; 0 0 ACL metrics TABLE readings pgshift_ingest"), &caggs));
+        assert!(!on_aggregate(&entry("373; 1259 29533 VIEW metrics readings_hourly pgshift_ingest"), &caggs));
     }
 }

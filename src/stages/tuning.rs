@@ -63,7 +63,7 @@ impl Stage for TuningStage {
                     .collect();
                 // TimescaleDB refuses concurrent index builds on a hypertable: its chunks are reindexed
                 let hypertables =
-                    crate::stages::timescale::hypertables(&target).await.map_err(|e| fail("reading hypertables", e))?;
+                    crate::timescaledb::hypertables(&target).await.map_err(|e| fail("reading hypertables", e))?;
                 for t in tables {
                     let relations: Vec<String> = if hypertables.contains(&t) {
                         target

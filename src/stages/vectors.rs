@@ -158,7 +158,7 @@ pub fn index_sql(v: &VectorPlan) -> String {
     }
     format!(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING {} ({} {}) WITH ({})",
-        crate::stages::schema::quote_ident(&index_name(v)),
+        crate::sql::quote_ident(&index_name(v)),
         v.table,
         method(v),
         v.column,

@@ -9,6 +9,8 @@ use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
 use crate::report;
+use crate::run_files::{VERIFY_JSON, VERIFY_MARKDOWN};
+use crate::timescaledb::jobs::{release_jobs, MadeJobs};
 use crate::verify::{verify, VerifyOptions};
 
 pub struct VerifyStage {
@@ -47,20 +49,49 @@ impl Stage for VerifyStage {
             }
             if let Some(dir) = ctx.run_dir() {
                 let json = serde_json::to_string_pretty(&r).expect("report serializes");
-                for (name, body) in [("verify.json", json), ("verify.md", report::verify_markdown(&r))] {
+                for (name, body) in [(VERIFY_JSON, json), (VERIFY_MARKDOWN, report::verify_markdown(&r))] {
                     let path = dir.join(name);
                     write_atomic(&path, body.as_bytes()).map_err(|e| write_error(&path, &e))?;
                 }
             }
             if r.clean {
+                // the target's jobs were held while the migration wrote and verified: let them run
+                let released = match ctx.run_dir() {
+                    Some(dir) => release_jobs(&target, dir).await?,
+                    None => 0,
+                };
+                if released > 0 {
+                    ctx.info(
+                        "verify",
+                        format!("{released} TimescaleDB job(s) released: each runs next when the source's would have"),
+                    )
+                    .await;
+                }
                 Ok(format!("clean: no differences beyond {} planned; reports in verify.json and verify.md", r.planned))
             } else {
-                Err(UserError::new(
-                    format!("verify found {} unexpected difference(s) between source and target", r.unexpected),
-                    "read the differences above (and verify.md in the run directory); fix them or add [[allow]] \
-                     entries to the plan for planned ones, then run again",
-                )
-                .into())
+                let held = ctx.run_dir().map(|d| MadeJobs::load(d).held.len()).unwrap_or(0);
+                if held > 0 {
+                    ctx.warning(format!(
+                        "{held} TimescaleDB job(s) on the target stay held (next start: infinity) until verify passes"
+                    ))
+                    .await;
+                }
+                let (message, fix) = if r.unexpected == 0 {
+                    (
+                        format!(
+                            "verify found no difference but could not compare everything ({} warning(s))",
+                            r.warnings.len()
+                        ),
+                        "read the warnings above (what could not be read, and why), fix the cause, then run again",
+                    )
+                } else {
+                    (
+                        format!("verify found {} unexpected difference(s) between source and target", r.unexpected),
+                        "read the differences above (and verify.md in the run directory); fix them or add [[allow]] \
+                         entries to the plan for planned ones, then run again",
+                    )
+                };
+                Err(UserError::new(message, fix).into())
             }
         })
     }

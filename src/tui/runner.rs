@@ -184,7 +184,7 @@ async fn notice(shared: &Shared, text: String) {
 
 /// The run directory's verify.json and when it was written, when a verify wrote it after `since`.
 pub fn read_report(dir: &std::path::Path, since: SystemTime) -> Option<(VerifyReport, SystemTime)> {
-    let path = dir.join("verify.json");
+    let path = dir.join(crate::run_files::VERIFY_JSON);
     let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
     if modified < since {
         return None;

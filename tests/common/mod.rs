@@ -11,11 +11,14 @@ use tokio_postgres::{Client, NoTls};
 
 pub const ROLES_SQL: &str = include_str!("../fixtures/roles.sql");
 pub const RICH_SOURCE_SQL: &str = include_str!("../fixtures/rich_source.sql");
+pub const TIMESCALE_SOURCE_SQL: &str = include_str!("../fixtures/timescale_source.sql");
 
 pub struct Servers {
     /// libpq URLs without password, database `postgres`.
     pub source: String,
     pub target: String,
+    /// The same TimescaleDB started with `timescaledb.license = apache` (as Debian's package).
+    pub apache: String,
     pub password: String,
 }
 
@@ -28,6 +31,7 @@ pub fn servers() -> Servers {
     Servers {
         source: get("PGSHIFT_TEST_SOURCE"),
         target: get("PGSHIFT_TEST_TARGET"),
+        apache: get("PGSHIFT_TEST_APACHE"),
         password: get("PGSHIFT_TEST_PASSWORD"),
     }
 }
@@ -58,10 +62,18 @@ pub fn spec(role: &'static str, url: &str) -> ConnSpec {
     spec
 }
 
-static ROLES_LOADED: OnceLock<Mutex<[bool; 2]>> = OnceLock::new();
+static ROLES_LOADED: OnceLock<Mutex<[bool; 3]>> = OnceLock::new();
 
-async fn ensure_roles(server_url: &str, index: usize) {
-    let lock = ROLES_LOADED.get_or_init(|| Mutex::new([false, false]));
+async fn ensure_roles(server_url: &str) {
+    let s = servers();
+    let index = if server_url == s.source {
+        0
+    } else if server_url == s.target {
+        1
+    } else {
+        2
+    };
+    let lock = ROLES_LOADED.get_or_init(|| Mutex::new([false, false, false]));
     let mut done = lock.lock().await;
     if !done[index] {
         connect(server_url).await.batch_execute(ROLES_SQL).await.expect("roles.sql loads");
@@ -79,14 +91,42 @@ pub async fn fresh_db(server_url: &str, db: &str) -> String {
 
 /// A fresh database `db` holding the rich fixture.
 pub async fn rich_db(server_url: &str, db: &str) -> String {
-    let index = usize::from(server_url != servers().source);
-    ensure_roles(server_url, index).await;
+    ensure_roles(server_url).await;
     let url = fresh_db(server_url, db).await;
     connect(&url)
         .await
         .batch_execute(RICH_SOURCE_SQL)
         .await
         .unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
+    url
+}
+
+/// Runs `sql` through the test environment's psql (statements one by one, as a DBA's script runs:
+/// some TimescaleDB calls refuse to run inside the one transaction of a multi-statement query).
+pub fn psql(url: &str, sql: &str) {
+    use std::io::Write;
+    let bin = std::env::var("PGSHIFT_TEST_BIN_DIR")
+        .expect("PGSHIFT_TEST_BIN_DIR is not set: run `bash tests/env/up.sh` and source its env.sh");
+    let mut child = std::process::Command::new(std::path::Path::new(&bin).join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", url])
+        .env("PGPASSWORD", servers().password)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql starts");
+    child.stdin.take().expect("stdin").write_all(sql.as_bytes()).expect("psql reads the script");
+    let out = child.wait_with_output().expect("psql ends");
+    assert!(out.status.success(), "psql on {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A fresh database `db` holding the TimescaleDB fixture (compressed hypertables, continuous
+/// aggregates, jobs); on a server with the Timescale License.
+pub async fn timescale_db(server_url: &str, db: &str) -> String {
+    ensure_roles(server_url).await;
+    let url = fresh_db(server_url, db).await;
+    let script = url.clone();
+    tokio::task::spawn_blocking(move || psql(&script, TIMESCALE_SOURCE_SQL)).await.expect("fixture loads");
     url
 }
 

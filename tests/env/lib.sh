@@ -9,7 +9,14 @@ IMAGE=${PGSHIFT_TEST_IMAGE:-pgshift-test/timescaledb-pgvector:17}
 PGBIN=/usr/lib/postgresql/17/bin
 SOURCE_PORT=${PGSHIFT_TEST_SOURCE_PORT:-55417}
 TARGET_PORT=${PGSHIFT_TEST_TARGET_PORT:-55418}
-CLUSTERS="source:$SOURCE_PORT target:$TARGET_PORT"
+APACHE_PORT=${PGSHIFT_TEST_APACHE_PORT:-55419}
+# source and target run the Timescale License; "apache" runs the same build started with
+# timescaledb.license = apache (as Debian's Apache-only package behaves), for the license checks
+CLUSTERS="source:$SOURCE_PORT target:$TARGET_PORT apache:$APACHE_PORT"
+# the TimescaleDB built into the root from the vendored source (shared/vendor beside the checkout)
+TSL_VERSION=2.19.3
+TSL_MARKER="$ROOT/.pgshift-timescaledb-$TSL_VERSION-tsl"
+VENDOR_DIR=${PGSHIFT_VENDOR_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/shared/vendor}
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] error: %s\n' "$*" >&2; exit 1; }

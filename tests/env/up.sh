@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Starts the test servers: a *source* and a *target* PostgreSQL 17 cluster (TimescaleDB preloaded,
-# pgvector available) from the cached trixie root, on loopback only. Writes $ENV_FILE with:
+# Starts the test servers: a *source* and a *target* PostgreSQL 17 cluster (TimescaleDB with the
+# Timescale License preloaded, pgvector available) and an *apache* one (the same TimescaleDB started
+# with timescaledb.license = apache) from the cached trixie root, on loopback only. Writes $ENV_FILE:
 #   PGSHIFT_TEST_SOURCE / PGSHIFT_TEST_TARGET  libpq URLs without password (superuser postgres)
+#   PGSHIFT_TEST_APACHE                        the Apache-licensed server's URL
 #   PGSHIFT_TEST_PASSWORD                      the superuser password (same on both clusters)
 #   PGSHIFT_TEST_ROOT, PGSHIFT_TEST_IMAGE      the root (PostgreSQL 17 tools run from it) and image
 #   PGSHIFT_TEST_BIN_DIR                       pg_dump, pg_dumpall, pg_restore, psql 17 for the host
@@ -86,6 +88,10 @@ synchronous_commit = off
 full_page_writes = off
 log_min_messages = warning
 CONF
+        if [ "$name" = apache ]; then
+            # as if started with -c timescaledb.license=apache: only the server's configuration sets it
+            echo "timescaledb.license = apache" >> "$ROOT$data/postgresql.conf"
+        fi
     fi
     # TLS on (also for a cluster made before TLS was added: reloaded below if it runs)
     tls_added=false
@@ -125,6 +131,7 @@ umask 077
 cat > "$ENV_FILE" <<ENV
 export PGSHIFT_TEST_SOURCE='postgresql://postgres@127.0.0.1:$SOURCE_PORT/postgres'
 export PGSHIFT_TEST_TARGET='postgresql://postgres@127.0.0.1:$TARGET_PORT/postgres'
+export PGSHIFT_TEST_APACHE='postgresql://postgres@127.0.0.1:$APACHE_PORT/postgres'
 export PGSHIFT_TEST_PASSWORD='$pw'
 export PGSHIFT_TEST_ROOT='$ROOT'
 export PGSHIFT_TEST_IMAGE='$IMAGE'

@@ -210,6 +210,7 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
         rules.push(rule("extensions", "vector".into(), "created for the plan's vector columns"));
     }
     for h in &plan.hypertables {
+        // its chunks on the target are part of this planned difference (catalog::diff)
         rules.push(rule("hypertables", h.table.clone(), "converted to a hypertable by the plan"));
     }
     for v in &plan.vectors {

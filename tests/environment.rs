@@ -115,11 +115,15 @@ async fn build_create_start_wait_exec_connect_reuse_and_remove() {
         ev.iter().any(|e| matches!(e, Event::Output { source, .. } if source == "container")),
         "the container's log is streamed while waiting"
     );
-    assert!(ev.iter().any(|e| matches!(e, Event::Warning { message, .. } if message.contains("Apache-only"))));
+    // the test image carries the Timescale-licensed build, as the official image does
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::Warning { message, .. } if message.contains("Apache-only"))),
+        "{ev:#?}"
+    );
     match ev.last().unwrap() {
         Event::StageFinished { status, summary: Some(s), .. } => {
             assert_eq!(*status, StageStatus::Done);
-            assert!(s.contains("TimescaleDB 2.19.3 (apache license)") && s.contains("pgvector 0.8.0"), "{s}");
+            assert!(s.contains("TimescaleDB 2.19.3 (timescale license)") && s.contains("pgvector 0.8.0"), "{s}");
         }
         e => panic!("{e:?}"),
     }
@@ -151,7 +155,7 @@ async fn build_create_start_wait_exec_connect_reuse_and_remove() {
         .await
         .unwrap();
     let license: String = client.query_one("SHOW timescaledb.license", &[]).await.unwrap().get(0);
-    assert_eq!(license, "apache");
+    assert_eq!(license, "timescale");
 
     // psql inside the container: output streamed, exit code passed on
     let out = pgshift_env(&["psql", "--name", name, "-c", "SELECT extname FROM pg_extension ORDER BY 1"]);
@@ -171,7 +175,7 @@ async fn build_create_start_wait_exec_connect_reuse_and_remove() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["container"]["health"], "healthy");
-    assert_eq!(status["server"]["timescaledb_license"], "apache");
+    assert_eq!(status["server"]["timescaledb_license"], "timescale");
     let out = pgshift_env(&["logs", "--name", name, "--tail", "5"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!text(&out.stdout).trim().is_empty());

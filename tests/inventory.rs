@@ -69,7 +69,7 @@ async fn inventory_sees_every_class_of_the_rich_source() {
 
     // TimescaleDB and pgvector state
     let ts = inv.timescaledb.as_ref().expect("timescaledb seen");
-    assert_eq!(ts.license, "apache");
+    assert_eq!(ts.license, "timescale", "the source test server runs the Timescale-licensed build");
     assert!(inv.pgvector.is_some());
 
     // internals are kept out of the user counts but shown
@@ -109,7 +109,7 @@ async fn inventory_cli_writes_json() {
         "--list shows definitions: {stdout}"
     );
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["timescaledb"]["license"], "apache");
+    assert_eq!(v["timescaledb"]["license"], "timescale");
     assert!(v["objects"]["policies"]["energy.sites.tenant_isolation"].is_string());
     assert!(!std::fs::read_to_string(&json).unwrap().contains(&s.password), "no password in the inventory");
     common::drop_db(&s.source, "inv_cli").await;

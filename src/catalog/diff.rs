@@ -123,7 +123,30 @@ pub fn compare_objects(
         }
         counts.push(count);
     }
+    allow_chunks_of_allowed_hypertables(source, target, &mut diffs);
     (counts, diffs)
+}
+
+/// A chunk that differs because its hypertable differs on purpose (converted by the plan, left out,
+/// partitioned anew) is part of that planned difference.
+fn allow_chunks_of_allowed_hypertables(source: &Inventory, target: &Inventory, diffs: &mut [Difference]) {
+    let allowed: Vec<(String, String)> = diffs
+        .iter()
+        .filter(|d| d.class == Class::Hypertables.key())
+        .filter_map(|d| d.allowed.clone().map(|reason| (d.name.clone(), reason)))
+        .collect();
+    if allowed.is_empty() {
+        return;
+    }
+    let hypertables: Vec<&String> =
+        source.class(Class::Hypertables).keys().chain(target.class(Class::Hypertables).keys()).collect();
+    for d in diffs.iter_mut().filter(|d| d.class == Class::Chunks.key() && d.allowed.is_none()) {
+        // the chunk's hypertable: the longest hypertable name its name starts with
+        let owner = hypertables.iter().filter(|h| d.name.starts_with(&format!("{h} "))).max_by_key(|h| h.len());
+        if let Some(reason) = owner.and_then(|h| allowed.iter().find(|(name, _)| name == *h)).map(|(_, r)| r) {
+            d.allowed = Some(format!("{reason} (one of its chunks)"));
+        }
+    }
 }
 
 /// Compares row counts (and checksums when measured) of every table on either side.

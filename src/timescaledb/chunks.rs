@@ -24,6 +24,16 @@ pub struct CompressedPart {
     /// It was compressed under the hypertable's current settings (segment by, order by): the
     /// settings the target attaches it with.
     pub current_settings: bool,
+    /// A column of the chunk has a "missing" value (added with a default after rows existed): its
+    /// compressed rows leave it out (SQL NULL), which only the source's chunk reads as the default.
+    pub has_missing: bool,
+}
+
+impl CompressedPart {
+    /// Whether its compressed rows mean the same in a chunk made afresh on the target.
+    pub fn portable(&self) -> bool {
+        self.current_settings && !self.has_missing
+    }
 }
 
 /// One chunk of a hypertable on the source.
@@ -54,7 +64,10 @@ pub fn source_chunks_sql(hypertable: &str) -> String {
                 CASE WHEN c.status & 1 = 1 AND cc.id IS NOT NULL THEN format('%I.%I', cc.schema_name, cc.table_name) END,
                 ARRAY[z.uncompressed_heap_size, z.uncompressed_toast_size, z.uncompressed_index_size,
                       z.compressed_heap_size, z.compressed_toast_size, z.compressed_index_size,
-                      coalesce(z.numrows_pre_compression, 0), coalesce(z.numrows_post_compression, 0)]::bigint[]
+                      coalesce(z.numrows_pre_compression, 0), coalesce(z.numrows_post_compression, 0)]::bigint[],
+                EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = format('%I.%I', c.schema_name, c.table_name)::regclass
+                          AND a.attnum > 0 AND NOT a.attisdropped AND a.atthasmissing)
          FROM _timescaledb_catalog.chunk c
          JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
          LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
@@ -150,6 +163,29 @@ pub fn staging_name(target_chunk: &str) -> String {
         name.remove(0);
     }
     format!("{schema}.{}", quote_ident(&name))
+}
+
+/// What to read of a compressed chunk's table: its columns, a compressed one's "all NULL" marker
+/// block (TimescaleDB's NULL compression: its binary form has no receive, so COPY cannot load it)
+/// as SQL NULL, which TimescaleDB reads the same way in a chunk without "missing" values — as a
+/// chunk made afresh on the target is.
+pub fn compressed_select_list(layout: &Layout) -> String {
+    layout
+        .columns
+        .iter()
+        .map(|c| {
+            if c.type_sql.ends_with("compressed_data") {
+                format!(
+                    "CASE WHEN pg_column_size({n}) < 16 AND octet_length(_timescaledb_functions.compressed_data_send({n})) = 1 \
+                     THEN NULL ELSE {n} END",
+                    n = c.name
+                )
+            } else {
+                c.name.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Creates the staging table of `layout` (columns, storage, statistics targets, options); the rows
@@ -315,6 +351,16 @@ mod tests {
         assert_eq!(
             staging_index_sql(t, &layout()),
             [format!("CREATE INDEX ON {t} USING btree (site, _ts_meta_min_1 DESC, _ts_meta_max_1 DESC)")]
+        );
+    }
+
+    #[test]
+    fn an_all_null_block_is_read_as_sql_null() {
+        let select = compressed_select_list(&layout());
+        assert_eq!(
+            select,
+            "_ts_meta_count, CASE WHEN pg_column_size(\"time\") < 16 AND \
+             octet_length(_timescaledb_functions.compressed_data_send(\"time\")) = 1 THEN NULL ELSE \"time\" END, site"
         );
     }
 

@@ -201,7 +201,11 @@ async fn copy_exact(
                 src,
                 dst,
                 piece,
-                &format!("COPY (SELECT {cols} FROM ONLY {}) TO STDOUT (FORMAT binary)", c.part.table),
+                &format!(
+                    "COPY (SELECT {} FROM ONLY {}) TO STDOUT (FORMAT binary)",
+                    chunks::compressed_select_list(&layout),
+                    c.part.table
+                ),
                 &format!("COPY {staging} ({cols}) FROM STDIN (FORMAT binary, FREEZE)"),
                 copied,
                 None,

@@ -233,6 +233,7 @@ async fn exact_pieces(
             bytes: r.get(2),
             compressed: compressed_table.map(|table| CompressedPart {
                 current_settings: current.contains(&table),
+                has_missing: r.get(5),
                 table,
                 sizes: std::array::from_fn(|i| sizes.get(i).copied().flatten().unwrap_or(0)),
             }),
@@ -244,7 +245,7 @@ async fn exact_pieces(
         planned.locks.push(chunk.name.clone());
         let compressed = chunk.compressed.map(|part| {
             planned.locks.push(part.table.clone());
-            Compressed { as_is: portable && part.current_settings, part }
+            Compressed { as_is: portable && part.portable(), part }
         });
         // a compressed chunk's own table holds only the rows written after compression; read
         // without ONLY, TimescaleDB decompresses the rest on the fly

@@ -72,6 +72,8 @@ psql17 -p "$TARGET_PORT" -d bench_ts_classic -c 'CREATE EXTENSION timescaledb' -
 psql17 -p "$TARGET_PORT" -d bench_ts_classic -c 'SELECT timescaledb_post_restore()' > /dev/null
 classic=$(echo "$(now) - $start" | bc)
 classic_rows=$(psql17 -p "$TARGET_PORT" -d bench_ts_classic -At -c 'SELECT count(*) FROM readings')
+source_rows=$(psql17 -p "$SOURCE_PORT" -d bench_ts_src -At -c 'SELECT count(*) FROM readings')
+classic_errors=$(grep -c '^ERROR' "$work/classic.log" || true)
 
 # pgshift
 cd "$repo"
@@ -90,6 +92,7 @@ start=$(now)
 /usr/bin/time -f '%M' -o "$work/rss" ./target/release/pgshift run --plan "$work/plan.toml" --yes --json > "$work/events.jsonl" \
     || { grep -v '"output"' "$work/events.jsonl" | tail -5; die "pgshift run failed"; }
 total=$(echo "$(now) - $start" | bc)
+pgshift_rows=$(psql17 -p "$TARGET_PORT" -d bench_ts_pgshift -At -c 'SELECT count(*) FROM readings')
 
 # what copying the aggregates' materialized rows alone costs: COPY out of the source's
 # materializations into fresh tables on the target
@@ -108,8 +111,9 @@ mat_copy=$(echo "$(now) - $start" | bc)
 
 stage() { jq -s --arg s "$1" '[.[] | select(.event == "stage_finished" and .stage == $s) | .elapsed_ms] | add / 1000' "$work/events.jsonl"; }
 echo "source:                             $rows readings ($chunks), $buckets aggregate buckets in 2 aggregates"
-echo "classic pre_restore, pg_dump | psql, post_restore: ${classic}s   ($classic_rows rows; same version only, proves nothing)"
-echo "pgshift run (all stages):           ${total}s"
+echo "classic pre_restore, pg_dump | psql, post_restore: ${classic}s   (same version only, proves nothing)"
+echo "  classic result:                   $classic_rows of $source_rows readings, $classic_errors statement(s) failed$( [ "$classic_errors" -gt 0 ] && printf ', first: %s' "$(grep -m1 -A1 '^ERROR' "$work/classic.log" | tr '\n' ' ')")"
+echo "pgshift run (all stages):           ${total}s   ($pgshift_rows of $source_rows readings, verified with checksums)"
 echo "ratio pgshift run / classic:        $(echo "scale=2; $total / $classic" | bc)"
 jq -r 'select(.event == "stage_finished") | "  \(.stage):\t\(.elapsed_ms / 1000)s\t\(.summary // "" | .[0:150])"' "$work/events.jsonl"
 echo "timescaledb stage:                  $(stage timescaledb)s   copying the aggregates' materialized rows alone: ${mat_copy}s"

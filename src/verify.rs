@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::allow::AllowList;
 use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, TableRows};
 use crate::catalog::rows::{self, HashForm, RowJob, RowMode};
-use crate::catalog::{Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
+use crate::catalog::{versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::conn::ConnSpec;
 use crate::error::UserError;
 
@@ -69,6 +69,7 @@ pub async fn verify(
     s_inv.apply_rows(&s_rows);
     t_inv.apply_rows(&t_rows);
     tokio::join!(s.close(), t.close());
+    align_view_spelling(target, &mut s_inv, &t_inv).await;
 
     let (classes, mut differences) = diff::compare_objects(&s_inv, &t_inv, allow);
     let (tables, row_diffs) = diff::compare_rows(&s_inv, &t_inv, allow);
@@ -106,6 +107,71 @@ pub async fn verify(
         // a class that could not be read was not compared: that is not a clean result
         clean: unexpected == 0 && warnings_empty,
     })
+}
+
+/// Where the source runs another major, its server deparses the same view query differently
+/// (PostgreSQL 16 stopped qualifying the columns of a single-relation query): a view whose
+/// definitions differ only in the query is compared as the target's server deparses the source's
+/// query — made a temporary view on the target, in a transaction rolled back. A query the target
+/// cannot create stays a difference.
+async fn align_view_spelling(target: &ConnSpec, s_inv: &mut Inventory, t_inv: &Inventory) {
+    if s_inv.server.version_num / 10000 == t_inv.server.version_num / 10000 {
+        return;
+    }
+    let mut client = None;
+    for class in [Class::Views, Class::MaterializedViews, Class::ContinuousAggregates] {
+        let differing: Vec<(String, String)> = s_inv
+            .class(class)
+            .iter()
+            .filter_map(|(name, sd)| {
+                t_inv.class(class).get(name).filter(|td| *td != sd).map(|td| (name.clone(), td.clone()))
+            })
+            .collect();
+        for (name, td) in differing {
+            let sd = &s_inv.class(class)[&name];
+            let (Some((sp, sq, ss)), Some((tp, tq, ts))) =
+                (versions::split_view_definition(class, sd), versions::split_view_definition(class, &td))
+            else {
+                continue;
+            };
+            if sp != tp || ss != ts {
+                continue; // more than the query's spelling differs
+            }
+            if client.is_none() {
+                match target.connect().await {
+                    Ok(c) => client = Some(c),
+                    Err(_) => return, // compared as they are
+                }
+            }
+            let c = client.as_ref().expect("connected");
+            if deparse_on(c, sq)
+                .await
+                .is_some_and(|q| crate::catalog::normalize(Some(q)) == crate::catalog::normalize(Some(tq.to_string())))
+            {
+                if let Some(defs) = s_inv.objects.get_mut(&class) {
+                    defs.insert(name, td);
+                }
+            }
+        }
+    }
+}
+
+/// `query` as this server deparses it (a temporary view, rolled back).
+async fn deparse_on(client: &tokio_postgres::Client, query: &str) -> Option<String> {
+    client.batch_execute("BEGIN; SET LOCAL search_path = pg_catalog").await.ok()?;
+    let created = client
+        .batch_execute(&format!("CREATE TEMP VIEW pgshift_deparse AS {}", query.trim().trim_end_matches(';')))
+        .await;
+    let deparsed = match created {
+        Ok(()) => client
+            .query_one("SELECT pg_get_viewdef('pg_temp.pgshift_deparse'::regclass, true)", &[])
+            .await
+            .ok()
+            .map(|r| r.get::<_, String>(0)),
+        Err(_) => None,
+    };
+    let _ = client.batch_execute("ROLLBACK").await;
+    deparsed
 }
 
 /// How both sides hash rows: in each server when they hash alike (same major, and the same answer

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Class, Inventory, NaiveCounts};
+use super::{versions, Class, Inventory, NaiveCounts};
 use crate::allow::{AllowList, Change};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +77,7 @@ pub fn compare_objects(
 ) -> (Vec<ClassCount>, Vec<Difference>) {
     let mut counts = Vec::new();
     let mut diffs = Vec::new();
+    let (smajor, tmajor) = (source.server.version_num / 10000, target.server.version_num / 10000);
     for class in Class::ALL {
         let (s, t) = (source.class(class), target.class(class));
         if s.is_empty() && t.is_empty() && !source.objects.contains_key(&class) && !target.objects.contains_key(&class)
@@ -93,13 +94,18 @@ pub fn compare_objects(
             changed: 0,
         };
         let mut push = |name: &str, change: Change, sd: Option<&String>, td: Option<&String>| {
+            // an extension upgraded on the target (a newer server) is expected
+            let upgraded = match (class, sd, td) {
+                (Class::Extensions, Some(sd), Some(td)) => versions::extension_upgrade(sd, td),
+                _ => None,
+            };
             diffs.push(Difference {
                 class: class.key().into(),
                 name: name.into(),
                 change,
                 source: sd.cloned(),
                 target: td.cloned(),
-                allowed: allow.reason(class.key(), name, change).map(String::from),
+                allowed: allow.reason(class.key(), name, change).map(String::from).or(upgraded),
             });
         };
         for (name, sd) in s {
@@ -107,6 +113,11 @@ pub fn compare_objects(
                 None => {
                     count.missing += 1;
                     push(name, Change::Missing, Some(sd), None);
+                }
+                // a newer major's default privilege is not a grant lost or added
+                Some(td)
+                    if class == Class::Grants
+                        && versions::without_new_maintain(name, td, smajor, tmajor).as_deref() == Some(sd.as_str()) => {
                 }
                 Some(td) if td != sd => {
                     count.changed += 1;

@@ -6,6 +6,7 @@ pub mod diff;
 pub mod extensions;
 pub mod queries;
 pub mod rows;
+pub mod versions;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -533,7 +534,7 @@ fn named_rows(rows: &[tokio_postgres::Row]) -> Definitions {
 }
 
 /// Trailing blanks on each line are noise between servers; the rest of a definition is kept as is.
-fn normalize(def: Option<String>) -> String {
+pub fn normalize(def: Option<String>) -> String {
     let def = def.unwrap_or_default();
     let lines: Vec<&str> = def.lines().map(str::trim_end).collect();
     lines.join("\n").trim().to_string()

@@ -19,6 +19,8 @@ pub struct Servers {
     pub target: String,
     /// The same TimescaleDB started with `timescaledb.license = apache` (as Debian's package).
     pub apache: String,
+    /// An older source: PostgreSQL 15 with TimescaleDB 2.15.3.
+    pub old_source: String,
     pub password: String,
 }
 
@@ -32,6 +34,7 @@ pub fn servers() -> Servers {
         source: get("PGSHIFT_TEST_SOURCE"),
         target: get("PGSHIFT_TEST_TARGET"),
         apache: get("PGSHIFT_TEST_APACHE"),
+        old_source: get("PGSHIFT_TEST_OLD_SOURCE"),
         password: get("PGSHIFT_TEST_PASSWORD"),
     }
 }
@@ -89,16 +92,17 @@ pub async fn fresh_db(server_url: &str, db: &str) -> String {
     url_for(server_url, db)
 }
 
-/// A fresh database `db` holding the rich fixture.
-pub async fn rich_db(server_url: &str, db: &str) -> String {
+/// A fresh database `db` holding `sql` (run as one script), with the fixture's roles on the server.
+pub async fn db_with(server_url: &str, db: &str, sql: &str) -> String {
     ensure_roles(server_url).await;
     let url = fresh_db(server_url, db).await;
-    connect(&url)
-        .await
-        .batch_execute(RICH_SOURCE_SQL)
-        .await
-        .unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
+    connect(&url).await.batch_execute(sql).await.unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
     url
+}
+
+/// A fresh database `db` holding the rich fixture.
+pub async fn rich_db(server_url: &str, db: &str) -> String {
+    db_with(server_url, db, RICH_SOURCE_SQL).await
 }
 
 /// Runs `sql` through the test environment's psql (statements one by one, as a DBA's script runs:

@@ -10,6 +10,8 @@ PGBIN=/usr/lib/postgresql/17/bin
 SOURCE_PORT=${PGSHIFT_TEST_SOURCE_PORT:-55417}
 TARGET_PORT=${PGSHIFT_TEST_TARGET_PORT:-55418}
 APACHE_PORT=${PGSHIFT_TEST_APACHE_PORT:-55419}
+# the old source (the host's PostgreSQL 15 with TimescaleDB 2.15.3, see old-source.sh)
+OLD_PORT=${PGSHIFT_TEST_OLD_PORT:-55420}
 # source and target run the Timescale License; "apache" runs the same build started with
 # timescaledb.license = apache (as Debian's Apache-only package behaves), for the license checks
 CLUSTERS="source:$SOURCE_PORT target:$TARGET_PORT apache:$APACHE_PORT"

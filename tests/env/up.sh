@@ -4,6 +4,8 @@
 # with timescaledb.license = apache) from the cached trixie root, on loopback only. Writes $ENV_FILE:
 #   PGSHIFT_TEST_SOURCE / PGSHIFT_TEST_TARGET  libpq URLs without password (superuser postgres)
 #   PGSHIFT_TEST_APACHE                        the Apache-licensed server's URL
+#   PGSHIFT_TEST_OLD_SOURCE                    an older source: PostgreSQL 15, TimescaleDB 2.15.3
+#                                              (the host's PostgreSQL, see old-source.sh)
 #   PGSHIFT_TEST_PASSWORD                      the superuser password (same on both clusters)
 #   PGSHIFT_TEST_ROOT, PGSHIFT_TEST_IMAGE      the root (PostgreSQL 17 tools run from it) and image
 #   PGSHIFT_TEST_BIN_DIR                       pg_dump, pg_dumpall, pg_restore, psql 17 for the host
@@ -117,6 +119,8 @@ CONF
     fi
 done
 
+bash "$here/old-source.sh"
+
 # PostgreSQL 17 client tools for the host: the root's glibc is newer than the host's, so each tool
 # runs chrooted. They see the host's network and its /tmp (bind-mounted), not its other files.
 bindir="$STATE/bin"
@@ -132,6 +136,7 @@ cat > "$ENV_FILE" <<ENV
 export PGSHIFT_TEST_SOURCE='postgresql://postgres@127.0.0.1:$SOURCE_PORT/postgres'
 export PGSHIFT_TEST_TARGET='postgresql://postgres@127.0.0.1:$TARGET_PORT/postgres'
 export PGSHIFT_TEST_APACHE='postgresql://postgres@127.0.0.1:$APACHE_PORT/postgres'
+export PGSHIFT_TEST_OLD_SOURCE='postgresql://postgres@127.0.0.1:$OLD_PORT/postgres'
 export PGSHIFT_TEST_PASSWORD='$pw'
 export PGSHIFT_TEST_ROOT='$ROOT'
 export PGSHIFT_TEST_IMAGE='$IMAGE'

@@ -182,14 +182,6 @@ pub async fn plan_pieces(
     Ok(planned)
 }
 
-impl Progress {
-    /// Whether some chunk of `table` was loaded by an earlier run (its other chunks are all done).
-    fn contains_any_chunk(&self, table: &str) -> bool {
-        let prefix = format!("{table}#");
-        self.done.lock().expect("progress lock").iter().any(|k| k.starts_with(&prefix))
-    }
-}
-
 async fn same_dimensions(session: &Session, dst: &Client, source: &str, target: &str) -> Result<bool, UserError> {
     let s = session.strings("hypertable dimensions", &chunks::dimensions_sql(source)).await?;
     let t: String = dst

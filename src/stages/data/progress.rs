@@ -13,7 +13,7 @@ use crate::timescaledb::chunks::{CompressionWork, ToCompress};
 
 pub struct Progress {
     dir: PathBuf,
-    pub done: Mutex<BTreeSet<String>>,
+    done: Mutex<BTreeSet<String>>,
     work: Mutex<CompressionWork>,
 }
 
@@ -41,6 +41,12 @@ impl Progress {
 
     pub fn loaded(&self) -> usize {
         self.done.lock().expect("progress lock").len()
+    }
+
+    /// Whether some piece of `table` (a chunk, a block range) was loaded by an earlier run.
+    pub fn contains_any_chunk(&self, table: &str) -> bool {
+        let prefix = format!("{table}#");
+        self.done.lock().expect("progress lock").iter().any(|k| k.starts_with(&prefix))
     }
 
     pub fn mark(&self, key: &str) -> Result<(), UserError> {

@@ -1,0 +1,124 @@
+//! A source older than the target on both counts, as a DBA who upgrades while moving has it:
+//! PostgreSQL 15 with TimescaleDB 2.15.3 (the test environment's old source) into PostgreSQL 17
+//! with TimescaleDB 2.19.3. Compressed chunks cannot keep their form across versions: they come
+//! through decompression and are compressed again; the aggregates keep their history and refresh
+//! state, the jobs stay as they were. Verify compares across the majors without false alarms: the
+//! newer TimescaleDB is an upgrade, PostgreSQL 17's MAINTAIN privilege is part of the source's
+//! "all privileges", and a view's query is compared as the target deparses it.
+
+mod common;
+
+use std::path::Path;
+
+async fn strings(url: &str, sql: &str) -> Vec<String> {
+    common::connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// Per hypertable (and aggregate): chunks and compressed chunks.
+const CHUNK_STATES: &str = "SELECT format('%s: %s chunks, %s compressed',
+        coalesce((SELECT format('%I.%I', ca.user_view_schema, ca.user_view_name) FROM _timescaledb_catalog.continuous_agg ca
+                  WHERE ca.mat_hypertable_id = h.id), format('%I.%I', h.schema_name, h.table_name)),
+        count(*), count(*) FILTER (WHERE c.status & 1 = 1))
+    FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+    WHERE NOT c.dropped AND NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable p WHERE p.compressed_hypertable_id = h.id)
+    GROUP BY h.id ORDER BY 1";
+
+/// Per aggregate: the watermark its refreshes reached.
+const WATERMARKS: &str = "SELECT format('%s up to %s', a.view_name,
+        _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)))
+    FROM timescaledb_information.continuous_aggregates a
+    JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name
+    ORDER BY 1";
+
+/// The run's verify report.
+fn verify_report(dir: &Path) -> serde_json::Value {
+    let run =
+        std::fs::read_dir(dir.join("backups")).unwrap().flatten().map(|e| e.path()).next().expect("a run directory");
+    serde_json::from_str(&std::fs::read_to_string(run.join("verify.json")).unwrap()).unwrap()
+}
+
+fn run(plan: &Path) -> (i32, String) {
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), all)
+}
+
+/// The only planned difference of a run between these servers: TimescaleDB upgraded.
+fn assert_only_the_upgrade(report: &serde_json::Value) {
+    let differences = report["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{differences:#?}");
+    assert_eq!(differences[0]["class"], "extensions");
+    assert_eq!(differences[0]["name"], "timescaledb");
+    assert_eq!(differences[0]["allowed"], "upgraded on the target: 2.15.3 → 2.19.3");
+    assert_eq!(report["clean"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17() {
+    let s = common::servers();
+    let src = common::timescale_db(&s.old_source, "old_ts").await;
+    assert!(strings(&src, "SELECT version()").await[0].starts_with("PostgreSQL 15"));
+    common::drop_db(&s.target, "old_ts_target").await;
+    let tgt = common::url_for(&s.target, "old_ts_target");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
+
+    let (code, out) = run(&plan);
+    assert_eq!(code, 0, "{out}");
+    // another TimescaleDB version: no compressed chunk can keep its form
+    assert!(out.contains("compressed chunks: 0 copied as they are, 35 read through decompression"), "{out}");
+    assert!(out.contains("0 chunk(s) attached compressed as copied, 35 compressed again"), "{out}");
+    assert!(out.contains("checksums (computed here, from COPY text)"), "across majors, rows hashed from text: {out}");
+    assert_only_the_upgrade(&verify_report(dir.path()));
+    assert_eq!(strings(&src, CHUNK_STATES).await, strings(&tgt, CHUNK_STATES).await);
+    assert_eq!(strings(&src, WATERMARKS).await, strings(&tgt, WATERMARKS).await);
+    for sql in [
+        "SELECT format('%s %s', count(*), sum(events)) FROM metrics.events_daily",
+        "SELECT format('%s %s', count(*), sum(samples)) FROM metrics.readings_hourly",
+        "SELECT format('%s %s', count(*), string_agg(DISTINCT coalesce(unit, 'NULL'), ',')) FROM metrics.meters",
+        "SELECT string_agg(j, ', ' ORDER BY j) FROM (SELECT format('%s %s %s %s', proc_name, scheduled, schedule_interval, owner) AS j
+         FROM timescaledb_information.jobs WHERE job_id >= 1000) x",
+    ] {
+        assert_eq!(strings(&src, sql).await, strings(&tgt, sql).await, "{sql}");
+    }
+    tokio::join!(common::drop_db(&s.old_source, "old_ts"), common::drop_db(&s.target, "old_ts_target"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rich_fixture_from_postgresql_15_verifies_without_false_alarms() {
+    // the rich fixture without pgvector, which the old source's server does not have
+    let sql = common::RICH_SOURCE_SQL
+        .replace("CREATE EXTENSION IF NOT EXISTS vector;\n", "")
+        .replace("embedding vector(3)", "embedding real[]")
+        .replace(
+            "CREATE INDEX kb_documents_embedding_idx ON public.kb_documents\n    USING hnsw (embedding vector_cosine_ops) WITH (m = 8, ef_construction = 32);",
+            "",
+        )
+        .replace("ARRAY[i, i * 0.5, 1.0 / i]::vector(3)", "ARRAY[i, i * 0.5, 1.0 / i]::real[]");
+    assert!(!sql.contains("vector"), "every pgvector statement replaced");
+    let s = common::servers();
+    let src = common::db_with(&s.old_source, "old_rich", &sql).await;
+    common::drop_db(&s.target, "old_rich_target").await;
+    let tgt = common::url_for(&s.target, "old_rich_target");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
+
+    let (code, out) = run(&plan);
+    assert_eq!(code, 0, "{out}");
+    let report = verify_report(dir.path());
+    assert_only_the_upgrade(&report);
+    // what the newer major spells or grants differently was compared, and found equal
+    let count = |class: &str| {
+        report["classes"].as_array().unwrap().iter().find(|c| c["class"] == class).unwrap()["source"].clone()
+    };
+    assert_eq!(count("views"), 2);
+    assert_eq!(count("materialized_views"), 1);
+    assert!(count("grants").as_u64().unwrap() > 20);
+    let maintain = strings(
+        &tgt,
+        "SELECT count(*)::text FROM pg_class c, aclexplode(c.relacl) a WHERE a.privilege_type = 'MAINTAIN'",
+    )
+    .await;
+    assert_ne!(maintain, ["0"], "the target's grants do include MAINTAIN: {maintain:?}");
+    tokio::join!(common::drop_db(&s.old_source, "old_rich"), common::drop_db(&s.target, "old_rich_target"));
+}

@@ -436,8 +436,8 @@ impl Session {
     }
 
     /// Runs `sql` in the snapshot's transaction (a `LOCK TABLE` held until the session closes).
-    pub async fn execute(&self, what: &str, sql: &str) -> Result<(), UserError> {
-        self.client.batch_execute(sql).await.map_err(|e| self.query_error(what, &e))
+    pub async fn execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(sql).await
     }
 
     /// Counts or checksums the given tables with `workers` connections sharing this snapshot.

@@ -117,10 +117,25 @@ impl Totals {
 /// Locks the source relations the pieces read (ACCESS SHARE, in the snapshot's transaction, until
 /// the stage ends), as pg_dump does: TRUNCATE-like rewrites (compressing or dropping a chunk) wait.
 async fn lock_sources(session: &Session, relations: &[String]) -> Result<(), UserError> {
+    use tokio_postgres::error::SqlState;
     for batch in relations.chunks(500) {
-        session
-            .execute("locks on the source's chunks", &format!("LOCK TABLE {} IN ACCESS SHARE MODE", batch.join(", ")))
-            .await?;
+        session.execute(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", batch.join(", "))).await.map_err(|e| {
+            let waited = [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED].iter().any(|c| e.code() == Some(c));
+            let fix = if waited {
+                "a job on the source holds a chunk (compressing, decompressing or dropping it): wait for it to end, \
+                 or pause the source's TimescaleDB jobs (alter_job(id, scheduled => false)), then run again"
+            } else {
+                "a chunk was dropped on the source while the copy was planned (a retention job?): run again"
+            };
+            UserError::new(
+                format!(
+                    "source {}: cannot lock the chunks to copy ({})",
+                    session.spec.label(),
+                    catalog::db_message(&e)
+                ),
+                fix,
+            )
+        })?;
     }
     Ok(())
 }

@@ -4,22 +4,6 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// pg_ctl for the target cluster, run inside the test root as postgres.
-fn target_ctl(args: &[&str]) {
-    let root = std::env::var("PGSHIFT_TEST_ROOT").expect("PGSHIFT_TEST_ROOT: source tests/env state/env.sh");
-    let st = Command::new("chroot")
-        .args(["--userspec=postgres:postgres", &root, "/usr/lib/postgresql/17/bin/pg_ctl", "-D", "/srv/pgshift/target"])
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "pg_ctl {args:?} for the target failed");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_target_during_the_data_stage_fails_clearly_and_the_rerun_resumes_clean() {
     let s = common::servers();
@@ -29,69 +13,13 @@ async fn killing_the_target_during_the_data_stage_fails_clearly_and_the_rerun_re
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &tgt, "[data]\njobs = 1\n");
 
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
-        .args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"])
-        .env("PGPASSWORD", &s.password)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-
     // once the schema stage starts (the backup is done), hold the smallest table on the source: one
     // worker copies the largest first (the hypertable, chunk by chunk), so by the time it waits on
     // this one the hypertable's chunks and most tables are committed — mid-stage
-    let holder = common::connect(&src).await;
-    let admin = common::connect(&s.source).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut lines = Vec::new();
-    let mut held = false;
-    loop {
-        while let Ok(l) = rx.try_recv() {
-            lines.push(l);
-        }
-        if !held && lines.iter().any(|l| l.contains("\"stage_started\",\"stage\":\"schema\"")) {
-            holder.batch_execute("BEGIN; LOCK TABLE energy.tariffs_kr IN ACCESS EXCLUSIVE MODE").await.unwrap();
-            held = true;
-        }
-        if held {
-            let waiting: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'resume_src' \
-                     AND application_name LIKE 'pgshift data %' AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early: {lines:#?}");
-        assert!(Instant::now() < deadline, "the data stage never reached the held table: {lines:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
+    let run = common::run_held_at(&plan, &src, "resume_src", "energy.tariffs_kr").await;
     // the target dies; the held table is released so the copy runs into the dead target
-    target_ctl(&["stop", "-m", "immediate", "-w"]);
-    holder.batch_execute("ROLLBACK").await.unwrap();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    target_ctl(&["start", "-w", "-t", "60", "-l", "/srv/pgshift/target/server.log"]);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(3), "{stderr}");
+    let (code, stderr) = run.kill_the_target().await;
+    assert_eq!(code, Some(3), "{stderr}");
     let line = stderr.lines().last().unwrap_or_default();
     assert!(line.contains("copying energy.tariffs_kr failed"), "{stderr}");
     let progress_file = std::fs::read_dir(dir.path().join("backups"))

@@ -125,6 +125,22 @@ impl TimescaleStage {
                 Some(_) => format!("compressed part of {} attached as copied", c.chunk),
                 None => format!("{} compressed", c.chunk),
             };
+            let there: bool = target
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&c.chunk])
+                .await
+                .map_err(self.fail("looking for a chunk"))?
+                .get(0);
+            if !there {
+                return Err(UserError::new(
+                    format!(
+                        "the data stage recorded {} of {} as loaded, but the target has no such chunk: the target lost \
+                         work it had committed",
+                        c.chunk, c.hypertable
+                    ),
+                    "run again with --restart (a crash of a target running with fsync or synchronous_commit off \
+                     loses acknowledged commits)",
+                ));
+            }
             target.batch_execute(&chunks::compress_sql(c)).await.map_err(self.fail(&what))?;
             if c.staged.is_some() {
                 attached += 1;
@@ -318,6 +334,8 @@ impl Stage for TimescaleStage {
                 return Ok("no compression, continuous aggregates or jobs on the source".into());
             }
             let target = ctx.tagged(&self.target).connect().await?;
+            // what it records as made (jobs) must not vanish in a crash after it said so
+            target.batch_execute("SET synchronous_commit = on").await.map_err(self.fail("preparing the session"))?;
             let settings = self.compression_settings(ctx, &target, &f).await?;
             let (attached, again) = self.compress(ctx, &target, &f).await?;
             self.aggregates(ctx, &source, &target, &f).await?;

@@ -161,3 +161,95 @@ pub fn write_plan(dir: &std::path::Path, source: &str, target: &str, extra: &str
     std::fs::write(&plan, text).expect("plan written");
     plan
 }
+
+/// pg_ctl for the target cluster, run inside the test root as postgres.
+pub fn target_ctl(args: &[&str]) {
+    let root = std::env::var("PGSHIFT_TEST_ROOT").expect("PGSHIFT_TEST_ROOT: source tests/env state/env.sh");
+    let st = std::process::Command::new("chroot")
+        .args(["--userspec=postgres:postgres", &root, "/usr/lib/postgresql/17/bin/pg_ctl", "-D", "/srv/pgshift/target"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "pg_ctl {args:?} for the target failed");
+}
+
+/// A `pgshift run --json` that the data stage is made to wait in: once the schema stage starts,
+/// `table` (small, so copied late) is locked on the source, and this returns when a data worker
+/// waits for it. The lock is held by the returned client's open transaction.
+pub struct HeldRun {
+    pub child: std::process::Child,
+    pub lines: Vec<String>,
+    pub holder: Client,
+}
+
+pub async fn run_held_at(plan: &std::path::Path, source_db_url: &str, db: &str, table: &str) -> HeldRun {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let s = servers();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
+        .args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"])
+        .env("PGPASSWORD", &s.password)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let holder = connect(source_db_url).await;
+    let admin = connect(&url_for(source_db_url, "postgres")).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lines = Vec::new();
+    let mut held = false;
+    loop {
+        while let Ok(l) = rx.try_recv() {
+            lines.push(l);
+        }
+        if !held && lines.iter().any(|l| l.contains("\"stage_started\",\"stage\":\"schema\"")) {
+            holder.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).await.unwrap();
+            held = true;
+        }
+        if held {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name LIKE 'pgshift data %' AND wait_event_type = 'Lock'",
+                    &[&db],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early: {lines:#?}");
+        assert!(Instant::now() < deadline, "the data stage never reached the held table: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    HeldRun { child, lines, holder }
+}
+
+impl HeldRun {
+    /// The target dies while the run waits; the table is released so the copy runs into the dead
+    /// target; the target starts again. Returns the run's exit code and stderr.
+    pub async fn kill_the_target(mut self) -> (Option<i32>, String) {
+        target_ctl(&["stop", "-m", "immediate", "-w"]);
+        self.holder.batch_execute("ROLLBACK").await.unwrap();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        target_ctl(&["start", "-w", "-t", "60", "-l", "/srv/pgshift/target/server.log"]);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status.code(), stderr)
+    }
+}

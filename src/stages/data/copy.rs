@@ -61,11 +61,15 @@ pub async fn open_reader(source: &ConnSpec, snapshot: Option<&str>) -> Result<Cl
 
 /// A target connection that fires no user trigger. Its prepared statements are planned once
 /// (`plan_cache_mode`): the chunk lookup runs once per chunk. No JIT: its catalog estimates are
-/// untrustworthy on a freshly loaded target (a catalog query compiled for 0.8 s there).
+/// untrustworthy on a freshly loaded target (a catalog query compiled for 0.8 s there). Its commits
+/// are synchronous whatever the server's default: a piece is recorded as loaded once its COMMIT
+/// returns, and with `synchronous_commit = off` a crash of the target can lose a commit already
+/// acknowledged (seen here: a chunk recorded as loaded, gone after the restart).
 pub async fn open_writer(target: &ConnSpec) -> Result<Client, UserError> {
     let c = target.connect().await?;
     c.batch_execute(
         "SET session_replication_role = replica; SET statement_timeout = 0; SET plan_cache_mode = force_generic_plan; SET jit = off; \
+         SET synchronous_commit = on; \
          SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; \
          SET extra_float_digits = 3; SET bytea_output = 'hex'",
     )

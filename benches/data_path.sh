@@ -12,16 +12,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-. "$repo/tests/env/lib.sh"
+. "$here/lib.sh"
 rows=${1:-2000000}
 jobs=${2:-2}
-
-for tool in bc; do command -v "$tool" >/dev/null || apt-get install -y -qq "$tool" >/dev/null; done
-bash "$repo/tests/env/up.sh"
-. "$ENV_FILE"
-export PGPASSWORD="$PGSHIFT_TEST_PASSWORD"
-bin="$PGSHIFT_TEST_BIN_DIR"
-psql17() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
+bench_env bc
 now() { date +%s.%N; }
 
 # $1: more create_hypertable arguments

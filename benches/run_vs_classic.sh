@@ -9,17 +9,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-. "$repo/tests/env/lib.sh"
+. "$here/lib.sh"
 rows=${1:-1000000}
-
-for tool in bc jq; do
-    command -v "$tool" >/dev/null || apt-get install -y -qq "$tool" >/dev/null || die "install $tool"
-done
-bash "$repo/tests/env/up.sh"
-. "$ENV_FILE"
-export PGPASSWORD="$PGSHIFT_TEST_PASSWORD"
-bin="$PGSHIFT_TEST_BIN_DIR"
-psql17() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
+bench_env bc jq
 
 psql17 -p "$SOURCE_PORT" -d postgres -c 'DROP DATABASE IF EXISTS bench_src WITH (FORCE)' -c 'CREATE DATABASE bench_src'
 psql17 -p "$SOURCE_PORT" -d bench_src -c "

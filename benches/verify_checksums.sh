@@ -7,16 +7,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-. "$repo/tests/env/lib.sh"
+. "$here/lib.sh"
 rows=${1:-2000000}
-
-for tool in time bc; do
-    [ -x "/usr/bin/$tool" ] || apt-get install -y -qq "$tool" >/dev/null || die "install $tool (apt-get install $tool)"
-done
-bash "$repo/tests/env/up.sh"
-. "$ENV_FILE"
-export PGPASSWORD="$PGSHIFT_TEST_PASSWORD"
-psql17() { chroot "$ROOT" env PGPASSWORD="$PGPASSWORD" /usr/lib/postgresql/17/bin/psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
+bench_env time bc
 
 for port in "$SOURCE_PORT" "$TARGET_PORT"; do
     psql17 -p "$port" -d postgres -c 'DROP DATABASE IF EXISTS pgshift_bench WITH (FORCE)' -c 'CREATE DATABASE pgshift_bench'

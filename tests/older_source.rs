@@ -10,26 +10,6 @@ mod common;
 
 use std::path::Path;
 
-async fn strings(url: &str, sql: &str) -> Vec<String> {
-    common::connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
-}
-
-/// Per hypertable (and aggregate): chunks and compressed chunks.
-const CHUNK_STATES: &str = "SELECT format('%s: %s chunks, %s compressed',
-        coalesce((SELECT format('%I.%I', ca.user_view_schema, ca.user_view_name) FROM _timescaledb_catalog.continuous_agg ca
-                  WHERE ca.mat_hypertable_id = h.id), format('%I.%I', h.schema_name, h.table_name)),
-        count(*), count(*) FILTER (WHERE c.status & 1 = 1))
-    FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-    WHERE NOT c.dropped AND NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable p WHERE p.compressed_hypertable_id = h.id)
-    GROUP BY h.id ORDER BY 1";
-
-/// Per aggregate: the watermark its refreshes reached.
-const WATERMARKS: &str = "SELECT format('%s up to %s', a.view_name,
-        _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)))
-    FROM timescaledb_information.continuous_aggregates a
-    JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name
-    ORDER BY 1";
-
 /// The run's verify report.
 fn verify_report(dir: &Path) -> serde_json::Value {
     let run =
@@ -57,7 +37,7 @@ fn assert_only_the_upgrade(report: &serde_json::Value) {
 async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17() {
     let s = common::servers();
     let src = common::timescale_db(&s.old_source, "old_ts").await;
-    assert!(strings(&src, "SELECT version()").await[0].starts_with("PostgreSQL 15"));
+    assert!(common::strings(&src, "SELECT version()").await[0].starts_with("PostgreSQL 15"));
     common::drop_db(&s.target, "old_ts_target").await;
     let tgt = common::url_for(&s.target, "old_ts_target");
     let dir = tempfile::tempdir().unwrap();
@@ -70,8 +50,8 @@ async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17
     assert!(out.contains("0 chunk(s) attached compressed as copied, 35 compressed again"), "{out}");
     assert!(out.contains("checksums (computed here, from COPY text)"), "across majors, rows hashed from text: {out}");
     assert_only_the_upgrade(&verify_report(dir.path()));
-    assert_eq!(strings(&src, CHUNK_STATES).await, strings(&tgt, CHUNK_STATES).await);
-    assert_eq!(strings(&src, WATERMARKS).await, strings(&tgt, WATERMARKS).await);
+    assert_eq!(common::chunk_states(&src, false).await, common::chunk_states(&tgt, false).await);
+    assert_eq!(common::watermarks(&src).await, common::watermarks(&tgt).await);
     for sql in [
         "SELECT format('%s %s', count(*), sum(events)) FROM metrics.events_daily",
         "SELECT format('%s %s', count(*), sum(samples)) FROM metrics.readings_hourly",
@@ -79,7 +59,7 @@ async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17
         "SELECT string_agg(j, ', ' ORDER BY j) FROM (SELECT format('%s %s %s %s', proc_name, scheduled, schedule_interval, owner) AS j
          FROM timescaledb_information.jobs WHERE job_id >= 1000) x",
     ] {
-        assert_eq!(strings(&src, sql).await, strings(&tgt, sql).await, "{sql}");
+        assert_eq!(common::strings(&src, sql).await, common::strings(&tgt, sql).await, "{sql}");
     }
     tokio::join!(common::drop_db(&s.old_source, "old_ts"), common::drop_db(&s.target, "old_ts_target"));
 }
@@ -114,7 +94,7 @@ async fn the_rich_fixture_from_postgresql_15_verifies_without_false_alarms() {
     assert_eq!(count("views"), 2);
     assert_eq!(count("materialized_views"), 1);
     assert!(count("grants").as_u64().unwrap() > 20);
-    let maintain = strings(
+    let maintain = common::strings(
         &tgt,
         "SELECT count(*)::text FROM pg_class c, aclexplode(c.relacl) a WHERE a.privilege_type = 'MAINTAIN'",
     )

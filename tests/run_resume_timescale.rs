@@ -6,19 +6,6 @@
 
 mod common;
 
-/// Per hypertable (and aggregate): chunks and compressed chunks.
-const CHUNK_STATES: &str = "SELECT format('%s: %s chunks, %s compressed',
-        coalesce((SELECT format('%I.%I', ca.user_view_schema, ca.user_view_name) FROM _timescaledb_catalog.continuous_agg ca
-                  WHERE ca.mat_hypertable_id = h.id), format('%I.%I', h.schema_name, h.table_name)),
-        count(*), count(*) FILTER (WHERE c.status & 1 = 1))
-    FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-    WHERE NOT c.dropped AND NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable p WHERE p.compressed_hypertable_id = h.id)
-    GROUP BY h.id ORDER BY 1";
-
-async fn strings(url: &str, sql: &str) -> Vec<String> {
-    common::connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timescaledb_copy_cut_off_by_the_target_resumes_and_attaches_every_staged_chunk() {
     let s = common::servers();
@@ -48,6 +35,6 @@ async fn a_timescaledb_copy_cut_off_by_the_target_resumes_and_attaches_every_sta
     assert_eq!(copied_again + before, 33, "each compressed chunk staged once: {text}");
     assert!(text.contains("33 chunk(s) attached compressed as copied, 2 compressed again"), "{text}");
     assert!(text.contains("migration complete and verified clean"), "{text}");
-    assert_eq!(strings(&src, CHUNK_STATES).await, strings(&tgt, CHUNK_STATES).await);
+    assert_eq!(common::chunk_states(&src, false).await, common::chunk_states(&tgt, false).await);
     tokio::join!(common::drop_db(&s.source, "resume_ts"), common::drop_db(&s.target, "resume_ts_target"));
 }

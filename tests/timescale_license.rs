@@ -12,29 +12,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-async fn strings(url: &str, sql: &str) -> Vec<String> {
-    common::connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
-}
-
 async fn one(url: &str, sql: &str) -> String {
-    strings(url, sql).await.into_iter().next().unwrap_or_default()
+    common::strings(url, sql).await.into_iter().next().unwrap_or_default()
 }
-
-/// Per hypertable (and aggregate): chunks, compressed chunks, partially compressed chunks.
-const CHUNK_STATES: &str = "SELECT format('%s: %s chunks, %s compressed, %s partially',
-        coalesce((SELECT format('%I.%I', ca.user_view_schema, ca.user_view_name) FROM _timescaledb_catalog.continuous_agg ca
-                  WHERE ca.mat_hypertable_id = h.id), format('%I.%I', h.schema_name, h.table_name)),
-        count(*), count(*) FILTER (WHERE c.status & 1 = 1), count(*) FILTER (WHERE c.status & 9 = 9))
-    FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-    WHERE NOT c.dropped AND NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable p WHERE p.compressed_hypertable_id = h.id)
-    GROUP BY h.id ORDER BY 1";
-
-/// Per aggregate: the watermark its refreshes reached.
-const WATERMARKS: &str = "SELECT format('%s up to %s', a.view_name,
-        _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)))
-    FROM timescaledb_information.continuous_aggregates a
-    JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name
-    ORDER BY 1";
 
 /// Every job as a DBA reads it (ids aside).
 const JOBS: &str = "SELECT format('%s on %s every %s, %s, owner %s, fixed %s from %s, tz %s, config %s',
@@ -65,8 +45,8 @@ fn run_dir(dir: &Path) -> PathBuf {
 /// The source and its migrated target hold the same chunks in the same states, the same rows,
 /// aggregates at the same watermark and the same jobs.
 async fn assert_same_timescaledb(src: &str, tgt: &str) {
-    let states = strings(src, CHUNK_STATES).await;
-    assert_eq!(states, strings(tgt, CHUNK_STATES).await, "chunk states");
+    let states = common::chunk_states(src, true).await;
+    assert_eq!(states, common::chunk_states(tgt, true).await, "chunk states");
     assert!(
         states.iter().any(|s| s.starts_with("metrics.readings: 30 chunks, 20 compressed, 4 partially")),
         "{states:?}"
@@ -86,8 +66,8 @@ async fn assert_same_timescaledb(src: &str, tgt: &str) {
     ] {
         assert_eq!(one(src, sql).await, one(tgt, sql).await, "{sql}");
     }
-    assert_eq!(strings(src, WATERMARKS).await, strings(tgt, WATERMARKS).await, "watermarks");
-    assert_eq!(strings(src, JOBS).await, strings(tgt, JOBS).await, "jobs");
+    assert_eq!(common::watermarks(src).await, common::watermarks(tgt).await, "watermarks");
+    assert_eq!(common::strings(src, JOBS).await, common::strings(tgt, JOBS).await, "jobs");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,8 +113,8 @@ async fn a_timescale_source_arrives_whole_with_compressed_chunks_copied_as_they_
         "0"
     );
     assert_eq!(
-        strings(&tgt, "SELECT next_start::text FROM timescaledb_information.job_stats WHERE job_id >= 1000 AND next_start IS NOT NULL ORDER BY 1").await,
-        strings(&src, "SELECT next_start::text FROM timescaledb_information.job_stats WHERE job_id >= 1000 AND next_start IS NOT NULL ORDER BY 1").await
+        common::strings(&tgt, "SELECT next_start::text FROM timescaledb_information.job_stats WHERE job_id >= 1000 AND next_start IS NOT NULL ORDER BY 1").await,
+        common::strings(&src, "SELECT next_start::text FROM timescaledb_information.job_stats WHERE job_id >= 1000 AND next_start IS NOT NULL ORDER BY 1").await
     );
     // the verify report compared the chunks one by one
     let report: serde_json::Value =
@@ -215,16 +195,9 @@ async fn compressed_chunks_can_travel_through_decompression_and_are_compressed_a
     );
     // compressed again on the target, a partially compressed chunk is whole again: the states
     // differ only there (rows and everything else are the same)
-    let states = |url: String| async move {
-        strings(&url, CHUNK_STATES)
-            .await
-            .into_iter()
-            .map(|s| s.split(", ").take(2).collect::<Vec<_>>().join(", "))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(states(src.clone()).await, states(tgt.clone()).await);
-    assert_eq!(strings(&src, WATERMARKS).await, strings(&tgt, WATERMARKS).await, "watermarks");
-    assert_eq!(strings(&src, JOBS).await, strings(&tgt, JOBS).await, "jobs");
+    assert_eq!(common::chunk_states(&src, false).await, common::chunk_states(&tgt, false).await);
+    assert_eq!(common::watermarks(&src).await, common::watermarks(&tgt).await, "watermarks");
+    assert_eq!(common::strings(&src, JOBS).await, common::strings(&tgt, JOBS).await, "jobs");
     tokio::join!(common::drop_db(&s.source, "tsl_recompress"), common::drop_db(&s.target, "tsl_recompress_target"));
 }
 

@@ -253,3 +253,38 @@ impl HeldRun {
         (status.code(), stderr)
     }
 }
+
+/// The first column of every row of `sql`, as text.
+pub async fn strings(url: &str, sql: &str) -> Vec<String> {
+    connect(url).await.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// Per hypertable (and continuous aggregate): its chunks, how many are compressed, and (with
+/// `partial`) how many of those partially.
+pub async fn chunk_states(url: &str, partial: bool) -> Vec<String> {
+    let sql = format!(
+        "SELECT format('%s: %s chunks, %s compressed{}',
+            coalesce((SELECT format('%I.%I', ca.user_view_schema, ca.user_view_name) FROM _timescaledb_catalog.continuous_agg ca
+                      WHERE ca.mat_hypertable_id = h.id), format('%I.%I', h.schema_name, h.table_name)),
+            count(*), count(*) FILTER (WHERE c.status & 1 = 1), count(*) FILTER (WHERE c.status & 9 = 9))
+         FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+         WHERE NOT c.dropped
+           AND NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable p WHERE p.compressed_hypertable_id = h.id)
+         GROUP BY h.id ORDER BY 1",
+        if partial { ", %s partially" } else { "" }
+    );
+    strings(url, &sql).await
+}
+
+/// Per continuous aggregate: the watermark its refreshes reached.
+pub async fn watermarks(url: &str) -> Vec<String> {
+    strings(
+        url,
+        "SELECT format('%s up to %s', a.view_name,
+                _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)))
+         FROM timescaledb_information.continuous_aggregates a
+         JOIN _timescaledb_catalog.continuous_agg ca ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name
+         ORDER BY 1",
+    )
+    .await
+}

@@ -198,7 +198,8 @@ pub enum Command {
         verbose: bool,
     },
     /// Stage 4 alone: copy every table's rows into a target that already has the tables (pieces in
-    /// parallel, resumable through DIR/data-progress.json). Exit code 0 done, 3 failed, 130 cancelled.
+    /// parallel, resumable through DIR/data-progress.json; compressed chunks arrive uncompressed).
+    /// Exit code 0 done, 3 failed, 130 cancelled.
     Copy {
         #[arg(long, env = "PGSHIFT_SOURCE", hide_env_values = true, help = CONN_HELP)]
         source: String,
@@ -215,10 +216,6 @@ pub enum Command {
         #[arg(long, value_name = "MIB", default_value_t = crate::stages::data::RANGE_BYTES >> 20,
               value_parser = clap::value_parser!(i64).range(1..=1 << 20))]
         range_mib: i64,
-        /// Read compressed chunks through decompression and leave them for the target to compress
-        /// again, rather than copying their compressed rows as they are.
-        #[arg(long)]
-        recompress: bool,
         #[arg(long)]
         json: bool,
     },
@@ -427,13 +424,17 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             crate::run::run(&plan, yes, restart, mode).await
         }
-        Command::Copy { source, target, jobs, dir, range_mib, recompress, json } => {
-            use crate::stages::data::{CompressedMode, DataStage};
+        Command::Copy { source, target, jobs, dir, range_mib, json } => {
+            use crate::plan::CompressedChunks;
+            use crate::stages::data::DataStage;
             let source = ConnSpec::parse("source", &source)?;
             let target = ConnSpec::parse("target", &target)?;
             std::fs::create_dir_all(&dir).map_err(|e| files::write_error(&dir, &e))?;
-            let mode = if recompress { CompressedMode::Recompress } else { CompressedMode::AsIs };
-            let stage = DataStage::new(source, target, jobs).with_range_bytes(range_mib << 20).with_compressed(mode);
+            // no TimescaleDB stage follows to attach compressed parts copied as they are: a
+            // compressed chunk's rows come through decompression, into the chunk itself
+            let stage = DataStage::new(source, target, jobs)
+                .with_range_bytes(range_mib << 20)
+                .with_compressed(CompressedChunks::Recompress);
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose: false } };
             match headless::run_stage(&stage, Some(&dir), None, mode).await? {
                 headless::Ended::Done => Ok(0),

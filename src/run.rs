@@ -13,7 +13,7 @@ use crate::headless::{self, Ended, Mode};
 use crate::journal::{Journal, JOURNAL_FILE};
 use crate::plan::Plan;
 use crate::stages::backup::{BackupOptions, BackupStage};
-use crate::stages::data::{CompressedMode, DataStage};
+use crate::stages::data::DataStage;
 use crate::stages::environment::{ensure_password, ContainerStage, ExistingServerStage};
 use crate::stages::schema::{PostDataStage, SchemaStage};
 use crate::stages::timescaledb::TimescaleStage;
@@ -101,11 +101,8 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         force,
         plan.hypertables.clone(),
     );
-    let compressed = match plan.data.compressed_chunks {
-        crate::plan::CompressedChunks::AsIs => CompressedMode::AsIs,
-        crate::plan::CompressedChunks::Recompress => CompressedMode::Recompress,
-    };
-    let data = DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(compressed);
+    let data =
+        DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(plan.data.compressed_chunks);
     let post = PostDataStage::new(target.clone(), &plan.tuning);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
@@ -208,6 +205,12 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
     }
     if !plan.vectors.is_empty() {
         rules.push(rule("extensions", "vector".into(), "created for the plan's vector columns"));
+    }
+    if !plan.tuning.compress_chunks {
+        // chunks that came through decompression stay uncompressed
+        let mut r = rule("chunks", "*".into(), "left uncompressed by [tuning] compress_chunks = false");
+        r.change = Change::Changed;
+        rules.push(r);
     }
     for h in &plan.hypertables {
         // its chunks on the target are part of this planned difference (catalog::diff)

@@ -12,6 +12,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use pgshift::engine::{Engine, Event, Stage};
+use pgshift::stages::timescaledb::TimescaleStage;
+use pgshift::timescaledb::jobs::release_jobs;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 async fn one(url: &str, sql: &str) -> String {
     common::strings(url, sql).await.into_iter().next().unwrap_or_default()
 }
@@ -96,6 +102,33 @@ async fn a_timescale_source_arrives_whole_with_compressed_chunks_copied_as_they_
     assert!(stdout.contains("migration complete and verified clean"), "{stdout}");
     assert!(!stdout.contains("CALL refresh_continuous_aggregate"), "aggregates are copied, never recomputed: {stdout}");
 
+    assert_same_timescaledb(&src, &tgt).await;
+
+    // the TimescaleDB stage run again (a resumed run whose stage failed late) changes nothing:
+    // settings found set, chunks found compressed, the refresh state written again, the jobs it
+    // made taken over rather than made twice
+    let jobs_before = common::strings(&tgt, JOBS).await;
+    let stage = TimescaleStage::new(common::spec("source", &src), common::spec("target", &tgt), true, vec![]);
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let mut engine = Engine::new(tx, CancellationToken::new());
+    engine.set_run_dir(run_dir(dir.path()));
+    let stages: [&dyn Stage; 1] = [&stage];
+    let outcome = engine.run(&stages, None).await;
+    drop(engine);
+    let mut events = Vec::new();
+    while let Some(e) = rx.recv().await {
+        events.push(e);
+    }
+    assert!(outcome.succeeded(), "{:?} {events:#?}", outcome.error);
+    let taken_over = events
+        .iter()
+        .filter(|e| matches!(e, Event::Output { line, .. } if line.contains("made by an earlier attempt")))
+        .count();
+    assert_eq!(taken_over, 6, "{events:#?}");
+    assert_eq!(common::strings(&tgt, JOBS).await, jobs_before);
+    // held again until a verify passes: released here as the verify stage would
+    let released = release_jobs(&common::spec("target", &tgt), &run_dir(dir.path())).await.unwrap();
+    assert_eq!(released, 5);
     assert_same_timescaledb(&src, &tgt).await;
     // the history only the aggregate holds: its buckets start before the oldest raw row
     let (first_bucket, first_raw) = (

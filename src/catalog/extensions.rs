@@ -20,10 +20,6 @@ pub const TIMESCALE_VERSION: &str =
 
 pub const VECTOR_VERSION: &str = "SELECT e.extversion FROM pg_extension e WHERE e.extname = 'vector'";
 
-fn user_hypertable(schema: &str, name: &str) -> String {
-    crate::timescaledb::user_hypertable_sql(schema, name)
-}
-
 /// A TimescaleDB internal time value (`value`, bigint) as text: a time for time types (microseconds
 /// since the Unix epoch inside TimescaleDB, `-infinity`/`infinity` at the ends), the number itself
 /// for integer time. `ty` is the column's regtype. Both servers print it alike (UTC, ISO).
@@ -72,7 +68,10 @@ pub fn chunks_query() -> String {
     )
 }
 
-/// Continuous aggregates' materialization hypertables: view, relation, bytes, quoted columns.
+/// Continuous aggregates' materialization hypertables: view, relation, quoted columns. Not those of
+/// aggregates in TimescaleDB's old (not finalized) form, whose materialization holds partial
+/// states no newer TimescaleDB makes: they are refreshed on the target, and compared through
+/// their views.
 pub const MATERIALIZATIONS: &str = "SELECT format('%I.%I', a.view_schema, a.view_name),
         format('%I.%I', a.materialization_hypertable_schema, a.materialization_hypertable_name),
         coalesce(array_agg(quote_ident(att.attname::text) ORDER BY att.attnum), '{}')
@@ -80,6 +79,7 @@ pub const MATERIALIZATIONS: &str = "SELECT format('%I.%I', a.view_schema, a.view
      LEFT JOIN pg_attribute att ON att.attrelid = format('%I.%I', a.materialization_hypertable_schema,
                                                         a.materialization_hypertable_name)::regclass
                               AND att.attnum > 0 AND NOT att.attisdropped
+     WHERE (to_jsonb(a) ->> 'finalized') IS DISTINCT FROM 'false'
      GROUP BY 1, 2 ORDER BY 1";
 
 /// Queries returning `(name, definition)` for the TimescaleDB classes.
@@ -94,7 +94,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                            WHERE d.hypertable_schema = h.hypertable_schema AND d.hypertable_name = h.hypertable_name), '')
                  || E'\ncompression ' || CASE WHEN h.compression_enabled THEN 'enabled' ELSE 'disabled' END
                FROM timescaledb_information.hypertables h"#,
-            ht = user_hypertable("h.hypertable_schema", "h.hypertable_name")
+            ht = crate::timescaledb::user_hypertable_sql("h.hypertable_schema", "h.hypertable_name")
         ),
         Class::CompressionSettings => format!(
             r#"SELECT {ht},
@@ -107,7 +107,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                                   ', ' ORDER BY s.orderby_column_index) FILTER (WHERE s.orderby_column_index IS NOT NULL), '(none)'))
                FROM timescaledb_information.compression_settings s
                GROUP BY s.hypertable_schema, s.hypertable_name"#,
-            ht = user_hypertable("s.hypertable_schema", "s.hypertable_name")
+            ht = crate::timescaledb::user_hypertable_sql("s.hypertable_schema", "s.hypertable_name")
         ),
         // with what a reader cannot see: how far it is refreshed (watermark, the aggregated
         // hypertable's invalidation threshold, ranges waiting for a refresh) and its indexes
@@ -132,7 +132,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                LEFT JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t ON t.hypertable_id = ca.raw_hypertable_id
                LEFT JOIN _timescaledb_catalog.dimension md ON md.hypertable_id = ca.mat_hypertable_id
                LEFT JOIN _timescaledb_catalog.dimension rd ON rd.hypertable_id = ca.raw_hypertable_id AND rd.interval_length IS NOT NULL"#,
-            ht = user_hypertable("a.hypertable_schema", "a.hypertable_name"),
+            ht = crate::timescaledb::user_hypertable_sql("a.hypertable_schema", "a.hypertable_name"),
             watermark = internal_time("w.watermark", "md.column_type"),
             threshold = internal_time("t.watermark", "rd.column_type"),
         ),
@@ -160,7 +160,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                WHERE j.job_id >= 1000
                WINDOW w AS (PARTITION BY j.proc_schema, j.proc_name, j.hypertable_schema, j.hypertable_name
                             ORDER BY j.schedule_interval, j.config::text)"#,
-            ht = user_hypertable("j.hypertable_schema", "j.hypertable_name")
+            ht = crate::timescaledb::user_hypertable_sql("j.hypertable_schema", "j.hypertable_name")
         ),
         _ => return None,
     })

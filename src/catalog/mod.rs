@@ -375,26 +375,30 @@ impl Session {
         if timescaledb.is_some() {
             let rows =
                 self.guarded_query(&extensions::chunks_query()).await.map_err(|e| self.query_error("chunks", &e))?;
+            // a hypertable by its name, an aggregate's materialization by its view
+            let owners: BTreeMap<String, usize> = tables
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| match t.kind.as_str() {
+                    "hypertable" => Some((t.name.clone(), i)),
+                    _ => t.aggregate().map(|view| (view.to_string(), i)),
+                })
+                .collect();
             for r in rows {
                 let owner: String = r.get(0);
                 let key: Option<String> = r.get(1);
-                let compressed: bool = r.get(3);
-                let entry = tables
-                    .iter_mut()
-                    .find(|t| (t.kind == "hypertable" && t.name == owner) || t.aggregate() == Some(owner.as_str()));
-                if let Some(t) = entry {
-                    *t.compressed_chunks.get_or_insert(0) += i64::from(compressed);
-                    // in key order: chunk ids follow creation order, which differs between servers
-                    t.parts.push(TablePart {
+                if let Some(&i) = owners.get(&owner) {
+                    tables[i].parts.push(TablePart {
                         key: key.unwrap_or_else(|| "(no slices)".into()),
                         relation: r.get(2),
-                        compressed,
+                        compressed: r.get(3),
                         rows: None,
                         checksum: None,
                         error: None,
                     });
                 }
             }
+            // in key order: chunk ids follow creation order, which differs between servers
             for t in &mut tables {
                 t.parts.sort_by(|a, b| a.key.cmp(&b.key));
             }

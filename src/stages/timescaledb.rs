@@ -1,6 +1,6 @@
 //! Stage 6a — TimescaleDB, after the data, indexes and constraints: what the source's TimescaleDB
 //! holds beyond its hypertables and their rows is recreated on the target, in this order:
-//! compression settings (hypertables, then continuous aggregates); the chunks compressed on the
+//! compression settings (a hypertable's, or a continuous aggregate's through its view); the chunks compressed on the
 //! source, compressed again — attached in their copied compressed form where the data stage could
 //! copy it, else compressed by TimescaleDB; the indexes of the aggregates' materializations; the
 //! state their refreshes reached (threshold, watermark, invalidation logs), so the materialized
@@ -104,33 +104,21 @@ impl TimescaleStage {
                 ..Default::default()
             },
         };
-        let compressed: Vec<String> = target
+        // every chunk of the target, and whether it is compressed already (a rerun)
+        let states: std::collections::HashMap<String, bool> = target
             .query(
-                "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks WHERE is_compressed",
+                "SELECT format('%I.%I', chunk_schema, chunk_name), is_compressed FROM timescaledb_information.chunks",
                 &[],
             )
             .await
-            .map_err(self.fail("reading compressed chunks"))?
+            .map_err(self.fail("reading the target's chunks"))?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
         let total = work.chunks.len() as u64;
         let (mut attached, mut again) = (0, 0);
         for (i, c) in work.chunks.iter().enumerate() {
-            // a staged chunk is always attached: its compressed rows are nowhere else on the target
-            if compressed.contains(&c.chunk) || (c.staged.is_none() && !self.compress_chunks) {
-                continue;
-            }
-            let what = match &c.staged {
-                Some(_) => format!("compressed part of {} attached as copied", c.chunk),
-                None => format!("{} compressed", c.chunk),
-            };
-            let there: bool = target
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&c.chunk])
-                .await
-                .map_err(self.fail("looking for a chunk"))?
-                .get(0);
-            if !there {
+            let Some(&compressed) = states.get(&c.chunk) else {
                 return Err(UserError::new(
                     format!(
                         "the data stage recorded {} of {} as loaded, but the target has no such chunk: the target lost \
@@ -140,7 +128,15 @@ impl TimescaleStage {
                     "run again with --restart (a crash of a target running with fsync or synchronous_commit off \
                      loses acknowledged commits)",
                 ));
+            };
+            // a staged chunk is always attached: its compressed rows are nowhere else on the target
+            if compressed || (c.staged.is_none() && !self.compress_chunks) {
+                continue;
             }
+            let what = match &c.staged {
+                Some(_) => format!("compressed part of {} attached as copied", c.chunk),
+                None => format!("{} compressed", c.chunk),
+            };
             target.batch_execute(&chunks::compress_sql(c)).await.map_err(self.fail(&what))?;
             if c.staged.is_some() {
                 attached += 1;
@@ -237,8 +233,9 @@ impl TimescaleStage {
         Ok(())
     }
 
-    /// The source's jobs, made on the target by their owners, scheduled ones held. A rerun first
-    /// deletes the jobs an earlier attempt made.
+    /// The source's jobs, made on the target by their owners, scheduled ones held. A job an earlier,
+    /// interrupted attempt made (the same procedure, hypertable and config) is taken over rather
+    /// than made twice.
     async fn jobs(&self, ctx: &StageContext, target: &Client, f: &Features) -> Result<(usize, usize), UserError> {
         let (plans, unknown) = jobs::plans(&f.jobs);
         for u in unknown {
@@ -247,29 +244,44 @@ impl TimescaleStage {
             ))
             .await;
         }
+        let mut existing: Vec<(i32, String, Option<String>, serde_json::Value)> = target
+            .query(&jobs::target_jobs_sql(), &[])
+            .await
+            .map_err(self.fail("reading the target's jobs"))?
+            .iter()
+            .map(|r| {
+                let config: String = r.get(3);
+                let config = serde_json::from_str(&config).unwrap_or(serde_json::Value::Null);
+                (r.get(0), r.get(1), r.get(2), jobs::without_ids(&config))
+            })
+            .collect();
         let dir: Option<PathBuf> = ctx.run_dir().map(Path::to_path_buf);
-        let mut made = dir.as_deref().map(MadeJobs::load).unwrap_or_default();
-        for id in std::mem::take(&mut made.made) {
-            target
-                .batch_execute(&format!(
-                    "SELECT delete_job({id}) FROM timescaledb_information.jobs WHERE job_id = {id}"
-                ))
-                .await
-                .map_err(self.fail("removing a job an earlier attempt made"))?;
-        }
-        made.held.clear();
+        let mut made = MadeJobs::default();
         let me: String =
             target.query_one("SELECT current_user::text", &[]).await.map_err(self.fail("reading the user"))?.get(0);
         for p in &plans {
-            ctx.info("timescaledb", format!("{}: {}", p.what, p.create)).await;
             let fail = self.fail(&p.what);
+            let earlier = existing
+                .iter()
+                .position(|(_, proc, ht, config)| *proc == p.proc && *ht == p.hypertable && *config == p.config)
+                .map(|i| existing.remove(i).0);
+            match earlier {
+                Some(id) => ctx.info("timescaledb", format!("{}: job {id}, made by an earlier attempt", p.what)).await,
+                None => ctx.info("timescaledb", format!("{}: {}", p.what, p.create)).await,
+            }
             target.batch_execute("BEGIN").await.map_err(&fail)?;
             let result = async {
-                if let Some(role) = p.role.as_ref().filter(|r| **r != crate::sql::quote_ident(&me)) {
-                    target.batch_execute(&format!("SET LOCAL ROLE {role}")).await?;
-                }
-                let id: i32 = target.query_one(&p.create, &[]).await?.get(0);
-                target.batch_execute("RESET ROLE").await?;
+                let id = match earlier {
+                    Some(id) => id,
+                    None => {
+                        if let Some(role) = p.role.as_ref().filter(|r| **r != crate::sql::quote_ident(&me)) {
+                            target.batch_execute(&format!("SET LOCAL ROLE {role}")).await?;
+                        }
+                        let id: i32 = target.query_one(&p.create, &[]).await?.get(0);
+                        target.batch_execute("RESET ROLE").await?;
+                        id
+                    }
+                };
                 target.query(&p.alter, &[&id]).await?;
                 Ok::<i32, tokio_postgres::Error>(id)
             }
@@ -282,27 +294,25 @@ impl TimescaleStage {
                 }
             };
             target.batch_execute("COMMIT").await.map_err(&fail)?;
-            made.made.push(id);
-            if p.hold && dir.is_some() {
-                made.held.push(HeldJob {
-                    id,
-                    what: p.what.clone(),
-                    next_start: p.next_start.clone(),
-                    timezone: p.timezone.clone(),
-                });
-            } else if p.hold {
-                // no run directory to remember it in: release it at once
+            if p.hold {
                 let held = HeldJob {
                     id,
                     what: p.what.clone(),
                     next_start: p.next_start.clone(),
                     timezone: p.timezone.clone(),
                 };
-                target.batch_execute(&jobs::release_sql(&held)).await.map_err(&fail)?;
+                match &dir {
+                    Some(d) => {
+                        made.held.push(held);
+                        made.save(d)?;
+                    }
+                    // no run directory to remember it in: released at once
+                    None => target.batch_execute(&jobs::release_sql(&held)).await.map_err(&fail)?,
+                }
             }
-            if let Some(d) = &dir {
-                made.save(d)?;
-            }
+        }
+        if let Some(d) = &dir {
+            made.save(d)?;
         }
         Ok((plans.len(), made.held.len()))
     }

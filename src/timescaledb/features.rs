@@ -184,7 +184,7 @@ pub async fn read_features(client: &Client) -> Result<Features, UserError> {
             &format!(
                 "SELECT format('%I.%I', a.view_schema, a.view_name), a.view_definition, a.materialized_only,
                         format('%I.%I', a.materialization_hypertable_schema, a.materialization_hypertable_name),
-                        {raw}, a.view_owner::text, a.finalized,
+                        {raw}, quote_ident(a.view_owner::text), (to_jsonb(a) ->> 'finalized')::bool,
                         (SELECT d.time_interval::text FROM timescaledb_information.dimensions d
                          WHERE d.hypertable_schema = a.materialization_hypertable_schema
                            AND d.hypertable_name = a.materialization_hypertable_name AND d.dimension_number = 1)

@@ -21,6 +21,10 @@ use crate::sql::quote_literal;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPlan {
     pub what: String,
+    /// What identifies the job on a target: procedure, hypertable, config without internal ids.
+    pub proc: String,
+    pub hypertable: Option<String>,
+    pub config: serde_json::Value,
     pub role: Option<String>,
     pub create: String,
     pub alter: String,
@@ -131,11 +135,7 @@ pub fn plans(jobs: &[Job]) -> (Vec<JobPlan>, Vec<String>) {
         }
         if merge_config {
             // the target's config names its own hypertable ids; everything else is the source's
-            let mut own = j.config.clone();
-            if let Some(o) = own.as_object_mut() {
-                o.remove("hypertable_id");
-                o.remove("mat_hypertable_id");
-            }
+            let own = without_ids(&j.config);
             alter.push(format!(
                 "config => (SELECT b.config FROM _timescaledb_config.bgw_job b WHERE b.id = $1) || {}::jsonb",
                 quote_literal(&own.to_string())
@@ -155,6 +155,9 @@ pub fn plans(jobs: &[Job]) -> (Vec<JobPlan>, Vec<String>) {
         };
         out.push(JobPlan {
             what,
+            proc: j.proc.clone(),
+            hypertable: j.hypertable.clone(),
+            config: without_ids(&j.config),
             role: j.owner.clone(),
             create,
             alter: format!("SELECT alter_job({})", alter.join(", ")),
@@ -164,6 +167,26 @@ pub fn plans(jobs: &[Job]) -> (Vec<JobPlan>, Vec<String>) {
         });
     }
     (out, unknown)
+}
+
+/// A job's config without the internal hypertable ids (they differ on every server).
+pub fn without_ids(config: &serde_json::Value) -> serde_json::Value {
+    let mut own = config.clone();
+    if let Some(o) = own.as_object_mut() {
+        o.remove("hypertable_id");
+        o.remove("mat_hypertable_id");
+    }
+    own
+}
+
+/// The target's jobs as plans identify them: id, procedure, hypertable (an aggregate by its view),
+/// config without internal ids.
+pub fn target_jobs_sql() -> String {
+    format!(
+        "SELECT j.job_id, format('%I.%I', j.proc_schema, j.proc_name), {ht}, coalesce(j.config::text, 'null')
+         FROM timescaledb_information.jobs j WHERE j.job_id >= 1000 ORDER BY j.job_id",
+        ht = super::user_hypertable_sql("j.hypertable_schema", "j.hypertable_name")
+    )
 }
 
 /// A scheduled job made by pgshift and held until the migration is verified.
@@ -179,21 +202,24 @@ pub struct HeldJob {
     pub timezone: Option<String>,
 }
 
-/// Lets a held job run: at the source's next start, or now if that has passed.
+/// Lets a held job run: at the source's next start, or now if that has passed (a job deleted on
+/// the target meanwhile is left alone).
 pub fn release_sql(job: &HeldJob) -> String {
     let when = match &job.next_start {
         Some(t) => format!("greatest({}::timestamptz, now())", quote_literal(t)),
         None => "now()".into(),
     };
     let tz = job.timezone.as_ref().map(|t| format!(", timezone => {}", quote_literal(t))).unwrap_or_default();
-    format!("SELECT alter_job({}, next_start => {when}{tz})", job.id)
+    format!(
+        "SELECT alter_job(job_id, next_start => {when}{tz}) FROM timescaledb_information.jobs WHERE job_id = {}",
+        job.id
+    )
 }
 
-/// The jobs this stage made on the target (`timescaledb-jobs.json`): all of them, so a rerun can
-/// replace them, and the scheduled ones held until verify releases them.
+/// The scheduled jobs the TimescaleDB stage made on the target and holds until verify releases
+/// them (`timescaledb-jobs.json`).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct MadeJobs {
-    pub made: Vec<i32>,
     pub held: Vec<HeldJob>,
 }
 
@@ -330,9 +356,14 @@ mod tests {
             HeldJob { id: 1007, what: "job".into(), next_start: Some("2030-01-01 02:00:00+00".into()), timezone: None };
         assert_eq!(
             release_sql(&held),
-            "SELECT alter_job(1007, next_start => greatest('2030-01-01 02:00:00+00'::timestamptz, now()))"
+            "SELECT alter_job(job_id, next_start => greatest('2030-01-01 02:00:00+00'::timestamptz, now())) \
+             FROM timescaledb_information.jobs WHERE job_id = 1007"
         );
         let berlin = HeldJob { next_start: None, timezone: Some("Europe/Berlin".into()), ..held };
-        assert_eq!(release_sql(&berlin), "SELECT alter_job(1007, next_start => now(), timezone => 'Europe/Berlin')");
+        assert_eq!(
+            release_sql(&berlin),
+            "SELECT alter_job(job_id, next_start => now(), timezone => 'Europe/Berlin') \
+             FROM timescaledb_information.jobs WHERE job_id = 1007"
+        );
     }
 }

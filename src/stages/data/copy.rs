@@ -36,7 +36,7 @@ pub fn copy_error(side: &str, spec_label: &str, e: &tokio_postgres::Error) -> Us
     UserError::new(format!("{side}: {}", catalog::db_message(e)), fix)
 }
 
-fn tgt(e: tokio_postgres::Error) -> UserError {
+pub(super) fn tgt(e: tokio_postgres::Error) -> UserError {
     copy_error("target", "the target server", &e)
 }
 
@@ -96,6 +96,8 @@ pub struct Copied {
     pub decompressed: bool,
     /// What the TimescaleDB stage must compress.
     pub compress: Option<ToCompress>,
+    /// The target chunk written, made with the source chunk's slices.
+    pub chunk: Option<String>,
 }
 
 /// Per worker: the prepared chunk lookup of the routed path.
@@ -190,7 +192,7 @@ async fn copy_exact(
     }
     let (mut rows, mut bytes) =
         pump(ctx, src, dst, piece, &source_copy(piece), &target_copy(&chunk, piece, true), copied, None).await?;
-    let mut out = Copied { direct: true, ..Default::default() };
+    let mut out = Copied { direct: true, chunk: Some(chunk.clone()), ..Default::default() };
     if let Some(c) = compressed {
         let staged = if c.as_is {
             let layout = read_layout(src, &c.part.table).await.map_err(srcerr)?;
@@ -319,7 +321,7 @@ async fn copy_routed(
     let direct = into != piece.into;
     let (more, bytes) =
         drain(ctx, stream, dst, piece, &target_copy(&into, piece, freeze), copied, prefill, first_bytes).await?;
-    Ok(Copied { rows: rows + more, bytes, direct, decompressed: false, ..Default::default() })
+    Ok(Copied { rows: rows + more, bytes, direct, ..Default::default() })
 }
 
 /// Streams `copy_out` on the source into `copy_in` on the target.

@@ -14,12 +14,14 @@
 //! Binary COPY where every column has a built-in type (user types carry server-specific OIDs),
 //! text otherwise. It runs after the schema and before indexes, constraints and triggers, so no
 //! user trigger fires and foreign keys are checked once, at the end; the target session also runs
-//! with `session_replication_role = replica`. The source's chunks are locked (ACCESS SHARE) for
-//! the stage, as pg_dump locks what it dumps: a compression or retention job on the source cannot
-//! rewrite a chunk under the copy. Each piece is loaded in one transaction that first empties what
-//! it writes and is recorded in `data-progress.json` when committed (`progress.rs`): a rerun skips
-//! finished pieces and redoes an interrupted one from the start — no row lost, none twice. Rows
-//! land frozen where the table was emptied or the chunk created in the piece's transaction.
+//! with `session_replication_role = replica`. The source's chunks are locked (ACCESS SHARE) for the
+//! stage right after its snapshot is taken, as pg_dump locks what it dumps: a compression or
+//! retention job on the source cannot rewrite a chunk under the copy. Each piece is
+//! loaded in one transaction that first empties what it writes (a table in block ranges is emptied
+//! once, when planned) and is recorded in `data-progress.json` once committed (`progress.rs`): a
+//! rerun skips finished pieces and redoes an interrupted one from the start — no row lost, none
+//! twice. Rows land frozen where the table was emptied or the chunk created in the piece's
+//! transaction.
 //! Sequences are set to the source's values at the end. Memory stays flat: rows pass through in
 //! COPY chunks.
 
@@ -33,12 +35,11 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
-pub use plan::CompressedMode;
-
 use crate::catalog::{self, Inventory, Session, TableInfo};
 use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
+use crate::plan::CompressedChunks;
 use crate::stages::backup::human_bytes;
 use copy::{copy_error, copy_piece, open_reader, open_writer, Worker};
 use progress::Progress;
@@ -51,12 +52,12 @@ pub struct DataStage {
     target: ConnSpec,
     jobs: usize,
     range_bytes: i64,
-    compressed: CompressedMode,
+    compressed: CompressedChunks,
 }
 
 impl DataStage {
     pub fn new(source: ConnSpec, target: ConnSpec, jobs: usize) -> Self {
-        Self { source, target, jobs: jobs.max(1), range_bytes: RANGE_BYTES, compressed: CompressedMode::AsIs }
+        Self { source, target, jobs: jobs.max(1), range_bytes: RANGE_BYTES, compressed: CompressedChunks::AsIs }
     }
 
     /// Plain tables larger than twice `bytes` are copied in block ranges of about `bytes`.
@@ -66,7 +67,7 @@ impl DataStage {
     }
 
     /// How compressed chunks travel.
-    pub fn with_compressed(mut self, mode: CompressedMode) -> Self {
+    pub fn with_compressed(mut self, mode: CompressedChunks) -> Self {
         self.compressed = mode;
         self
     }
@@ -114,18 +115,33 @@ impl Totals {
     }
 }
 
-/// Locks the source relations the pieces read (ACCESS SHARE, in the snapshot's transaction, until
-/// the stage ends), as pg_dump does: TRUNCATE-like rewrites (compressing or dropping a chunk) wait.
-async fn lock_sources(session: &Session, relations: &[String]) -> Result<(), UserError> {
+/// Locks every chunk of the source (with its compressed part) ACCESS SHARE in the snapshot's
+/// transaction until the stage ends, right after the snapshot is taken, as pg_dump locks what it
+/// dumps: TimescaleDB's jobs rewrite chunks the way TRUNCATE does (compressing, decompressing,
+/// dropping one), which an older snapshot would read as empty; they wait for the copy instead.
+/// (Plain tables change through MVCC-safe writes; their reads take their own lock.)
+async fn lock_chunks(session: &Session, timescaledb: bool) -> Result<(), UserError> {
     use tokio_postgres::error::SqlState;
+    if !timescaledb {
+        return Ok(());
+    }
+    let relations = session
+        .strings(
+            "chunks",
+            "SELECT format('%I.%I', schema_name, table_name) FROM _timescaledb_catalog.chunk WHERE NOT dropped",
+        )
+        .await?;
     for batch in relations.chunks(500) {
         session.execute(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", batch.join(", "))).await.map_err(|e| {
             let waited = [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED].iter().any(|c| e.code() == Some(c));
             let fix = if waited {
                 "a job on the source holds a chunk (compressing, decompressing or dropping it): wait for it to end, \
                  or pause the source's TimescaleDB jobs (alter_job(id, scheduled => false)), then run again"
+            } else if e.code() == Some(&SqlState::OUT_OF_MEMORY) {
+                "the source holds one lock per chunk while it is copied: raise max_locks_per_transaction on the \
+                 source (a restart), then run again"
             } else {
-                "a chunk was dropped on the source while the copy was planned (a retention job?): run again"
+                "a chunk was dropped on the source while the copy started (a retention job?): run again"
             };
             UserError::new(
                 format!(
@@ -173,11 +189,11 @@ impl Stage for DataStage {
             }
 
             let session = Session::open(&source).await?;
+            lock_chunks(&session, inv.timescaledb.is_some()).await?;
             let snapshot = session.snapshot().map(str::to_string);
             let planner = open_writer(&target).await?;
             let planned =
                 plan::plan_pieces(&session, &planner, &all, &progress, self.range_bytes, self.compressed).await?;
-            lock_sources(&session, &planned.locks).await?;
             progress.compress_by_range(&planned.by_range)?;
             let pieces = planned.pieces;
             let binary = pieces.iter().filter(|p| p.binary).count();
@@ -190,7 +206,6 @@ impl Stage for DataStage {
                 ),
             )
             .await;
-            // a table is done when its last piece is
             let mut remaining: HashMap<String, usize> = HashMap::new();
             for p in &pieces {
                 *remaining.entry(p.table.name.clone()).or_default() += 1;
@@ -223,19 +238,18 @@ impl Stage for DataStage {
                                 ),
                             )
                         })?;
-                        if let Some(c) = out.compress.clone() {
-                            progress.to_compress(c)?;
-                        }
-                        progress.mark(&piece.key)?;
+                        // a table is done when its last piece is
                         let table_done = {
                             let mut r = remaining.lock().expect("remaining");
                             let left = r.get_mut(&piece.table.name).expect("counted");
                             *left -= 1;
                             *left == 0
                         };
+                        let mut keys = vec![piece.key.as_str()];
                         if table_done && piece.key != piece.table.name {
-                            progress.mark(&piece.table.name)?;
+                            keys.push(&piece.table.name);
                         }
+                        progress.committed(&keys, out.chunk.as_deref().map(|c| (c, out.compress.clone())))?;
                         let mut t = totals.lock().expect("totals");
                         t.rows += out.rows;
                         t.bytes += out.bytes;
@@ -253,9 +267,12 @@ impl Stage for DataStage {
                 });
             }
             let results = futures_util::future::join_all(tasks).await;
+            // what committed is recorded, whatever else failed
+            let flushed = progress.flush();
             if let Some(e) = results.into_iter().find_map(Result::err) {
                 return Err(e.into());
             }
+            flushed?;
             let sequences = set_sequences(ctx, &session, &target).await?;
             session.close().await;
             let t = totals.lock().expect("totals");

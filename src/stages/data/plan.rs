@@ -8,21 +8,13 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-use super::copy::copy_error;
+use super::copy::tgt;
 use super::progress::Progress;
 use crate::catalog::{Session, TableInfo};
 use crate::error::UserError;
+use crate::plan::CompressedChunks;
 use crate::sql::quote_literal;
 use crate::timescaledb::chunks::{self, CompressedPart, SourceChunk};
-
-/// How compressed chunks travel (`[data] compressed_chunks`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompressedMode {
-    /// In their compressed form where both servers' TimescaleDB share it, else recompressed.
-    AsIs,
-    /// Always read through decompression and compressed again on the target.
-    Recompress,
-}
 
 /// Where a piece's rows go.
 #[derive(Debug, Clone)]
@@ -88,8 +80,7 @@ struct TargetFeatures {
     as_is: bool,
 }
 
-async fn target_features(session: &Session, dst: &Client, mode: CompressedMode) -> Result<TargetFeatures, UserError> {
-    let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
+async fn target_features(session: &Session, dst: &Client, mode: CompressedChunks) -> Result<TargetFeatures, UserError> {
     let hypertables = crate::timescaledb::hypertables(dst).await.map_err(tgt)?;
     let materializations = crate::timescaledb::materializations(dst).await.map_err(tgt)?;
     let has = |f: &str| {
@@ -102,7 +93,7 @@ async fn target_features(session: &Session, dst: &Client, mode: CompressedMode) 
         .strings("TimescaleDB version", "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
         .await?;
     let target_version = crate::timescaledb::version(dst).await.map_err(tgt)?;
-    let as_is = mode == CompressedMode::AsIs
+    let as_is = mode == CompressedChunks::AsIs
         && attach
         && !source_version.is_empty()
         && source_version.first() == target_version.as_ref();
@@ -116,9 +107,8 @@ pub async fn plan_pieces(
     tables: &[TableInfo],
     progress: &Progress,
     range_bytes: i64,
-    mode: CompressedMode,
+    mode: CompressedChunks,
 ) -> Result<Planned, UserError> {
-    let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
     let features = target_features(session, dst, mode).await?;
     // reading a block range costs only its blocks from 14 on (TID range scans)
     let tid_ranges = session
@@ -184,11 +174,7 @@ pub async fn plan_pieces(
 
 async fn same_dimensions(session: &Session, dst: &Client, source: &str, target: &str) -> Result<bool, UserError> {
     let s = session.strings("hypertable dimensions", &chunks::dimensions_sql(source)).await?;
-    let t: String = dst
-        .query_one(&chunks::dimensions_sql(target), &[])
-        .await
-        .map_err(|e| copy_error("target", "the target server", &e))?
-        .get(0);
+    let t: String = dst.query_one(&chunks::dimensions_sql(target), &[]).await.map_err(tgt)?.get(0);
     Ok(s.first().is_some_and(|s| !s.is_empty() && *s == t))
 }
 
@@ -267,7 +253,6 @@ async fn routed_pieces(
     progress: &Progress,
     planned: &mut Planned,
 ) -> Result<(), UserError> {
-    let tgt = |e: tokio_postgres::Error| copy_error("target", "the target server", &e);
     // its rows go straight into the target's chunk only when the target's hypertable has a single
     // dimension too (a chunk found for one row holds only that row's space partition)
     let single: bool = dst
@@ -360,9 +345,7 @@ async fn block_ranges(
         .unwrap_or(0);
     let count = (table.bytes / range_bytes).clamp(2, 64);
     let step = (blocks / count).max(1);
-    dst.batch_execute(&format!("TRUNCATE ONLY {}", table.name))
-        .await
-        .map_err(|e| copy_error("target", "the target server", &e))?;
+    dst.batch_execute(&format!("TRUNCATE ONLY {}", table.name)).await.map_err(tgt)?;
     let mut pieces = Vec::new();
     let mut start = 0;
     for i in 0..count {

@@ -266,7 +266,18 @@ impl Stage for DataStage {
                     Ok::<(), UserError>(())
                 });
             }
-            let results = futures_util::future::join_all(tasks).await;
+            // what committed is recorded within half a second, also while every worker waits
+            // (a lock on the source): a piece whose record was not written is copied again
+            let work = futures_util::future::join_all(tasks);
+            futures_util::pin_mut!(work);
+            let results = loop {
+                tokio::select! {
+                    results = &mut work => break results,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                        let _ = progress.flush(); // a failure to write shows in the final flush
+                    }
+                }
+            };
             // what committed is recorded, whatever else failed
             let flushed = progress.flush();
             if let Some(e) = results.into_iter().find_map(Result::err) {

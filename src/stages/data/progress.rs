@@ -1,9 +1,10 @@
 //! What the data stage has committed on the target, kept in the run directory as it goes: the
 //! pieces loaded (`data-progress.json`: a rerun skips them), and the chunks the TimescaleDB stage
 //! must compress (`compressed-chunks.json`). A source with thousands of chunks commits thousands of
-//! pieces, so the files are rewritten (atomically) at most once a second and when the stage ends,
-//! not after every piece: a piece whose record was not written yet is simply copied again by a
-//! rerun (each piece empties what it writes). The chunks to compress are always written before the
+//! pieces, so the files are rewritten (atomically) at most about twice a second — the stage
+//! flushes them on a timer, also while its workers wait — and when the stage ends, not after every
+//! piece: a piece whose record was not written yet is simply copied again by a rerun (each piece
+//! empties what it writes). The chunks to compress are always written before the
 //! pieces that produced them are recorded as loaded, so no staged compressed part is forgotten.
 
 use std::collections::BTreeSet;

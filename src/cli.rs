@@ -214,7 +214,7 @@ pub enum Command {
         /// Plain tables larger than twice this many MiB are copied in block ranges of about this
         /// size, several at a time.
         #[arg(long, value_name = "MIB", default_value_t = crate::stages::data::RANGE_BYTES >> 20,
-              value_parser = clap::value_parser!(i64).range(1..=1 << 20))]
+              value_parser = clap::value_parser!(i64).range(0..=1 << 20))]
         range_mib: i64,
         #[arg(long)]
         json: bool,

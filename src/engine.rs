@@ -89,6 +89,14 @@ pub enum Event {
         stage: String,
         message: String,
     },
+    /// What the move upgrades, found by a pre-flight: the server's major, or an extension the
+    /// target installs at a newer version (`what` = `PostgreSQL`, `timescaledb`, ...).
+    Upgrade {
+        stage: String,
+        what: String,
+        from: String,
+        to: String,
+    },
     StageFinished {
         stage: String,
         status: StageStatus,
@@ -218,6 +226,11 @@ impl StageContext {
     /// The directory of this run (backup files, journal), when the run has one.
     pub fn run_dir(&self) -> Option<&Path> {
         self.run_dir.as_deref()
+    }
+
+    pub async fn upgrade(&self, what: &str, from: &str, to: &str) {
+        let (what, from, to) = (what.into(), from.into(), to.into());
+        self.send(Event::Upgrade { stage: self.stage.into(), what, from, to }).await;
     }
 
     pub async fn warning(&self, message: impl Into<String>) {

@@ -151,6 +151,7 @@ pub fn line(event: &Event) -> String {
             format!("[{stage}] {item}: {}", progress(*done, *total, *unit))
         }
         Event::Warning { stage, message } => format!("[{stage}] warning: {message}"),
+        Event::Upgrade { stage, what, from, to } => format!("[{stage}] upgrades {what}: {from} → {to}"),
         Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
             let mut s = format!("[{stage}] {} after {:.1}s", status.label(), *elapsed_ms as f64 / 1000.0);
             if let Some(summary) = summary {
@@ -169,9 +170,10 @@ pub fn line(event: &Event) -> String {
 
 fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, Instant>) -> Option<String> {
     match event {
-        Event::Output { stream: Stream::Info, .. } | Event::StageStarted { .. } | Event::Warning { .. } => {
-            Some(line(event))
-        }
+        Event::Output { stream: Stream::Info, .. }
+        | Event::StageStarted { .. }
+        | Event::Warning { .. }
+        | Event::Upgrade { .. } => Some(line(event)),
         Event::Output { .. } => verbose.then(|| line(event)),
         Event::Progress { item, done, total, .. } => {
             let finished = total.is_some_and(|t| *done >= t);

@@ -323,6 +323,15 @@ pub fn verify_text(r: &VerifyReport) -> String {
         writeln!(out, "{}", rows_table(r, false, false)).unwrap();
     }
     writeln!(out, "\n{}\n", naive_table(r, false)).unwrap();
+    if !r.normalized.is_empty() {
+        let mut by_how: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for n in &r.normalized {
+            *by_how.entry(n.how.as_str()).or_default() += 1;
+        }
+        for (how, n) in by_how {
+            writeln!(out, "compared across versions: {n} definition(s), {how}").unwrap();
+        }
+    }
     for w in &r.warnings {
         writeln!(out, "warning: {w}").unwrap();
     }
@@ -350,6 +359,14 @@ pub fn verify_markdown(r: &VerifyReport) -> String {
             writeln!(out, "{l}").unwrap();
         }
         writeln!(out, "```\n").unwrap();
+    }
+    if !r.normalized.is_empty() {
+        writeln!(out, "## Compared across versions\n\nFound equal once compared in a form both servers agree on.\n")
+            .unwrap();
+        for n in &r.normalized {
+            writeln!(out, "- {} `{}`: {}", n.class, n.name, n.how).unwrap();
+        }
+        writeln!(out).unwrap();
     }
     writeln!(out, "## Rows per table\n\n{}\n", rows_table(r, true, true)).unwrap();
     writeln!(

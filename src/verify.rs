@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::allow::AllowList;
-use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, TableRows};
+use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, Normalized, TableRows};
 use crate::catalog::rows::{self, HashForm, RowJob, RowMode};
 use crate::catalog::{versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::conn::ConnSpec;
@@ -36,6 +36,9 @@ pub struct VerifyReport {
     pub checksum_form: Option<String>,
     pub classes: Vec<ClassCount>,
     pub differences: Vec<Difference>,
+    /// Definitions compared in a form both servers agree on (another major), found equal that way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub normalized: Vec<Normalized>,
     pub tables: Vec<TableRows>,
     pub naive: Vec<NaiveRow>,
     pub warnings: Vec<String>,
@@ -69,9 +72,10 @@ pub async fn verify(
     s_inv.apply_rows(&s_rows);
     t_inv.apply_rows(&t_rows);
     tokio::join!(s.close(), t.close());
-    align_view_spelling(target, &mut s_inv, &t_inv).await;
+    let respelled = align_view_spelling(target, &mut s_inv, &t_inv).await;
 
-    let (classes, mut differences) = diff::compare_objects(&s_inv, &t_inv, allow);
+    let (classes, mut differences, mut normalized) = diff::compare_objects(&s_inv, &t_inv, allow);
+    normalized.extend(respelled);
     let (tables, row_diffs) = diff::compare_rows(&s_inv, &t_inv, allow);
     differences.extend(row_diffs);
     let naive = diff::naive_rows(&s_inv, &t_inv, &classes);
@@ -101,6 +105,7 @@ pub async fn verify(
         }),
         classes,
         differences,
+        normalized,
         tables,
         naive,
         warnings,
@@ -115,10 +120,12 @@ pub async fn verify(
 /// (PostgreSQL 16 stopped qualifying the columns of a single-relation query): a view whose
 /// definitions differ only in the query is compared as the target's server deparses the source's
 /// query — made a temporary view on the target, in a transaction rolled back. A query the target
-/// cannot create stays a difference.
-async fn align_view_spelling(target: &ConnSpec, s_inv: &mut Inventory, t_inv: &Inventory) {
-    if s_inv.server.version_num / 10000 == t_inv.server.version_num / 10000 {
-        return;
+/// cannot create stays a difference. Returns the views so compared.
+async fn align_view_spelling(target: &ConnSpec, s_inv: &mut Inventory, t_inv: &Inventory) -> Vec<Normalized> {
+    let (smajor, tmajor) = (s_inv.server.version_num / 10000, t_inv.server.version_num / 10000);
+    let mut respelled = Vec::new();
+    if smajor == tmajor {
+        return respelled;
     }
     let mut client = None;
     for class in [Class::Views, Class::MaterializedViews, Class::ContinuousAggregates] {
@@ -142,7 +149,7 @@ async fn align_view_spelling(target: &ConnSpec, s_inv: &mut Inventory, t_inv: &I
             if client.is_none() {
                 match target.connect().await {
                     Ok(c) => client = Some(c),
-                    Err(_) => return, // compared as they are
+                    Err(_) => return respelled, // compared as they are
                 }
             }
             let c = client.as_ref().expect("connected");
@@ -151,11 +158,19 @@ async fn align_view_spelling(target: &ConnSpec, s_inv: &mut Inventory, t_inv: &I
                 .is_some_and(|q| crate::catalog::normalize(Some(q)) == crate::catalog::normalize(Some(tq.to_string())))
             {
                 if let Some(defs) = s_inv.objects.get_mut(&class) {
-                    defs.insert(name, td);
+                    defs.insert(name.clone(), td);
                 }
+                respelled.push(Normalized {
+                    class: class.key().into(),
+                    name,
+                    how: format!(
+                        "query compared as the PostgreSQL {tmajor} target deparses the PostgreSQL {smajor} source's"
+                    ),
+                });
             }
         }
     }
+    respelled
 }
 
 /// `query` as this server deparses it (a temporary view, rolled back).

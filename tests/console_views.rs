@@ -377,6 +377,25 @@ fn plan_view() {
 }
 
 #[test]
+fn the_plan_view_names_what_the_move_upgrades() {
+    let mut app = app(Lang::En);
+    let up = |what: &str, from: &str, to: &str| Event::Upgrade {
+        stage: "schema".into(),
+        what: what.into(),
+        from: from.into(),
+        to: to.into(),
+    };
+    ev(&mut app, up("PostgreSQL", "15.14", "17.6"));
+    ev(&mut app, up("timescaledb", "2.15.3", "2.19.3"));
+    ev(&mut app, up("PostgreSQL", "15.14", "17.6")); // the pre-flight again: named once
+    press(&mut app, "3");
+    let screen = render(&app);
+    let line = screen.lines().find(|l| l.contains("upgrades")).unwrap_or_else(|| panic!("{screen}"));
+    assert!(line.contains("PostgreSQL 15.14 → 17.6, timescaledb 2.15.3 → 2.19.3"), "{screen}");
+    assert_eq!(screen.matches("PostgreSQL 15.14").count(), 1, "{screen}");
+}
+
+#[test]
 fn korean_console_aligns_wide_characters() {
     let mut app = app(Lang::Ko);
     mid_run(&mut app);

@@ -46,8 +46,12 @@ async fn target(db: &str, chunk_interval: &str) -> String {
 /// `pgshift copy` with 1 MiB block ranges (`events`, about 5 MiB, goes in pieces); returns its
 /// output and its summary line (the stage's "done" line).
 fn copy(src: &str, tgt: &str, dir: &std::path::Path) -> (String, String) {
+    copy_with_ranges(src, tgt, dir, "1")
+}
+
+fn copy_with_ranges(src: &str, tgt: &str, dir: &std::path::Path, range_mib: &str) -> (String, String) {
     let out = common::pgshift()
-        .args(["copy", "--source", src, "--target", tgt, "--jobs", "3", "--range-mib", "1"])
+        .args(["copy", "--source", src, "--target", tgt, "--jobs", "3", "--range-mib", range_mib])
         .args(["--dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
@@ -188,4 +192,29 @@ async fn wider_target_chunks_take_several_source_chunks_written_directly_by_seve
     assert!(chunks(&tgt, "readings").await < total);
 
     drop_pair("copy_wide").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn from_the_older_source_plain_tables_go_in_ranges_or_with_ranges_off_in_one_piece_said_so() {
+    // PostgreSQL 15 has TID range scans (from 14): block ranges; with ranges off, as a source
+    // before 14 is read, each plain table goes whole, and the output says why
+    let s = common::servers();
+    let src = common::fresh_db(&s.old_source, "copy_old_ranges").await;
+    common::connect(&src).await.batch_execute(&format!("{}\n{ROWS}", schema("1 day"))).await.unwrap();
+    for (range_mib, db) in [("1", "copy_old_ranges_target"), ("0", "copy_old_whole_target")] {
+        let tgt = target(db, "1 day").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, output) = copy_with_ranges(&src, &tgt, dir.path(), range_mib);
+        let ranges = output.lines().filter(|l| l.contains("public.events blocks ")).count();
+        if range_mib == "1" {
+            assert!(ranges >= 2, "{output}");
+            assert!(!output.contains("in one piece"), "{output}");
+        } else {
+            assert_eq!(ranges, 0, "{output}");
+            assert!(output.contains("every plain table in one piece: block ranges are off"), "{output}");
+        }
+        assert_rows_equal(&src, &tgt);
+        common::drop_db(&s.target, db).await;
+    }
+    common::drop_db(&s.old_source, "copy_old_ranges").await;
 }

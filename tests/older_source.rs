@@ -49,6 +49,9 @@ async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17
     assert!(out.contains("compressed chunks: 0 copied as they are, 35 read through decompression"), "{out}");
     assert!(out.contains("0 chunk(s) attached compressed as copied, 35 compressed again"), "{out}");
     assert!(out.contains("checksums (computed here, from COPY text)"), "across majors, rows hashed from text: {out}");
+    // the pre-flight says what the move upgrades
+    assert!(out.contains("[schema] upgrades PostgreSQL: 15."), "{out}");
+    assert!(out.contains("[schema] upgrades timescaledb: 2.15.3 → 2.19.3"), "{out}");
     assert_only_the_upgrade(&verify_report(dir.path()));
     assert_eq!(common::chunk_states(&src, false).await, common::chunk_states(&tgt, false).await);
     assert_eq!(common::watermarks(&src).await, common::watermarks(&tgt).await);
@@ -66,16 +69,7 @@ async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rich_fixture_from_postgresql_15_verifies_without_false_alarms() {
-    // the rich fixture without pgvector, which the old source's server does not have
-    let sql = common::RICH_SOURCE_SQL
-        .replace("CREATE EXTENSION IF NOT EXISTS vector;\n", "")
-        .replace("embedding vector(3)", "embedding real[]")
-        .replace(
-            "CREATE INDEX kb_documents_embedding_idx ON public.kb_documents\n    USING hnsw (embedding vector_cosine_ops) WITH (m = 8, ef_construction = 32);",
-            "",
-        )
-        .replace("ARRAY[i, i * 0.5, 1.0 / i]::vector(3)", "ARRAY[i, i * 0.5, 1.0 / i]::real[]");
-    assert!(!sql.contains("vector"), "every pgvector statement replaced");
+    let sql = common::rich_source_sql_without_pgvector();
     let s = common::servers();
     let src = common::db_with(&s.old_source, "old_rich", &sql).await;
     common::drop_db(&s.target, "old_rich_target").await;
@@ -100,5 +94,29 @@ async fn the_rich_fixture_from_postgresql_15_verifies_without_false_alarms() {
     )
     .await;
     assert_ne!(maintain, ["0"], "the target's grants do include MAINTAIN: {maintain:?}");
+    // and the report says which comparisons were normalized, and how
+    let normalized = report["normalized"].as_array().expect("normalized comparisons listed");
+    let how = |class: &str| -> Vec<String> {
+        normalized.iter().filter(|n| n["class"] == class).map(|n| n["how"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(how("views").iter().any(|h| h.contains("as the PostgreSQL 17 target deparses")), "{normalized:#?}");
+    assert!(how("grants").iter().all(|h| h.contains("MAINTAIN")) && how("grants").len() > 5, "{normalized:#?}");
+    let run_dir = std::fs::read_dir(dir.path().join("backups")).unwrap().flatten().next().unwrap().path();
+    let markdown = std::fs::read_to_string(run_dir.join("verify.md")).unwrap();
+    assert!(markdown.contains("## Compared across versions"), "{markdown}");
     tokio::join!(common::drop_db(&s.old_source, "old_rich"), common::drop_db(&s.target, "old_rich_target"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_on_the_target_is_named_across_majors() {
+    // the source on PostgreSQL 15 + TimescaleDB 2.15, each damaged copy on 17 + 2.19: what the
+    // normalizations forgive (MAINTAIN, the deparser's spelling, the extension's upgrade) must not
+    // hide a real change
+    let s = common::servers();
+    let sql = common::rich_source_sql_without_pgvector();
+    let src = common::db_with(&s.old_source, "old_mut_src", &sql).await;
+    let skip = common::mutations::PGVECTOR_CLASSES;
+    let failures = common::mutations::uncaught(&src, &s.target, &sql, "old_mut", skip).await;
+    assert!(failures.is_empty(), "changes not named across majors:\n{}", failures.join("\n"));
+    common::drop_db(&s.old_source, "old_mut_src").await;
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use pgshift::allow::{AllowList, Change};
+use pgshift::allow::AllowList;
 use pgshift::catalog::diff::RowStatus;
 use pgshift::verify::{verify, VerifyOptions, VerifyReport};
 
@@ -49,69 +49,11 @@ async fn equal_databases_are_clean_and_the_cli_exits_zero() {
     tokio::join!(common::drop_db(&s.source, "vfy_equal"), common::drop_db(&s.target, "vfy_equal"));
 }
 
-/// (class, object name, change, SQL applied to the target)
-const MUTATIONS: &[(&str, &str, Change, &str)] = &[
-    ("policies", "energy.sites.tenant_isolation", Change::Missing, "DROP POLICY tenant_isolation ON energy.sites"),
-    ("grants", "table energy.sites to pgshift_app", Change::Changed, "REVOKE INSERT ON energy.sites FROM pgshift_app"),
-    ("owners", "table energy.devices", Change::Changed, "ALTER TABLE energy.devices OWNER TO pgshift_owner"),
-    ("functions", "energy.kwh(watts double precision, hours double precision)", Change::Changed,
-     "CREATE OR REPLACE FUNCTION energy.kwh(watts double precision, hours double precision) RETURNS double precision LANGUAGE sql IMMUTABLE AS $$ SELECT watts * hours / 1000.0 $$"),
-    ("rows", "energy.sites", Change::Changed, "UPDATE energy.sites SET capacity_kw = capacity_kw + 1 WHERE name = 'Busan roof'"),
-    ("rows", "energy.audit_log", Change::Changed, "UPDATE energy.audit_log SET op = 'UPDATE' WHERE id = 3"),
-    ("rows", "energy.readings", Change::Changed, "DELETE FROM energy.readings WHERE time < '2026-01-01 00:30+00'"),
-    ("triggers", "energy.devices.devices_audit", Change::Changed, "ALTER TABLE energy.devices DISABLE TRIGGER devices_audit"),
-    ("rls_flags", "energy.sites", Change::Changed, "ALTER TABLE energy.sites NO FORCE ROW LEVEL SECURITY"),
-    ("indexes", "energy.devices_site_idx", Change::Missing, "DROP INDEX energy.devices_site_idx"),
-    ("views", "energy.meter_counts", Change::Changed,
-     "CREATE OR REPLACE VIEW energy.meter_counts AS SELECT site, devices FROM energy.site_devices WHERE kind = 'inverter'"),
-    ("materialized_views", "energy.daily_energy", Change::Missing, "DROP MATERIALIZED VIEW energy.daily_energy"),
-    ("check_constraints", "energy.sites.sites_capacity_kw_check", Change::Missing, "ALTER TABLE energy.sites DROP CONSTRAINT sites_capacity_kw_check"),
-    ("foreign_keys", "energy.devices.devices_site_id_fkey", Change::Missing, "ALTER TABLE energy.devices DROP CONSTRAINT devices_site_id_fkey"),
-    ("unique_constraints", "energy.sites.sites_name_key", Change::Missing, "ALTER TABLE energy.sites DROP CONSTRAINT sites_name_key"),
-    ("exclusion_constraints", "energy.maintenance.maintenance_device_id_during_excl", Change::Missing,
-     "ALTER TABLE energy.maintenance DROP CONSTRAINT maintenance_device_id_during_excl"),
-    ("primary_keys", "public.kb_documents.kb_documents_pkey", Change::Missing, "ALTER TABLE public.kb_documents DROP CONSTRAINT kb_documents_pkey"),
-    ("sequences", "energy.device_serial", Change::Changed, "SELECT setval('energy.device_serial', 42)"),
-    ("types", "energy.device_kind", Change::Changed, "ALTER TYPE energy.device_kind ADD VALUE 'heat_pump'"),
-    ("columns", "energy.sites.capacity_kw", Change::Changed, "ALTER TABLE energy.sites ALTER COLUMN capacity_kw SET DEFAULT 1"),
-    ("tables", "energy.audit_log", Change::Changed, "ALTER TABLE energy.audit_log SET UNLOGGED"),
-    ("schemas", "scratch", Change::Extra, "CREATE SCHEMA scratch"),
-    ("procedures", "energy.purge_audit(IN keep_days integer)", Change::Missing, "DROP PROCEDURE energy.purge_audit(integer)"),
-    ("aggregates", "energy.max_kwh(double precision)", Change::Extra,
-     "CREATE AGGREGATE energy.max_kwh(double precision) (SFUNC = float8larger, STYPE = double precision)"),
-    ("extensions", "pgcrypto", Change::Missing, "DROP EXTENSION pgcrypto"),
-    ("roles", "pgshift_only_on_target", Change::Extra,
-     "DO $$ BEGIN CREATE ROLE pgshift_only_on_target; EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT SELECT ON energy.devices TO pgshift_only_on_target"),
-    ("default_privileges", "for role postgres in schema energy on tables to pgshift_readonly", Change::Missing,
-     "ALTER DEFAULT PRIVILEGES IN SCHEMA energy REVOKE SELECT ON TABLES FROM pgshift_readonly"),
-    ("comments", "table energy.sites", Change::Changed, "COMMENT ON TABLE energy.sites IS 'changed on the target'"),
-    ("hypertables", "energy.readings", Change::Changed, "SELECT set_chunk_time_interval('energy.readings', interval '2 days')"),
-    ("vector_columns", "public.kb_documents.summary_embedding", Change::Extra, "ALTER TABLE public.kb_documents ADD COLUMN summary_embedding vector(8)"),
-    ("vector_indexes", "public.kb_documents_embedding_idx", Change::Missing, "DROP INDEX public.kb_documents_embedding_idx"),
-];
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_change_on_the_target_is_named() {
     let s = common::servers();
     let src = common::rich_db(&s.source, "vfy_mut_src").await;
-    let mut failures = Vec::new();
-    for (i, (class, name, change, sql)) in MUTATIONS.iter().enumerate() {
-        let db = format!("vfy_mut_{i}");
-        let tgt = common::rich_db(&s.target, &db).await;
-        common::connect(&tgt).await.batch_execute(sql).await.unwrap_or_else(|e| panic!("mutation {sql}: {e:?}"));
-        let r = run_verify(&src, &tgt, &AllowList::default()).await;
-        let found = r.differences.iter().any(|d| d.class == *class && d.name == *name && d.change == *change);
-        if !found || r.clean {
-            let seen: Vec<_> = r.differences.iter().map(|d| format!("{} {:?} {}", d.class, d.change, d.name)).collect();
-            failures.push(format!("{sql}\n  expected {class} {change:?} {name}\n  seen {seen:#?}"));
-        }
-        if *class == "rows" && *name != "energy.readings" {
-            let t = r.tables.iter().find(|t| t.name == *name).unwrap();
-            assert_eq!(t.source_rows, t.target_rows, "{sql}: count stays equal");
-            assert_eq!(t.status, RowStatus::ContentDiffers, "{sql}: the checksum catches it");
-        }
-        common::drop_db(&s.target, &db).await;
-    }
+    let failures = common::mutations::uncaught(&src, &s.target, common::RICH_SOURCE_SQL, "vfy_mut", &[]).await;
     assert!(failures.is_empty(), "changes not named:\n{}", failures.join("\n"));
     common::drop_db(&s.source, "vfy_mut_src").await;
 }

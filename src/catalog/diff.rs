@@ -35,6 +35,16 @@ pub struct Difference {
     pub part_of: Option<String>,
 }
 
+/// A comparison made in a form both servers agree on rather than as the definitions read (a newer
+/// major's default privilege, a newer deparser's spelling): found equal that way, and said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Normalized {
+    pub class: String,
+    pub name: String,
+    /// How it was compared, in plain words.
+    pub how: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RowStatus {
@@ -72,14 +82,16 @@ pub struct NaiveRow {
     pub note: Option<String>,
 }
 
-/// Compares the object classes. Both inventories must be complete.
+/// Compares the object classes. Both inventories must be complete. Returns the counts, the
+/// differences and the definitions found equal only once normalized across majors.
 pub fn compare_objects(
     source: &Inventory,
     target: &Inventory,
     allow: &AllowList,
-) -> (Vec<ClassCount>, Vec<Difference>) {
+) -> (Vec<ClassCount>, Vec<Difference>, Vec<Normalized>) {
     let mut counts = Vec::new();
     let mut diffs = Vec::new();
+    let mut normalized = Vec::new();
     let (smajor, tmajor) = (source.server.version_num / 10000, target.server.version_num / 10000);
     for class in Class::ALL {
         let (s, t) = (source.class(class), target.class(class));
@@ -121,7 +133,16 @@ pub fn compare_objects(
                 // a newer major's default privilege is not a grant lost or added
                 Some(td)
                     if class == Class::Grants
-                        && versions::without_new_maintain(name, td, smajor, tmajor).as_deref() == Some(sd.as_str()) => {
+                        && versions::without_new_maintain(name, td, smajor, tmajor).as_deref() == Some(sd.as_str()) =>
+                {
+                    normalized.push(Normalized {
+                        class: class.key().into(),
+                        name: name.clone(),
+                        how: format!(
+                            "MAINTAIN (new in PostgreSQL 17) taken as part of the PostgreSQL {smajor} source's \
+                             every-privilege grant"
+                        ),
+                    });
                 }
                 Some(td) if td != sd => {
                     count.changed += 1;
@@ -139,7 +160,7 @@ pub fn compare_objects(
         counts.push(count);
     }
     allow_chunks_of_allowed_hypertables(source, target, &mut diffs);
-    (counts, diffs)
+    (counts, diffs, normalized)
 }
 
 /// A chunk that differs because its hypertable differs on purpose (converted by the plan, left out,

@@ -8,7 +8,7 @@
 //! reports each failing entry; failed entries are retried after the rest (dependency order: a view
 //! over a view, a policy whose function comes later), and what still fails is reported with a hint.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use futures_util::future::BoxFuture;
@@ -266,7 +266,9 @@ impl SchemaStage {
         Self { source, target, target_is_container, force, hypertables }
     }
 
-    async fn check_target(&self) -> Result<(), UserError> {
+    /// The pre-flight: refuses what cannot work, and returns what the move upgrades (empty while a
+    /// container target does not run yet).
+    async fn check_target(&self) -> Result<Vec<Upgrade>, UserError> {
         let source = self.source.connect().await?;
         let q = |e: tokio_postgres::Error| {
             UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
@@ -275,7 +277,7 @@ impl SchemaStage {
         let server = match admin.connect().await {
             Ok(c) => c,
             // created by the environment stage: what the source alone decides is checked now
-            Err(_) if self.target_is_container => return self.check_source(&source).await,
+            Err(_) if self.target_is_container => return self.check_source(&source).await.map(|()| Vec::new()),
             Err(e) => return Err(e),
         };
         // the same cluster (system identifier) and database: a restore would write into the source
@@ -298,23 +300,29 @@ impl SchemaStage {
                 "use a target server at least as new as the source",
             ));
         }
-        let mut wanted: Vec<String> = source
-            .query("SELECT extname FROM pg_extension ORDER BY 1", &[])
+        let installed: Vec<(String, String)> = source
+            .query("SELECT extname, extversion FROM pg_extension ORDER BY 1", &[])
             .await
             .map_err(q)?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let mut wanted: Vec<String> = installed.iter().map(|(e, _)| e.clone()).collect();
         if !self.hypertables.is_empty() && !wanted.iter().any(|e| e == "timescaledb") {
             wanted.push("timescaledb".into()); // the plan's hypertables need it even if the source has none
         }
-        let available: BTreeSet<String> = server
-            .query("SELECT name FROM pg_available_extensions", &[])
+        let defaults: BTreeMap<String, Option<String>> = server
+            .query("SELECT name, default_version FROM pg_available_extensions", &[])
             .await
             .map_err(q)?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let available: BTreeSet<String> = defaults.keys().cloned().collect();
+        let version = "SELECT current_setting('server_version')";
+        let sversion: String = source.query_one(version, &[]).await.map_err(q)?.get(0);
+        let tversion: String = server.query_one(version, &[]).await.map_err(q)?.get(0);
+        let upgrades = upgrades((&sversion, smajor), (&tversion, tmajor), &installed, &defaults);
         let missing: Vec<&String> = wanted.iter().filter(|e| !available.contains(*e)).collect();
         if !missing.is_empty() {
             return Err(UserError::new(
@@ -382,7 +390,7 @@ impl SchemaStage {
                 ));
             }
         }
-        Ok(())
+        Ok(upgrades)
     }
 
     /// The pre-flight checks the source alone decides: each planned conversion, no large objects.
@@ -655,14 +663,24 @@ impl Stage for SchemaStage {
         "Schema: roles, database, tables and functions, hypertables"
     }
 
-    fn preflight<'a>(&'a self, _ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
-        Box::pin(self.check_target())
+    fn preflight<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
+        Box::pin(async move {
+            for u in self.check_target().await? {
+                ctx.upgrade(&u.what, &u.from, &u.to).await;
+            }
+            Ok(())
+        })
     }
 
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            // the container may be new: check again now that it runs
-            self.check_target().await?;
+            // the container may be new: check again now that it runs (and say what it upgrades)
+            let upgrades = self.check_target().await?;
+            if self.target_is_container {
+                for u in upgrades {
+                    ctx.upgrade(&u.what, &u.from, &u.to).await;
+                }
+            }
             let backup = Backup::open(ctx)?;
             self.restore_roles(ctx, &backup).await?;
             self.create_database(ctx).await?;
@@ -688,6 +706,37 @@ impl Stage for SchemaStage {
             ))
         })
     }
+}
+
+/// One thing the move upgrades: the server (`PostgreSQL`) or an extension, from → to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    pub what: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// What the move upgrades: the server when the majors differ, and each source extension the target
+/// would install at another version (`CREATE EXTENSION` takes the default version).
+fn upgrades(
+    (sversion, smajor): (&str, i32),
+    (tversion, tmajor): (&str, i32),
+    installed: &[(String, String)],
+    defaults: &BTreeMap<String, Option<String>>,
+) -> Vec<Upgrade> {
+    let mut out = Vec::new();
+    let short = |v: &str| v.split_whitespace().next().unwrap_or(v).to_string();
+    if smajor != tmajor {
+        out.push(Upgrade { what: "PostgreSQL".into(), from: short(sversion), to: short(tversion) });
+    }
+    for (name, version) in installed {
+        if let Some(Some(default)) = defaults.get(name) {
+            if default != version {
+                out.push(Upgrade { what: name.clone(), from: version.clone(), to: default.clone() });
+            }
+        }
+    }
+    out
 }
 
 /// Stage 5: what is built after the data — indexes, constraints, triggers, rules, policies, RLS,
@@ -875,5 +924,20 @@ mod tests {
         assert!(on_aggregate(&entry("5099; 0 0 COMMENT metrics COLUMN readings_hourly.bucket pgshift_ingest"), &caggs));
         assert!(!on_aggregate(&entry("5100; 0 0 ACL metrics TABLE readings pgshift_ingest"), &caggs));
         assert!(!on_aggregate(&entry("373; 1259 29533 VIEW metrics readings_hourly pgshift_ingest"), &caggs));
+    }
+
+    #[test]
+    fn the_move_upgrades_the_major_and_each_extension_installed_at_another_version() {
+        let installed = [("plpgsql", "1.0"), ("timescaledb", "2.15.3"), ("pgcrypto", "1.3")]
+            .map(|(n, v)| (n.to_string(), v.to_string()));
+        let defaults: BTreeMap<String, Option<String>> =
+            [("plpgsql", Some("1.0")), ("timescaledb", Some("2.19.3")), ("pgcrypto", Some("1.3")), ("vector", None)]
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.map(String::from)))
+                .collect();
+        let found = upgrades(("15.14 (Debian 15.14-0+deb12u1)", 15), ("17.6", 17), &installed, &defaults);
+        let up = |w: &str, f: &str, t: &str| Upgrade { what: w.into(), from: f.into(), to: t.into() };
+        assert_eq!(found, [up("PostgreSQL", "15.14", "17.6"), up("timescaledb", "2.15.3", "2.19.3")]);
+        assert!(upgrades(("17.5", 17), ("17.6", 17), &installed[..1], &defaults).is_empty(), "a minor is no move");
     }
 }

@@ -378,7 +378,7 @@ impl App {
                     }
                 }
             }
-            Event::Output { .. } | Event::Progress { .. } => {}
+            Event::Output { .. } | Event::Progress { .. } | Event::Upgrade { .. } => {}
         }
     }
 
@@ -443,6 +443,16 @@ impl App {
                 let name = self.text.stage_name(&stage).to_string();
                 let line = fill(self.text.msg_warning, &[("stage", &name), ("message", &message)]);
                 self.note(true, line);
+            }
+            Event::Upgrade { what, from, to, .. } => {
+                // the plan view's "upgrades" line, one entry per thing the move upgrades
+                let entry = format!("{what} {from} → {to}");
+                let key = self.text.plan_upgrades.to_string();
+                match self.plan_lines.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) if v.split(", ").any(|e| e.starts_with(&format!("{what} "))) => {}
+                    Some((_, v)) => *v = format!("{v}, {entry}"),
+                    None => self.plan_lines.push((key, entry)),
+                }
             }
             Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
                 let Some(i) = self.stage_index(&stage) else { return };

@@ -125,6 +125,8 @@ pub struct Text {
     /// The plan view's rows: source, target, run directory (new / resumed), data, verify (with
     /// checksums), hypertables (none), hypertable, vector, planned differences.
     pub plan_rows: [&'static str; 9],
+    /// The plan view's line naming what the move upgrades (found by the pre-flight).
+    pub plan_upgrades: &'static str,
     pub plan_values: PlanValues,
     /// Progress units: rows, tables, steps, seconds.
     pub units: [&'static str; 4],
@@ -232,6 +234,7 @@ pub static EN: Text = Text {
     details_none: "no differences in this class",
     planned: "planned",
     plan: "Plan",
+    plan_upgrades: "upgrades",
     plan_rows: [
         "source",
         "target",
@@ -390,6 +393,7 @@ pub static KO: Text = Text {
     details_none: "이 종류에는 차이가 없습니다",
     planned: "계획됨",
     plan: "계획",
+    plan_upgrades: "업그레이드",
     plan_rows: [
         "원본",
         "대상",

@@ -3,6 +3,8 @@
 //! servers fails with the command that starts them.
 #![allow(dead_code)]
 
+pub mod mutations;
+
 use std::sync::OnceLock;
 
 use pgshift::conn::ConnSpec;
@@ -98,6 +100,21 @@ pub async fn db_with(server_url: &str, db: &str, sql: &str) -> String {
     let url = fresh_db(server_url, db).await;
     connect(&url).await.batch_execute(sql).await.unwrap_or_else(|e| panic!("fixture loads into {db}: {e:?}"));
     url
+}
+
+/// The rich fixture without pgvector, for servers that lack it (the older source's major has no
+/// package of it): the vector column becomes a `real[]`, its HNSW index is left out.
+pub fn rich_source_sql_without_pgvector() -> String {
+    let sql = RICH_SOURCE_SQL
+        .replace("CREATE EXTENSION IF NOT EXISTS vector;\n", "")
+        .replace("embedding vector(3)", "embedding real[]")
+        .replace(
+            "CREATE INDEX kb_documents_embedding_idx ON public.kb_documents\n    USING hnsw (embedding vector_cosine_ops) WITH (m = 8, ef_construction = 32);",
+            "",
+        )
+        .replace("ARRAY[i, i * 0.5, 1.0 / i]::vector(3)", "ARRAY[i, i * 0.5, 1.0 / i]::real[]");
+    assert!(!sql.contains("vector"), "every pgvector statement replaced");
+    sql
 }
 
 /// A fresh database `db` holding the rich fixture.

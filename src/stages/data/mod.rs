@@ -60,9 +60,10 @@ impl DataStage {
         Self { source, target, jobs: jobs.max(1), range_bytes: RANGE_BYTES, compressed: CompressedChunks::AsIs }
     }
 
-    /// Plain tables larger than twice `bytes` are copied in block ranges of about `bytes`.
+    /// Plain tables larger than twice `bytes` are copied in block ranges of about `bytes`; 0 copies
+    /// every table in one piece (as from a source before PostgreSQL 14, which has no TID range scans).
     pub fn with_range_bytes(mut self, bytes: i64) -> Self {
-        self.range_bytes = bytes.clamp(1, i64::MAX / 4);
+        self.range_bytes = bytes.clamp(0, i64::MAX / 4);
         self
     }
 
@@ -195,6 +196,13 @@ impl Stage for DataStage {
             let planned =
                 plan::plan_pieces(&session, &planner, &all, &progress, self.range_bytes, self.compressed).await?;
             progress.compress_by_range(&planned.by_range)?;
+            if let Some(why) = &planned.no_ranges {
+                ctx.info("data", format!("every plain table in one piece: {why}")).await;
+                for (table, bytes) in &planned.whole {
+                    let size = human_bytes(*bytes as u64);
+                    ctx.info("data", format!("{table} ({size}) copied in one piece, by one connection")).await;
+                }
+            }
             let pieces = planned.pieces;
             let binary = pieces.iter().filter(|p| p.binary).count();
             ctx.info(

@@ -69,6 +69,25 @@ pub struct Planned {
     pub pieces: Vec<Piece>,
     pub locks: Vec<String>,
     pub by_range: Vec<String>,
+    /// Why no plain table is copied in block ranges, if none is.
+    pub no_ranges: Option<String>,
+    /// Plain tables large enough for block ranges but copied in one piece: (table, bytes).
+    pub whole: Vec<(String, i64)>,
+}
+
+/// Why plain tables go in one piece each: block ranges turned off (a range size of 0), or a source
+/// before PostgreSQL 14, where a block range's `ctid` condition reads the whole table anyway.
+pub fn whole_tables_reason(range_bytes: i64, server_version_num: i64) -> Option<String> {
+    if range_bytes == 0 {
+        Some("block ranges are off (a range size of 0)".to_string())
+    } else if server_version_num < 140000 {
+        Some(format!(
+            "the source runs PostgreSQL {}, before TID range scans (14): a block range would read the whole table",
+            server_version_num / 10000
+        ))
+    } else {
+        None
+    }
 }
 
 /// What the target offers that the chunk routes need.
@@ -111,13 +130,16 @@ pub async fn plan_pieces(
 ) -> Result<Planned, UserError> {
     let features = target_features(session, dst, mode).await?;
     // reading a block range costs only its blocks from 14 on (TID range scans)
-    let tid_ranges = session
+    let version = session
         .strings("server version", "SELECT current_setting('server_version_num')")
         .await?
         .first()
         .and_then(|v| v.parse::<i64>().ok())
-        .is_some_and(|v| v >= 140000);
-    let mut planned = Planned { pieces: Vec::new(), locks: Vec::new(), by_range: Vec::new() };
+        .unwrap_or(0);
+    let no_ranges = whole_tables_reason(range_bytes, version);
+    let range_bytes = range_bytes.max(1);
+    let mut planned =
+        Planned { pieces: Vec::new(), locks: Vec::new(), by_range: Vec::new(), no_ranges: None, whole: Vec::new() };
     for table in tables {
         if progress.contains(&table.name) {
             continue;
@@ -160,15 +182,22 @@ pub async fn plan_pieces(
         }
         let target_hypertable =
             features.hypertables.contains(&into) || table.kind != "table" && table.kind != "partition";
-        if tid_ranges && !target_hypertable && table.bytes > 2 * range_bytes {
-            planned.pieces.extend(block_ranges(session, dst, &base, range_bytes).await?);
-            continue;
+        if !target_hypertable && table.bytes > 2 * range_bytes {
+            if no_ranges.is_none() {
+                planned.pieces.extend(block_ranges(session, dst, &base, range_bytes).await?);
+                continue;
+            }
+            if range_bytes > 1 {
+                // (with ranges off every table would be listed: the reason line says it for all)
+                planned.whole.push((table.name.clone(), table.bytes));
+            }
         }
         // through a hypertable, rows are routed to chunks: no FREEZE there
         let clear = if target_hypertable { format!("TRUNCATE {into}") } else { format!("TRUNCATE ONLY {into}") };
         planned.pieces.push(Piece { clear, freeze: !target_hypertable, ..base });
     }
     planned.pieces.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    planned.no_ranges = no_ranges;
     Ok(planned)
 }
 
@@ -390,4 +419,18 @@ async fn target_columns(dst: &Client, table: &str) -> Result<Vec<String>, tokio_
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_tables_reason;
+
+    #[test]
+    fn plain_tables_go_whole_from_a_source_before_14_or_with_ranges_off() {
+        assert_eq!(whole_tables_reason(64 << 20, 170006), None);
+        assert_eq!(whole_tables_reason(64 << 20, 140000), None, "14 has TID range scans");
+        let old = whole_tables_reason(64 << 20, 130016).expect("13 reads a block range whole");
+        assert!(old.contains("PostgreSQL 13") && old.contains("TID range scans"), "{old}");
+        assert!(whole_tables_reason(0, 170006).unwrap().contains("off"));
+    }
 }

@@ -335,6 +335,9 @@ pub fn verify_text(r: &VerifyReport) -> String {
     for w in &r.warnings {
         writeln!(out, "warning: {w}").unwrap();
     }
+    for n in &r.not_compared {
+        writeln!(out, "not compared: {n}").unwrap();
+    }
     writeln!(out, "{}", verdict(r)).unwrap();
     out
 }
@@ -383,6 +386,13 @@ pub fn verify_markdown(r: &VerifyReport) -> String {
             }
             writeln!(out).unwrap();
         }
+    }
+    if !r.not_compared.is_empty() {
+        writeln!(out, "## Not compared\n").unwrap();
+        for n in &r.not_compared {
+            writeln!(out, "- {n}").unwrap();
+        }
+        writeln!(out).unwrap();
     }
     if !r.warnings.is_empty() {
         writeln!(out, "## Warnings\n").unwrap();

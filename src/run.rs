@@ -111,7 +111,8 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     let tuning = TuningStage::new(source.clone(), target.clone(), plan.tuning.clone());
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
-    let verify = VerifyStage::new(source, target, planned_differences(&plan)?, options);
+    let target_user = target.config.get_user().unwrap_or("postgres").to_string();
+    let verify = VerifyStage::new(source, target, planned_differences(&plan, &target_user)?, options);
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(backup),
         environment,
@@ -190,8 +191,8 @@ pub fn exit_code_for_failure(stage: &str, e: &UserError) -> i32 {
 }
 
 /// The plan's `[[allow]]` entries plus what its own changes make differ on purpose: tables it turns
-/// into hypertables, vector columns it adds and their indexes.
-fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError> {
+/// into hypertables, vector columns it adds and their indexes, passwords it does not carry.
+fn planned_differences(plan: &Plan, target_user: &str) -> Result<crate::allow::AllowList, UserError> {
     use crate::allow::{AllowRule, Change};
     let mut rules = plan.allow.clone();
     let rule = |class: &str, name: String, reason: &str| AllowRule {
@@ -205,6 +206,25 @@ fn planned_differences(plan: &Plan) -> Result<crate::allow::AllowList, UserError
     }
     if !plan.vectors.is_empty() {
         rules.push(rule("extensions", "vector".into(), "created for the plan's vector columns"));
+    }
+    // the role pgshift connects to the target as keeps the target's password (schema stage)
+    let mut own = rule(
+        "role_passwords",
+        crate::sql::quote_ident(target_user),
+        "the role pgshift connects to the target as keeps the target's password",
+    );
+    own.change = Change::Changed;
+    rules.push(own);
+    if !plan.backup.role_passwords {
+        // roles.sql carries no hashes: a login role with a password has none on the target (the
+        // backup's pre-flight names them)
+        let mut r = rule(
+            "role_passwords",
+            "*".into(),
+            "password not carried ([backup] role_passwords = false): set it on the target",
+        );
+        r.change = Change::Changed;
+        rules.push(r);
     }
     if !plan.tuning.compress_chunks {
         // chunks that came through decompression stay uncompressed

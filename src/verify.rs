@@ -42,6 +42,9 @@ pub struct VerifyReport {
     pub tables: Vec<TableRows>,
     pub naive: Vec<NaiveRow>,
     pub warnings: Vec<String>,
+    /// What could not be compared (a side's session could not read it), with the fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_compared: Vec<String>,
     /// Differences not covered by the allow file.
     pub unexpected: usize,
     /// Differences the allow file names as planned.
@@ -74,6 +77,19 @@ pub async fn verify(
     tokio::join!(s.close(), t.close());
     let respelled = align_view_spelling(target, &mut s_inv, &t_inv).await;
 
+    // a class one side could not read is compared on neither (said in the report)
+    for class in [Class::RolePasswords] {
+        if s_inv.objects.contains_key(&class) != t_inv.objects.contains_key(&class) {
+            s_inv.objects.remove(&class);
+            t_inv.objects.remove(&class);
+        }
+    }
+    let not_compared: Vec<String> = s_inv
+        .not_compared
+        .iter()
+        .map(|w| format!("source: {w}"))
+        .chain(t_inv.not_compared.iter().map(|w| format!("target: {w}")))
+        .collect();
     let (classes, mut differences, mut normalized) = diff::compare_objects(&s_inv, &t_inv, allow);
     normalized.extend(respelled);
     let (tables, row_diffs) = diff::compare_rows(&s_inv, &t_inv, allow);
@@ -109,6 +125,7 @@ pub async fn verify(
         tables,
         naive,
         warnings,
+        not_compared,
         unexpected,
         planned,
         // a class that could not be read was not compared: that is not a clean result

@@ -26,6 +26,7 @@ pub enum Class {
     Types,
     Extensions,
     Roles,
+    RolePasswords,
     Grants,
     DefaultPrivileges,
     Owners,
@@ -40,7 +41,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 32] = [
+    pub const ALL: [Class; 33] = [
         Class::Schemas,
         Class::Tables,
         Class::Columns,
@@ -62,6 +63,7 @@ impl Class {
         Class::Types,
         Class::Extensions,
         Class::Roles,
+        Class::RolePasswords,
         Class::Grants,
         Class::DefaultPrivileges,
         Class::Owners,
@@ -99,6 +101,7 @@ impl Class {
             Class::Types => "types",
             Class::Extensions => "extensions",
             Class::Roles => "roles",
+            Class::RolePasswords => "role_passwords",
             Class::Grants => "grants",
             Class::DefaultPrivileges => "default_privileges",
             Class::Owners => "owners",

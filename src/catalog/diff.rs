@@ -109,9 +109,13 @@ pub fn compare_objects(
             changed: 0,
         };
         let mut push = |name: &str, change: Change, sd: Option<&String>, td: Option<&String>| {
-            // an extension upgraded on the target (a newer server) is expected
+            // an extension upgraded on the target (a newer server) is expected; a login role given
+            // a password on the target where the source's had none loses nothing
             let upgraded = match (class, sd, td) {
                 (Class::Extensions, Some(sd), Some(td)) => versions::extension_upgrade(sd, td),
+                (Class::RolePasswords, Some(sd), Some(_)) if sd == "none" => {
+                    Some("a password set on the target where the source's role had none".to_string())
+                }
                 _ => None,
             };
             diffs.push(Difference {

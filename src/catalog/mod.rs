@@ -126,6 +126,9 @@ pub struct Inventory {
     pub naive: NaiveCounts,
     pub tables: Vec<TableInfo>,
     pub warnings: Vec<String>,
+    /// What this session could not read and so was not compared (not a failure: said in the report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_compared: Vec<String>,
 }
 
 impl Inventory {
@@ -236,6 +239,23 @@ impl Session {
         }
 
         let mut warnings = Vec::new();
+        let mut not_compared = Vec::new();
+        let readable: bool = c
+            .query_one(queries::PASSWORDS_READABLE, &[])
+            .await
+            .map_err(|e| self.query_error("role passwords", &e))?
+            .get(0);
+        if readable {
+            objects.insert(
+                Class::RolePasswords,
+                self.definitions(Class::RolePasswords, &queries::role_passwords()).await?,
+            );
+        } else {
+            not_compared.push(format!(
+                "role passwords: {} may not read pg_authid (connect as a superuser to compare whether each login role has a password)",
+                server.user
+            ));
+        }
         let timescaledb = match c.query_opt(extensions::TIMESCALE_VERSION, &[]).await {
             Ok(Some(r)) => Some(TimescaleInfo { version: r.get(0), license: r.get(1) }),
             Ok(None) => None,
@@ -414,6 +434,7 @@ impl Session {
             naive,
             tables,
             warnings,
+            not_compared,
         })
     }
 

@@ -291,6 +291,25 @@ fn roles() -> String {
     )
 }
 
+/// Whether each login role the database uses has a password, and its kind: never the hash. Reads
+/// `pg_authid`, which only a superuser may (see [`PASSWORDS_READABLE`]).
+pub fn role_passwords() -> String {
+    format!(
+        r#"{}
+        SELECT quote_ident(a.rolname),
+          CASE WHEN a.rolpassword IS NULL THEN 'none'
+               WHEN a.rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'SCRAM-SHA-256'
+               WHEN a.rolpassword ~ '^md5[0-9a-f]{{32}}$' THEN 'MD5'
+               ELSE 'another kind' END
+        FROM pg_authid a
+        WHERE a.oid IN (SELECT oid FROM relevant) AND a.rolname !~ '^pg_' AND a.rolcanlogin"#,
+        used_roles_cte()
+    )
+}
+
+/// Whether this session may read password kinds.
+pub const PASSWORDS_READABLE: &str = "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')";
+
 fn grants() -> String {
     let un = user_ns("n");
     let rel_ok = format!("{un} AND {}", not_ext("pg_class", "c.oid"));

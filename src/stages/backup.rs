@@ -317,7 +317,13 @@ impl Stage for BackupStage {
     }
 
     fn preflight<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
-        Box::pin(async move { self.find_tools(ctx).await.map(|_| ()) })
+        Box::pin(async move {
+            self.find_tools(ctx).await?;
+            for w in self.password_warnings().await? {
+                ctx.warning(w).await;
+            }
+            Ok(())
+        })
     }
 
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
@@ -332,6 +338,54 @@ impl Stage for BackupStage {
             result
         })
     }
+}
+
+impl BackupStage {
+    /// What the pre-flight says about passwords before anything is written: the login roles whose
+    /// passwords the plan will not carry (they could not log in on the target), or, when it does,
+    /// the MD5 hashes it carries. Never a hash itself.
+    async fn password_warnings(&self) -> Result<Vec<String>, UserError> {
+        let client = self.source.connect().await?;
+        let q = |e: tokio_postgres::Error| {
+            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
+        };
+        let readable: bool = client.query_one(catalog::queries::PASSWORDS_READABLE, &[]).await.map_err(q)?.get(0);
+        if !readable {
+            return Ok(vec![format!(
+                "cannot tell which login roles have passwords ({} may not read pg_authid): roles.sql {}",
+                self.source.label(),
+                if self.options.role_passwords { "carries what pg_dumpall may read" } else { "carries none" }
+            )]);
+        }
+        let rows = client.query(&catalog::queries::role_passwords(), &[]).await.map_err(q)?;
+        let with: Vec<(String, String)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).filter(|(_, kind): &(String, String)| kind != "none").collect();
+        Ok(password_warnings(&with, self.options.role_passwords))
+    }
+}
+
+/// The warnings for login roles with passwords, (role, kind), given whether the plan carries them.
+fn password_warnings(with: &[(String, String)], carried: bool) -> Vec<String> {
+    let names = |kind: Option<&str>| -> Vec<&str> {
+        with.iter().filter(|(_, k)| kind.is_none_or(|kind| k == kind)).map(|(n, _)| n.as_str()).collect()
+    };
+    let mut w = Vec::new();
+    if !carried && !with.is_empty() {
+        w.push(format!(
+            "login role(s) with a password that this plan will not carry: {} — they cannot log in on the target \
+             with it (fix: set [backup] role_passwords = true, or set their passwords on the target after the run)",
+            names(None).join(", ")
+        ));
+    }
+    let md5 = names(Some("MD5"));
+    if carried && !md5.is_empty() {
+        w.push(format!(
+            "login role(s) with an MD5 password hash, carried as it is: {} — MD5 passwords are deprecated \
+             (PostgreSQL 18 warns on them; fix: set them again with password_encryption = scram-sha-256)",
+            md5.join(", ")
+        ));
+    }
+    w
 }
 
 struct Dump {
@@ -503,5 +557,22 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_the_plan_does_not_carry_are_named_and_md5_is_flagged_when_carried() {
+        let with = [("app".to_string(), "SCRAM-SHA-256".to_string()), ("legacy".to_string(), "MD5".to_string())];
+        let w = password_warnings(&with, false);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("app, legacy") && w[0].contains("role_passwords = true"), "{w:?}");
+        let w = password_warnings(&with, true);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("MD5") && w[0].contains("legacy") && !w[0].contains("app"), "{w:?}");
+        assert!(password_warnings(&[], false).is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! backup directory, stage options, tables to turn into hypertables, vector columns to add, and the
 //! differences the plan makes on purpose (allowed by verify).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,10 @@ pub struct TargetPlan {
     /// Migrate into a database that already holds objects (they may collide).
     #[serde(default)]
     pub force: bool,
+    /// Server settings to set on the target (`ALTER SYSTEM` and a reload) before the schema:
+    /// `[target.settings]` with `TimeZone = "Asia/Seoul"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

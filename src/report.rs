@@ -9,6 +9,7 @@ use similar::{ChangeTag, TextDiff};
 
 use crate::allow::Change;
 use crate::catalog::diff::{Difference, RowStatus};
+use crate::catalog::settings::Kind;
 use crate::catalog::{Class, Inventory};
 use crate::error::UserError;
 use crate::verify::{Side, VerifyReport};
@@ -338,6 +339,16 @@ pub fn verify_text(r: &VerifyReport) -> String {
     for n in &r.not_compared {
         writeln!(out, "not compared: {n}").unwrap();
     }
+    for d in r.settings.iter().filter(|d| d.kind == Kind::Behaviour) {
+        let target = d.target.as_deref().unwrap_or("(not there)");
+        writeln!(out, "server setting differs (changes results): {} source '{}', target '{target}'", d.name, d.source)
+            .unwrap();
+    }
+    let sizing = r.settings.iter().filter(|d| d.kind == Kind::Sizing).count();
+    if sizing > 0 {
+        writeln!(out, "server settings that differ in sizing or tuning: {sizing} (listed in the Markdown report)")
+            .unwrap();
+    }
     writeln!(out, "{}", verdict(r)).unwrap();
     out
 }
@@ -386,6 +397,22 @@ pub fn verify_markdown(r: &VerifyReport) -> String {
             }
             writeln!(out).unwrap();
         }
+    }
+    if !r.settings.is_empty() {
+        writeln!(
+            out,
+            "## Server settings that differ\n\nThe servers' settings, not the database's: listed, not counted as differences.\n"
+        )
+        .unwrap();
+        let mut t = table(&["setting", "source", "target", "kind"], true);
+        for d in &r.settings {
+            let kind = match d.kind {
+                Kind::Behaviour => "changes query results or behaviour",
+                Kind::Sizing => "sizing, tuning",
+            };
+            t.add_row(vec![d.name.as_str(), &d.source, d.target.as_deref().unwrap_or("(not there)"), kind]);
+        }
+        writeln!(out, "{t}\n").unwrap();
     }
     if !r.not_compared.is_empty() {
         writeln!(out, "## Not compared\n").unwrap();

@@ -89,8 +89,10 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         },
     );
     let environment: Box<dyn Stage> = match container {
-        Some(o) => Box::new(ContainerStage::new(o)),
-        None => Box::new(ExistingServerStage::new(target.with_dbname("postgres"))),
+        Some(o) => Box::new(ContainerStage::new(o).with_settings(plan.target.settings.clone())),
+        None => Box::new(
+            ExistingServerStage::new(target.with_dbname("postgres")).with_settings(plan.target.settings.clone()),
+        ),
     };
     // a resumed run finds its own earlier work in the target database
     let force = plan.target.force || schema_started;
@@ -100,7 +102,8 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         plan.target.container.is_some(),
         force,
         plan.hypertables.clone(),
-    );
+    )
+    .with_target_settings(plan.target.settings.clone());
     let data =
         DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(plan.data.compressed_chunks);
     let post = PostDataStage::new(target.clone(), &plan.tuning);

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::allow::AllowList;
 use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, Normalized, TableRows};
 use crate::catalog::rows::{self, HashForm, RowJob, RowMode};
+use crate::catalog::settings::{self, SettingDifference};
 use crate::catalog::{versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::conn::ConnSpec;
 use crate::error::UserError;
@@ -42,6 +43,10 @@ pub struct VerifyReport {
     pub tables: Vec<TableRows>,
     pub naive: Vec<NaiveRow>,
     pub warnings: Vec<String>,
+    /// Server settings that differ (the servers', not the database's: they do not make a result
+    /// unclean), behaviour ones first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<SettingDifference>,
     /// What could not be compared (a side's session could not read it), with the fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_compared: Vec<String>,
@@ -76,6 +81,7 @@ pub async fn verify(
     t_inv.apply_rows(&t_rows);
     tokio::join!(s.close(), t.close());
     let respelled = align_view_spelling(target, &mut s_inv, &t_inv).await;
+    let settings = setting_differences(source, target).await;
 
     // a class one side could not read is compared on neither (said in the report)
     for class in [Class::RolePasswords] {
@@ -125,6 +131,7 @@ pub async fn verify(
         tables,
         naive,
         warnings,
+        settings,
         not_compared,
         unexpected,
         planned,
@@ -188,6 +195,21 @@ async fn align_view_spelling(target: &ConnSpec, s_inv: &mut Inventory, t_inv: &I
         }
     }
     respelled
+}
+
+/// The server settings that differ, read on plain sessions (pgshift's own compare with fixed
+/// output settings); empty when a side cannot be read (the catalog comparison does not depend on it).
+async fn setting_differences(source: &ConnSpec, target: &ConnSpec) -> Vec<SettingDifference> {
+    let read = |spec: &ConnSpec| {
+        let spec = spec.clone();
+        async move { settings::read(&spec.connect().await.ok()?).await.ok() }
+    };
+    let (Some(s), Some(t)) = tokio::join!(read(source), read(target)) else {
+        return Vec::new();
+    };
+    let mut found = settings::differences(&s, &t);
+    found.sort_by_key(|d| d.kind != settings::Kind::Behaviour);
+    found
 }
 
 /// `query` as this server deparses it (a temporary view, rolled back).

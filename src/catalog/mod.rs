@@ -6,6 +6,7 @@ pub mod diff;
 pub mod extensions;
 pub mod queries;
 pub mod rows;
+pub mod settings;
 pub mod versions;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,7 +7,7 @@
 //! directory; port on 127.0.0.1; shared memory for parallel index builds; health check), start it,
 //! wait until healthy while streaming its log, and report what the server offers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -256,11 +256,19 @@ pub fn report_warnings(r: &ServerReport) -> Vec<String> {
 /// Stage 2 with a container.
 pub struct ContainerStage {
     options: EnvOptions,
+    settings: BTreeMap<String, String>,
 }
 
 impl ContainerStage {
     pub fn new(options: EnvOptions) -> Self {
-        Self { options }
+        Self { options, settings: BTreeMap::new() }
+    }
+
+    /// The plan's `[target.settings]`, set once the container is healthy (kept in its data
+    /// directory's `postgresql.auto.conf`).
+    pub fn with_settings(mut self, settings: BTreeMap<String, String>) -> Self {
+        self.settings = settings;
+        self
     }
 
     async fn up(
@@ -534,7 +542,17 @@ impl Stage for ContainerStage {
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             let (mut created_here, mut volume_created_here) = (false, false);
-            let result = self.up(ctx, &mut created_here, &mut volume_created_here).await;
+            let mut result = self.up(ctx, &mut created_here, &mut volume_created_here).await;
+            if result.is_ok() && !self.settings.is_empty() {
+                match self.options.target() {
+                    Ok(spec) => {
+                        if let Err(e) = apply_settings(ctx, &ctx.tagged(&spec), &self.settings).await {
+                            result = Err(e.into());
+                        }
+                    }
+                    Err(e) => result = Err(e.into()),
+                }
+            }
             if result.is_err() && created_here && !self.options.keep_failed {
                 // nothing half-created is left behind: the container, and its volume if this run made it
                 if let Ok(engine) = docker::connect().await {
@@ -553,14 +571,58 @@ impl Stage for ContainerStage {
     }
 }
 
+/// Sets the plan's `[target.settings]` on the target server (`ALTER SYSTEM`, then a reload); a
+/// setting that needs a restart is said so. Returns how many were set.
+pub async fn apply_settings(
+    ctx: &StageContext,
+    spec: &ConnSpec,
+    settings: &BTreeMap<String, String>,
+) -> Result<usize, UserError> {
+    if settings.is_empty() {
+        return Ok(0);
+    }
+    let client = spec.connect().await?;
+    let fail = |what: &str, e: tokio_postgres::Error| {
+        UserError::new(
+            format!("{what} on {}: {}", spec.label(), crate::catalog::db_message(&e)),
+            "check the name and value in [target.settings] (SHOW name on the target shows its form);              ALTER SYSTEM needs a superuser",
+        )
+    };
+    for (name, value) in settings {
+        let sql = format!("ALTER SYSTEM SET {} = {}", crate::sql::quote_ident(name), crate::sql::quote_literal(value));
+        client.batch_execute(&sql).await.map_err(|e| fail(&format!("setting {name}"), e))?;
+    }
+    client.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| fail("reloading the configuration", e))?;
+    for (name, value) in settings {
+        let row = client
+            .query_one("SELECT context, pending_restart FROM pg_settings WHERE lower(name) = lower($1)", &[name])
+            .await
+            .map_err(|e| fail(&format!("reading {name}"), e))?;
+        let (context, pending): (String, bool) = (row.get(0), row.get(1));
+        if context == "postmaster" || pending {
+            ctx.warning(format!("{name} = '{value}' is set on the target but takes effect only after a restart")).await;
+        } else {
+            ctx.info("settings", format!("{name} = '{value}' set on the target ([target.settings])")).await;
+        }
+    }
+    Ok(settings.len())
+}
+
 /// Stage 2 with an existing server: check it and report what it offers.
 pub struct ExistingServerStage {
     target: ConnSpec,
+    settings: BTreeMap<String, String>,
 }
 
 impl ExistingServerStage {
     pub fn new(target: ConnSpec) -> Self {
-        Self { target }
+        Self { target, settings: BTreeMap::new() }
+    }
+
+    /// The plan's `[target.settings]`, set once the server answers.
+    pub fn with_settings(mut self, settings: BTreeMap<String, String>) -> Self {
+        self.settings = settings;
+        self
     }
 }
 
@@ -573,12 +635,43 @@ impl Stage for ExistingServerStage {
         "Environment: existing target server"
     }
 
+    fn preflight<'a>(&'a self, _ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
+        Box::pin(async move {
+            if self.settings.is_empty() {
+                return Ok(());
+            }
+            // every setting the plan names must exist on the target, before anything is set
+            let client = self.target.connect().await?;
+            let q = |e: tokio_postgres::Error| {
+                UserError::new(
+                    format!("pre-flight query failed: {}", crate::catalog::db_message(&e)),
+                    "connect as a superuser",
+                )
+            };
+            for name in self.settings.keys() {
+                let known: bool = client
+                    .query_one("SELECT EXISTS (SELECT 1 FROM pg_settings WHERE lower(name) = lower($1))", &[name])
+                    .await
+                    .map_err(q)?
+                    .get(0);
+                if !known {
+                    return Err(UserError::new(
+                        format!("[target.settings] names {name}, which the target server does not have"),
+                        "correct the name (SHOW ALL on the target lists them), or load the extension that defines it",
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             let report = check_server(&ctx.tagged(&self.target)).await?;
             for w in report_warnings(&report) {
                 ctx.warning(w).await;
             }
+            apply_settings(ctx, &ctx.tagged(&self.target), &self.settings).await?;
             Ok(format!("{} ready: {}", report.connection, report.summary()))
         })
     }

@@ -253,6 +253,8 @@ pub struct SchemaStage {
     target_is_container: bool,
     force: bool,
     hypertables: Vec<HypertablePlan>,
+    /// The plan's `[target.settings]`: a setting set there is not warned about.
+    target_settings: BTreeMap<String, String>,
 }
 
 impl SchemaStage {
@@ -263,12 +265,17 @@ impl SchemaStage {
         force: bool,
         hypertables: Vec<HypertablePlan>,
     ) -> Self {
-        Self { source, target, target_is_container, force, hypertables }
+        Self { source, target, target_is_container, force, hypertables, target_settings: BTreeMap::new() }
+    }
+
+    pub fn with_target_settings(mut self, settings: BTreeMap<String, String>) -> Self {
+        self.target_settings = settings;
+        self
     }
 
     /// The pre-flight: refuses what cannot work, and returns what the move upgrades (empty while a
     /// container target does not run yet).
-    async fn check_target(&self) -> Result<Vec<Upgrade>, UserError> {
+    async fn check_target(&self) -> Result<Preflight, UserError> {
         let source = self.source.connect().await?;
         let q = |e: tokio_postgres::Error| {
             UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
@@ -277,7 +284,9 @@ impl SchemaStage {
         let server = match admin.connect().await {
             Ok(c) => c,
             // created by the environment stage: what the source alone decides is checked now
-            Err(_) if self.target_is_container => return self.check_source(&source).await.map(|()| Vec::new()),
+            Err(_) if self.target_is_container => {
+                return self.check_source(&source).await.map(|()| Preflight::default())
+            }
             Err(e) => return Err(e),
         };
         // the same cluster (system identifier) and database: a restore would write into the source
@@ -323,6 +332,14 @@ impl SchemaStage {
         let sversion: String = source.query_one(version, &[]).await.map_err(q)?.get(0);
         let tversion: String = server.query_one(version, &[]).await.map_err(q)?.get(0);
         let upgrades = upgrades((&sversion, smajor), (&tversion, tmajor), &installed, &defaults);
+        let (s_settings, t_settings) =
+            (catalog::settings::read(&source).await.map_err(q)?, catalog::settings::read(&server).await.map_err(q)?);
+        let planned = |name: &str| self.target_settings.keys().any(|k| k.eq_ignore_ascii_case(name));
+        let setting_warnings = catalog::settings::differences(&s_settings, &t_settings)
+            .iter()
+            .filter(|d| d.kind == catalog::settings::Kind::Behaviour && !planned(&d.name))
+            .map(catalog::settings::warning)
+            .collect();
         let missing: Vec<&String> = wanted.iter().filter(|e| !available.contains(*e)).collect();
         if !missing.is_empty() {
             return Err(UserError::new(
@@ -390,7 +407,7 @@ impl SchemaStage {
                 ));
             }
         }
-        Ok(upgrades)
+        Ok(Preflight { upgrades, warnings: setting_warnings })
     }
 
     /// The pre-flight checks the source alone decides: each planned conversion, no large objects.
@@ -665,8 +682,12 @@ impl Stage for SchemaStage {
 
     fn preflight<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
         Box::pin(async move {
-            for u in self.check_target().await? {
+            let found = self.check_target().await?;
+            for u in found.upgrades {
                 ctx.upgrade(&u.what, &u.from, &u.to).await;
+            }
+            for w in found.warnings {
+                ctx.warning(w).await;
             }
             Ok(())
         })
@@ -675,10 +696,13 @@ impl Stage for SchemaStage {
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             // the container may be new: check again now that it runs (and say what it upgrades)
-            let upgrades = self.check_target().await?;
+            let found = self.check_target().await?;
             if self.target_is_container {
-                for u in upgrades {
+                for u in found.upgrades {
                     ctx.upgrade(&u.what, &u.from, &u.to).await;
+                }
+                for w in found.warnings {
+                    ctx.warning(w).await;
                 }
             }
             let backup = Backup::open(ctx)?;
@@ -706,6 +730,14 @@ impl Stage for SchemaStage {
             ))
         })
     }
+}
+
+/// What the schema pre-flight found that does not stop the run: what the move upgrades, and the
+/// behaviour settings that differ between the servers.
+#[derive(Debug, Default)]
+struct Preflight {
+    upgrades: Vec<Upgrade>,
+    warnings: Vec<String>,
 }
 
 /// One thing the move upgrades: the server (`PostgreSQL`) or an extension, from → to.

@@ -50,6 +50,42 @@ fn run_dir(base: &Path, restart: bool) -> Result<RunDir, UserError> {
     Ok(RunDir::New(files::create_run_dir(base)?))
 }
 
+/// The source and target a run directory's run is for (connections as labels: no password).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RunFor {
+    source: String,
+    target: String,
+}
+
+/// A new run directory records what it is for; a run that would resume (or find complete) an
+/// earlier one for another source or target refuses, rather than skip stages done elsewhere.
+fn check_run_for(dir: &Path, resuming: bool, this: &RunFor) -> Result<(), UserError> {
+    let path = dir.join(crate::run_files::RUN_FOR);
+    if resuming {
+        // a run directory from before this file was written cannot say: resumed as before
+        let Some(earlier) = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<RunFor>(&t).ok())
+        else {
+            return Ok(());
+        };
+        if earlier != *this {
+            return Err(UserError::new(
+                format!(
+                    "the latest run in {} was for {} → {}, but the plan now says {} → {}",
+                    dir.display(),
+                    earlier.source,
+                    earlier.target,
+                    this.source,
+                    this.target
+                ),
+                "run with --restart to start a new run for this plan (the earlier run's directory stays as it is)",
+            ));
+        }
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(this).expect("run-for json");
+    files::write_atomic(&path, text.as_bytes()).map_err(|e| files::write_error(&path, &e))
+}
+
 /// A run ready to start: its directory, its stages in checklist order, and its log file.
 pub struct Prepared {
     pub plan: Plan,
@@ -77,6 +113,8 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         RunDir::Resume(d) => (d, true, false),
         RunDir::Complete(d) => (d, true, true),
     };
+    let for_this = RunFor { source: source.label(), target: target.label() };
+    check_run_for(&dir, resuming, &for_this)?;
     let schema_started = resuming && Journal::open(&dir).ok().and_then(|j| j.status("schema")).is_some();
 
     let backup = BackupStage::new(
@@ -279,6 +317,9 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
         .await
         .map_err(|e| UserError::new(format!("reading candidates: {}", catalog::db_message(&e)), "connect as a superuser"))?;
     let hypertables: Vec<&String> = inv.class(Class::Hypertables).keys().collect();
+    // a table that is a hypertable already is recreated as one: not a conversion candidate
+    let candidates: Vec<_> =
+        candidates.into_iter().filter(|r| !hypertables.iter().any(|h| **h == r.get::<_, String>(0))).collect();
     let mut text = format!(
         "# pgshift migration plan, written by `pgshift plan init` from {source}.\n\
          # Run it with: pgshift run --plan {out} --yes\n\

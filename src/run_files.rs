@@ -14,3 +14,5 @@ pub const TIMESCALEDB_JOBS: &str = "timescaledb-jobs.json";
 /// The final verification, as JSON and as Markdown.
 pub const VERIFY_JSON: &str = "verify.json";
 pub const VERIFY_MARKDOWN: &str = "verify.md";
+/// Which source and target the run is for, checked before a later run resumes it.
+pub const RUN_FOR: &str = "run-for.json";

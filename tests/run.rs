@@ -146,3 +146,60 @@ async fn plan_init_writes_a_plan_that_reads_back_and_a_bad_plan_names_its_line()
     assert!(stderr.contains("pgshift.toml: line ") && stderr.contains("(fix: "), "{stderr}");
     common::drop_db(&s.source, "run_init").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_init_offers_no_hypertable_and_a_plan_for_another_target_does_not_resume_the_run() {
+    let s = common::servers();
+    let src = common::db_with(
+        &s.source,
+        "run_for_src",
+        "CREATE EXTENSION IF NOT EXISTS timescaledb;
+         CREATE TABLE metrics (at timestamptz NOT NULL, v real);
+         SELECT create_hypertable('metrics', 'at');
+         CREATE TABLE meter (taken_at timestamptz NOT NULL, kwh real); CREATE INDEX ON meter (taken_at);
+         INSERT INTO metrics SELECT '2026-01-01'::timestamptz + i * interval '1 minute', i FROM generate_series(1, 500) i;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("init.toml");
+    let out =
+        common::pgshift().args(["plan", "init", "--source", &src, "--out", init.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&init).unwrap();
+    assert!(text.contains("# table = \"public.meter\""), "a plain time series is a candidate: {text}");
+    assert!(!text.contains("# table = \"public.metrics\""), "a hypertable already is not: {text}");
+    assert!(text.contains("#   public.metrics"), "it is listed as recreated: {text}");
+
+    // a run for one target, then the plan names another: refused, with --restart as the fix
+    common::drop_db(&s.target, "run_for_a").await;
+    common::drop_db(&s.target, "run_for_b").await;
+    let plan = common::write_plan(dir.path(), &src, &common::url_for(&s.target, "run_for_a"), "");
+    let run = |restart: bool| {
+        let mut cmd = common::pgshift();
+        cmd.args(["run", "--plan", plan.to_str().unwrap(), "--yes"]);
+        if restart {
+            cmd.arg("--restart");
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, out) = run(false);
+    assert_eq!(code, Some(0), "{out}");
+    common::write_plan(dir.path(), &src, &common::url_for(&s.target, "run_for_b"), "");
+    let (code, out) = run(false);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("run_for_a") && out.contains("run_for_b") && out.contains("--restart"), "{out}");
+    let made = common::strings(&s.target, "SELECT count(*)::text FROM pg_database WHERE datname = 'run_for_b'").await;
+    assert_eq!(made, ["0"], "nothing made for the new target");
+    let (code, out) = run(true);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        common::strings(&common::url_for(&s.target, "run_for_b"), "SELECT count(*)::text FROM metrics").await,
+        ["500"]
+    );
+    tokio::join!(
+        common::drop_db(&s.source, "run_for_src"),
+        common::drop_db(&s.target, "run_for_a"),
+        common::drop_db(&s.target, "run_for_b")
+    );
+}

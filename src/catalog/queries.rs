@@ -292,7 +292,8 @@ fn roles() -> String {
 }
 
 /// Whether each login role the database uses has a password, and its kind: never the hash. Reads
-/// `pg_authid`, which only a superuser may (see [`PASSWORDS_READABLE`]).
+/// `pg_authid`, which only a superuser may (see [`PASSWORDS_READABLE`]). The bootstrap superuser
+/// is left out: on a new server it is that server's own (made by its initdb, with its password).
 pub fn role_passwords() -> String {
     format!(
         r#"{}
@@ -302,7 +303,7 @@ pub fn role_passwords() -> String {
                WHEN a.rolpassword ~ '^md5[0-9a-f]{{32}}$' THEN 'MD5'
                ELSE 'another kind' END
         FROM pg_authid a
-        WHERE a.oid IN (SELECT oid FROM relevant) AND a.rolname !~ '^pg_' AND a.rolcanlogin"#,
+        WHERE a.oid IN (SELECT oid FROM relevant) AND a.rolname !~ '^pg_' AND a.rolcanlogin AND a.oid <> 10"#,
         used_roles_cte()
     )
 }

@@ -373,7 +373,8 @@ fn password_warnings(with: &[(String, String)], carried: bool) -> Vec<String> {
     if !carried && !with.is_empty() {
         w.push(format!(
             "login role(s) with a password that this plan will not carry: {} — they cannot log in on the target \
-             with it (fix: set [backup] role_passwords = true, or set their passwords on the target after the run)",
+             with it (fix: set [backup] role_passwords = true in the plan (pgshift backup: --role-passwords), \
+             or set their passwords on the target after the run)",
             names(None).join(", ")
         ));
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
+    Database,
     Schemas,
     Tables,
     Columns,
@@ -41,7 +42,8 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 33] = [
+    pub const ALL: [Class; 34] = [
+        Class::Database,
         Class::Schemas,
         Class::Tables,
         Class::Columns,
@@ -80,6 +82,7 @@ impl Class {
     /// The name used in reports and allow files (`primary_keys`).
     pub fn key(self) -> &'static str {
         match self {
+            Class::Database => "database",
             Class::Schemas => "schemas",
             Class::Tables => "tables",
             Class::Columns => "columns",

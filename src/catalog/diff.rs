@@ -148,6 +148,18 @@ pub fn compare_objects(
                         ),
                     });
                 }
+                // the servers' C or ICU libraries differ: text sorts by the target's, whose indexes
+                // were built by it; said, not a loss
+                Some(td) if class == Class::Database && name == "collation version" && td != sd => {
+                    normalized.push(Normalized {
+                        class: class.key().into(),
+                        name: name.clone(),
+                        how: format!(
+                            "collation library {sd} on the source, {td} on the target: the same locale, whose \
+                             order may differ in rare cases; the target's indexes were built with its own"
+                        ),
+                    });
+                }
                 Some(td) if td != sd => {
                     count.changed += 1;
                     push(name, Change::Changed, Some(sd), Some(td));

@@ -2,6 +2,7 @@
 //! TimescaleDB and pgvector state, exact row counts, and what was left out as internal.
 
 pub mod class;
+pub mod database;
 pub mod diff;
 pub mod extensions;
 pub mod queries;
@@ -218,6 +219,16 @@ impl Session {
         Ok(Self { spec: spec.clone(), client, snapshot })
     }
 
+    /// The database's own properties (settings, privileges, comment, connection limit, locale).
+    pub async fn database_properties(&self) -> Result<Vec<database::Property>, UserError> {
+        let rows = self
+            .client
+            .query(database::PROPERTIES_SQL, &[])
+            .await
+            .map_err(|e| self.query_error("database properties", &e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
     /// Every class, TimescaleDB and pgvector state, exclusions, naive counts and the table list.
     /// Row counts are not read here (see [`Session::measure_rows`]).
     pub async fn inventory(&self) -> Result<Inventory, UserError> {
@@ -239,6 +250,8 @@ impl Session {
             }
         }
 
+        let props = self.database_properties().await?;
+        objects.insert(Class::Database, database::definitions(&props));
         let mut warnings = Vec::new();
         let mut not_compared = Vec::new();
         let readable: bool = c

@@ -378,6 +378,28 @@ impl SchemaStage {
             .await
             .map_err(q)?
             .get(0);
+        if !exists {
+            // pgshift creates the database with the source's locale: the target must have it
+            let locale: Option<String> = source
+                .query(catalog::database::PROPERTIES_SQL, &[])
+                .await
+                .map_err(q)?
+                .iter()
+                .find(|r| r.get::<_, String>(0) == "locale")
+                .map(|r| r.get(2));
+            if let Some(locale) = locale {
+                if let Some(what) = catalog::database::missing_locale(&server, &locale).await.map_err(q)? {
+                    return Err(UserError::new(
+                        format!(
+                            "the target server lacks {what}, which the source database uses ({locale}): text would \
+                             sort and compare otherwise"
+                        ),
+                        "install the locale on the target (locale-gen, or an image built with it) and restart it, or \
+                         create the target database yourself with the locale you choose",
+                    ));
+                }
+            }
+        }
         if exists && !self.force {
             let db = self.target.connect().await?;
             let sql = format!(
@@ -491,6 +513,18 @@ impl SchemaStage {
             .await
             .map_err(|e| q(&self.source, e))?;
         let (encoding, owner): (String, String) = (row.get(0), row.get(1));
+        let locale: Option<String> = source
+            .query(catalog::database::PROPERTIES_SQL, &[])
+            .await
+            .map_err(|e| q(&self.source, e))?
+            .iter()
+            .find(|r| r.get::<_, String>(0) == "locale")
+            .map(|r| r.get(2));
+        let tmajor: i32 = admin
+            .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+            .await
+            .map_err(|e| q(&self.target, e))?
+            .get(0);
         let db = self.target.dbname();
         let exists: bool = admin
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
@@ -498,9 +532,21 @@ impl SchemaStage {
             .map_err(|e| q(&self.target, e))?
             .get(0);
         if !exists {
-            let sql = format!("CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}'", quote_ident(db));
-            admin.batch_execute(&sql).await.map_err(|e| q(&self.target, e))?;
-            ctx.info("database", format!("created database {db} ({encoding})")).await;
+            // the source's locale (provider, collation, ctype): text sorts and compares as it did
+            let clause = locale.as_deref().map(|l| catalog::database::create_clause(l, tmajor)).unwrap_or_default();
+            let sql = format!("CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}'{clause}", quote_ident(db));
+            admin.batch_execute(&sql).await.map_err(|e| {
+                StageError::Failed(UserError::new(
+                    format!(
+                        "creating the target database {db} with the source's locale ({}) failed: {}",
+                        locale.as_deref().unwrap_or("default"),
+                        catalog::db_message(&e)
+                    ),
+                    "install that locale on the target server (locale-gen, or an image with it) and run again",
+                ))
+            })?;
+            ctx.info("database", format!("created database {db} ({encoding}, {})", locale.as_deref().unwrap_or("")))
+                .await;
         }
         let sql = format!("ALTER DATABASE {} OWNER TO {}", quote_ident(db), quote_ident(&owner));
         if let Err(e) = admin.batch_execute(&sql).await {

@@ -87,6 +87,7 @@ impl Stage for TuningStage {
                 }
             }
             let source = ctx.tagged(&self.source).connect().await?;
+            let applied = self.database_properties(ctx, &source, &target).await?;
             let unused: Vec<(String, String)> = source
                 .query(
                     &format!(
@@ -111,9 +112,42 @@ impl Stage for TuningStage {
                 .await;
             }
             Ok(format!(
-                "{stats} done, {reindexed} table(s) reindexed, {} index(es) never used on the source",
+                "{stats} done, {applied} database propert(ies) set, {reindexed} table(s) reindexed, {} index(es) never used on the source",
                 unused.len()
             ))
         })
+    }
+}
+
+impl TuningStage {
+    /// Gives the target database the source's settings, role settings in it, privileges, comment
+    /// and connection limit — last, since a setting such as `default_transaction_read_only` or a
+    /// `statement_timeout` would stop the stages before. A statement that fails is a warning that
+    /// names it (verify then shows the difference).
+    async fn database_properties(
+        &self,
+        ctx: &StageContext,
+        source: &tokio_postgres::Client,
+        target: &tokio_postgres::Client,
+    ) -> Result<usize, StageError> {
+        let rows = source.query(catalog::database::PROPERTIES_SQL, &[]).await.map_err(|e| {
+            StageError::Failed(catalog::failed_query(
+                &self.source,
+                "reading the database's properties",
+                &e,
+                "connect as a superuser",
+            ))
+        })?;
+        let props: Vec<catalog::database::Property> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let mut applied = 0;
+        for sql in catalog::database::statements(self.target.dbname(), &props) {
+            match target.batch_execute(&sql).await {
+                Ok(()) => applied += 1,
+                Err(e) => ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await,
+            }
+        }
+        ctx.info("database", format!("{applied} database property statement(s): settings, privileges, comment, limit"))
+            .await;
+        Ok(applied)
     }
 }

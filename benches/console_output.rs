@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use pgshift::engine::{Stage, StageContext, StageError, StageStatus};
-use pgshift::process::{run_tool, Discard, LineClass, ToolCommand};
+use pgshift::pgtools::process::{run_tool, Discard, LineClass, ToolCommand};
 use pgshift::tui::app::{App, Command};
 use pgshift::tui::keymap::Keymap;
 use pgshift::tui::runner::Runner;

@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 
-use crate::allow::AllowList;
 use crate::catalog::{self, rows::RowMode};
-use crate::conn::ConnSpec;
+use crate::checklist::headless;
+use crate::commands::env as env_commands;
 use crate::error::{UserError, EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
+use crate::files;
+use crate::plan::allow::AllowList;
+use crate::postgres::conn::ConnSpec;
 use crate::stages::backup::{BackupOptions, BackupStage};
+use crate::verify::report;
 use crate::verify::{self, VerifyOptions};
-use crate::{env_commands, files, headless, report};
 
 const CONN_HELP: &str = "libpq URL (postgresql://user@host:port/db) or 'key=value' string; \
     missing parts come from PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD and ~/.pgpass";
@@ -352,6 +355,62 @@ pub enum EnvAction {
     },
 }
 
+impl EnvAction {
+    /// The plain command `commands::env` runs.
+    fn into_command(self) -> env_commands::EnvCommand {
+        use env_commands::EnvCommand as C;
+        match self {
+            EnvAction::Up {
+                container,
+                target,
+                image,
+                dockerfile,
+                context,
+                build_args,
+                rebuild,
+                bind,
+                port,
+                data,
+                shm_mb,
+                timeout,
+                keep_failed,
+                json,
+                verbose,
+            } => C::Up {
+                container: container.into(),
+                target,
+                image,
+                dockerfile,
+                context,
+                build_args,
+                rebuild,
+                bind,
+                port,
+                data,
+                shm_mb,
+                timeout,
+                keep_failed,
+                json,
+                verbose,
+            },
+            EnvAction::Status { container, target, json } => C::Status { container: container.into(), target, json },
+            EnvAction::Logs { container, tail, follow } => C::Logs { container: container.into(), tail, follow },
+            EnvAction::Psql { container, dbname, command, file } => {
+                C::Psql { container: container.into(), dbname, command, file }
+            }
+            EnvAction::Down { container, yes, remove_data } => {
+                C::Down { container: container.into(), yes, remove_data }
+            }
+        }
+    }
+}
+
+impl From<ContainerArgs> for env_commands::Container {
+    fn from(c: ContainerArgs) -> Self {
+        env_commands::Container { name: c.name, password_file: c.password_file }
+    }
+}
+
 fn default_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
 }
@@ -398,9 +457,10 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             run_backup(source, &dir, options, mode).await
         }
-        Command::Env { action } => env_commands::run(action).await,
+        Command::Env { action } => env_commands::run(action.into_command()).await,
         Command::Demo { source, target, dir, database, bin_dir, image, dockerfile, port, reset, headless, view } => {
-            let options = crate::demo::DemoOptions {
+            let console = view.options()?; // a bad --lang or keys file is reported before anything is made
+            let options = crate::commands::demo::DemoOptions {
                 source,
                 target,
                 dir,
@@ -411,18 +471,17 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
                 port,
                 reset,
                 headless,
-                console: view,
             };
-            crate::demo::demo(options).await
+            crate::commands::demo::demo(options, console).await
         }
         Command::Console { plan, restart, view } => {
             let options = view.options()?;
-            let prepared = crate::run::prepare(&plan, restart)?;
+            let prepared = crate::checklist::prepare(&plan, restart)?;
             crate::tui::open(prepared, &plan, options).await
         }
         Command::Run { plan, yes, restart, json, verbose } => {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
-            crate::run::run(&plan, yes, restart, mode).await
+            crate::commands::run::run(&plan, yes, restart, mode).await
         }
         Command::Copy { source, target, jobs, dir, range_mib, json } => {
             use crate::plan::CompressedChunks;
@@ -447,7 +506,7 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             }
         }
         Command::Plan { action: PlanAction::Init { source, out, overwrite } } => {
-            crate::run::init(&source, &out, overwrite).await
+            crate::commands::plan_init::init(&source, &out, overwrite).await
         }
     }
 }

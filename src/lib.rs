@@ -1,31 +1,23 @@
 //! pgshift: move a PostgreSQL database onto a TimescaleDB + pgvector server and prove that nothing
 //! was lost. The library holds everything; `main.rs` only parses the command line.
+//!
+//! Floors, top to bottom (a module imports only from floors below it):
+//! `cli` → `commands` → `tui` → `checklist` → `stages` → `verify`, `timescaledb`, `pgtools` →
+//! `catalog` → `engine`, `plan` → `postgres`, `docker`, `files`, `error`, `human`.
 
-pub mod after_data;
-pub mod allow;
 pub mod catalog;
+pub mod checklist;
 pub mod cli;
-pub mod conn;
-pub mod demo;
+pub mod commands;
 pub mod docker;
 pub mod engine;
-pub mod env_commands;
 pub mod error;
 pub mod files;
-pub mod headless;
-pub mod journal;
-pub mod manifest;
-pub mod pgpass;
+pub mod human;
+pub mod pgtools;
 pub mod plan;
-pub mod process;
-pub mod report;
-pub mod run;
-pub mod run_files;
-pub mod sql;
+pub mod postgres;
 pub mod stages;
 pub mod timescaledb;
-pub mod tls;
-pub mod toc;
-pub mod tools;
 pub mod tui;
 pub mod verify;

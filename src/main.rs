@@ -1,8 +1,8 @@
 use clap::Parser;
 
 use pgshift::cli::{self, Cli};
-use pgshift::conn::scrub;
 use pgshift::error::EXIT_USER_ERROR;
+use pgshift::postgres::conn::scrub;
 
 fn main() {
     // Internal bugs get color-eyre's report; user mistakes get one line and exit code 2.

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgshift::engine::{Event, StageStatus};
-use pgshift::manifest::Manifest;
+use pgshift::pgtools::manifest::Manifest;
 use pgshift::verify::{verify, VerifyOptions};
 
 fn bin_dir() -> String {

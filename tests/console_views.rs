@@ -9,7 +9,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use futures_util::future::BoxFuture;
 use insta::assert_snapshot;
 use pgshift::engine::{Event, Stage, StageContext, StageError, StageStatus, Stream, Unit};
-use pgshift::process::{run_tool, Discard, LineClass, ToolCommand};
+use pgshift::pgtools::process::{run_tool, Discard, LineClass, ToolCommand};
 use pgshift::tui::app::{App, Command, Msg, View};
 use pgshift::tui::keymap::Keymap;
 use pgshift::tui::runner::Runner;
@@ -461,7 +461,7 @@ async fn the_runner_drives_the_console_with_real_engine_events() {
     assert_eq!(app.stages[0].output.len(), 6, "the command and its five lines: {lines:?}");
     assert_eq!(app.stages[1].summary.as_deref(), Some("printed 3 lines"));
     // the journal and the log recorded both
-    let journal = pgshift::journal::Journal::open(dir.path()).unwrap();
+    let journal = pgshift::engine::journal::Journal::open(dir.path()).unwrap();
     assert_eq!(journal.status("environment"), Some(StageStatus::Done));
     let log = std::fs::read_to_string(dir.path().join("pgshift.log")).unwrap();
     assert!(log.contains("[backup] ! seq: line 5"), "{log}");

@@ -130,7 +130,7 @@ async fn build_create_start_wait_exec_connect_reuse_and_remove() {
 
     // the password: a 0600 file, in no output, not in the container's environment or command
     assert_eq!(std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777, 0o600);
-    let password = pgshift::stages::environment::read_password(&pw_file).unwrap();
+    let password = pgshift::plan::container::read_password(&pw_file).unwrap();
     assert!(password.len() >= 20);
     assert!(!text(&out.stdout).contains(&password) && !text(&out.stderr).contains(&password));
     let config = docker_inspect(name, "{{json .Config.Env}} {{json .Config.Cmd}} {{json .Args}}");

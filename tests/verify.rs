@@ -3,8 +3,8 @@
 
 mod common;
 
-use pgshift::allow::AllowList;
-use pgshift::catalog::diff::RowStatus;
+use pgshift::plan::allow::AllowList;
+use pgshift::verify::diff::RowStatus;
 use pgshift::verify::{verify, VerifyOptions, VerifyReport};
 
 const CHECKSUMS: VerifyOptions = VerifyOptions { checksums: true, workers: 2 };

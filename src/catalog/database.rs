@@ -4,7 +4,7 @@
 //! comment, connection limit and locale. Read from the source's catalog, written as statements for
 //! the target's database (its name may differ), and listed for verify.
 
-use crate::sql::{quote_ident, quote_literal};
+use crate::postgres::sql::{quote_ident, quote_literal};
 
 /// One row per property: (kind, key, value). Kinds: `setting` (key = name), `role setting` (key =
 /// role, value = `name=value`), `acl` (key = grantee or PUBLIC, value = privilege[*]), `comment`,

@@ -94,7 +94,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                            WHERE d.hypertable_schema = h.hypertable_schema AND d.hypertable_name = h.hypertable_name), '')
                  || E'\ncompression ' || CASE WHEN h.compression_enabled THEN 'enabled' ELSE 'disabled' END
                FROM timescaledb_information.hypertables h"#,
-            ht = crate::timescaledb::user_hypertable_sql("h.hypertable_schema", "h.hypertable_name")
+            ht = super::queries::user_hypertable_sql("h.hypertable_schema", "h.hypertable_name")
         ),
         Class::CompressionSettings => format!(
             r#"SELECT {ht},
@@ -107,7 +107,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                                   ', ' ORDER BY s.orderby_column_index) FILTER (WHERE s.orderby_column_index IS NOT NULL), '(none)'))
                FROM timescaledb_information.compression_settings s
                GROUP BY s.hypertable_schema, s.hypertable_name"#,
-            ht = crate::timescaledb::user_hypertable_sql("s.hypertable_schema", "s.hypertable_name")
+            ht = super::queries::user_hypertable_sql("s.hypertable_schema", "s.hypertable_name")
         ),
         // with what a reader cannot see: how far it is refreshed (watermark, the aggregated
         // hypertable's invalidation threshold, ranges waiting for a refresh) and its indexes
@@ -132,7 +132,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                LEFT JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t ON t.hypertable_id = ca.raw_hypertable_id
                LEFT JOIN _timescaledb_catalog.dimension md ON md.hypertable_id = ca.mat_hypertable_id
                LEFT JOIN _timescaledb_catalog.dimension rd ON rd.hypertable_id = ca.raw_hypertable_id AND rd.interval_length IS NOT NULL"#,
-            ht = crate::timescaledb::user_hypertable_sql("a.hypertable_schema", "a.hypertable_name"),
+            ht = super::queries::user_hypertable_sql("a.hypertable_schema", "a.hypertable_name"),
             watermark = internal_time("w.watermark", "md.column_type"),
             threshold = internal_time("t.watermark", "rd.column_type"),
         ),
@@ -160,7 +160,7 @@ pub fn timescale_query(class: Class) -> Option<String> {
                WHERE j.job_id >= 1000
                WINDOW w AS (PARTITION BY j.proc_schema, j.proc_name, j.hypertable_schema, j.hypertable_name
                             ORDER BY j.schedule_interval, j.config::text)"#,
-            ht = crate::timescaledb::user_hypertable_sql("j.hypertable_schema", "j.hypertable_name")
+            ht = super::queries::user_hypertable_sql("j.hypertable_schema", "j.hypertable_name")
         ),
         _ => return None,
     })

@@ -1,12 +1,14 @@
 //! The inventory of one database: every object class with names and normalized definitions,
 //! TimescaleDB and pgvector state, exact row counts, and what was left out as internal.
+//! Core: it may use only `postgres` and `error`; every stage, verify and
+//! the TimescaleDB knowledge read through it.
 
 pub mod class;
 pub mod database;
-pub mod diff;
 pub mod extensions;
 pub mod queries;
 pub mod rows;
+pub mod server;
 pub mod settings;
 pub mod versions;
 
@@ -19,8 +21,8 @@ pub use class::Class;
 pub use extensions::TimescaleInfo;
 use rows::{RowJob, RowMode, RowStats};
 
-use crate::conn::ConnSpec;
 use crate::error::UserError;
+use crate::postgres::conn::ConnSpec;
 
 /// Name → normalized definition, for one class.
 pub type Definitions = BTreeMap<String, String>;
@@ -102,6 +104,23 @@ pub struct TablePart {
 pub const MATERIALIZATION_SUFFIX: &str = " (materialization)";
 
 impl TableInfo {
+    /// The jobs that measure this table through `columns`: one per part (chunk) where it has
+    /// parts, else one for the whole table.
+    pub fn row_jobs(&self, columns: Vec<String>, form: rows::HashForm) -> Vec<RowJob> {
+        if self.parts.is_empty() {
+            return vec![RowJob { name: self.name.clone(), from: self.from_clause(), columns, form }];
+        }
+        self.parts
+            .iter()
+            .map(|p| RowJob {
+                name: rows::part_job_name(&self.name, &p.key),
+                from: p.relation.clone(),
+                columns: columns.clone(),
+                form,
+            })
+            .collect()
+    }
+
     /// What follows FROM to read exactly this table's own rows.
     pub fn from_clause(&self) -> String {
         match self.kind.as_str() {
@@ -581,7 +600,7 @@ pub fn normalize(def: Option<String>) -> String {
 
 /// Row jobs for every table of an inventory (its own columns), one per part for a table in parts.
 pub fn row_jobs(inv: &Inventory) -> Vec<RowJob> {
-    inv.tables.iter().flat_map(|t| rows::jobs_for(t, t.columns.clone(), rows::HashForm::Text)).collect()
+    inv.tables.iter().flat_map(|t| t.row_jobs(t.columns.clone(), rows::HashForm::Text)).collect()
 }
 
 /// `pgshift inventory`: everything, with exact row counts.

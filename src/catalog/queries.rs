@@ -439,6 +439,18 @@ pub fn naive_counts() -> &'static str {
         (SELECT count(*) FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema'))"#
 }
 
+/// SQL for a hypertable's name as users know it: a continuous aggregate's materialization
+/// hypertable (`_timescaledb_internal._materialized_hypertable_N`, numbered by creation order, so
+/// different on each server) is named by its aggregate's view.
+pub fn user_hypertable_sql(schema: &str, name: &str) -> String {
+    format!(
+        "CASE WHEN {name} IS NULL THEN NULL ELSE coalesce(
+            (SELECT format('%I.%I', m.view_schema, m.view_name) FROM timescaledb_information.continuous_aggregates m
+             WHERE m.materialization_hypertable_schema = {schema} AND m.materialization_hypertable_name = {name}),
+            format('%I.%I', {schema}, {name})) END"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

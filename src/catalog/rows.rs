@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::conn::ConnSpec;
 use crate::error::UserError;
+use crate::postgres::conn::ConnSpec;
 
 /// Output settings that make a row's text identical on any server of the same major version.
 pub const CANONICAL_SETTINGS: &str = "SET search_path = pg_catalog; SET DateStyle = 'ISO, YMD'; \
@@ -98,24 +98,6 @@ impl RowStats {
 /// The name a part's measurement is filed under: the table's name and the part's key.
 pub fn part_job_name(table: &str, key: &str) -> String {
     format!("{table}\u{1f}{key}")
-}
-
-/// The jobs that measure `table` through `columns`: one per part (chunk) where it has parts, else
-/// one for the whole table.
-pub fn jobs_for(table: &super::TableInfo, columns: Vec<String>, form: HashForm) -> Vec<RowJob> {
-    if table.parts.is_empty() {
-        return vec![RowJob { name: table.name.clone(), from: table.from_clause(), columns, form }];
-    }
-    table
-        .parts
-        .iter()
-        .map(|p| RowJob {
-            name: part_job_name(&table.name, &p.key),
-            from: p.relation.clone(),
-            columns: columns.clone(),
-            form,
-        })
-        .collect()
 }
 
 /// Reads every job with `workers` connections importing `snapshot` (when given).

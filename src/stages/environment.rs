@@ -8,19 +8,20 @@
 //! wait until healthy while streaming its log, and report what the server offers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, PortBinding};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
-use crate::conn::ConnSpec;
+use crate::catalog::server::{check_server, report_warnings};
 use crate::docker::{self, Engine};
 use crate::engine::{Stage, StageContext, StageError, Stream, Unit};
 use crate::error::UserError;
 use crate::files;
+use crate::plan::container::{ensure_password, DataDir, EnvOptions};
+use crate::postgres::conn::ConnSpec;
 
 /// The Dockerfile shipped with pgshift, used when none is given.
 pub const DEFAULT_DOCKERFILE: &str = include_str!("../../Dockerfile.timescaledb");
@@ -28,230 +29,6 @@ pub const DEFAULT_DOCKERFILE: &str = include_str!("../../Dockerfile.timescaledb"
 pub const MANAGED_LABEL: &str = "org.pgshift.managed";
 const DATA_DIR: &str = "/var/lib/postgresql/data";
 const PASSWORD_IN_CONTAINER: &str = "/run/pgshift/postgres-password";
-
-/// Where the container keeps its data directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataDir {
-    Volume(String),
-    Host(PathBuf),
-}
-
-impl DataDir {
-    /// `volume:NAME`, or a path (anything with a `/`), or a bare volume name.
-    pub fn parse(text: &str) -> Self {
-        match text.strip_prefix("volume:") {
-            Some(v) => DataDir::Volume(v.to_string()),
-            None if text.contains('/') => DataDir::Host(PathBuf::from(text)),
-            None => DataDir::Volume(text.to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct EnvOptions {
-    pub name: String,
-    pub image: String,
-    /// None: the embedded Dockerfile.timescaledb.
-    pub dockerfile: Option<PathBuf>,
-    /// The build context (default: the Dockerfile's directory).
-    pub context: Option<PathBuf>,
-    pub build_args: HashMap<String, String>,
-    /// Build even when the image exists.
-    pub rebuild: bool,
-    pub bind: String,
-    pub port: u16,
-    pub data: DataDir,
-    pub shm_size: u64,
-    /// pgpass-format file holding the generated superuser password (mode 0600).
-    pub password_file: PathBuf,
-    pub health_timeout: Duration,
-    /// Keep a container that failed to start or become healthy (for inspection).
-    pub keep_failed: bool,
-}
-
-impl EnvOptions {
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            image: "pgshift/timescaledb-pgvector:pg17".into(),
-            dockerfile: None,
-            context: None,
-            build_args: HashMap::new(),
-            rebuild: false,
-            bind: "127.0.0.1".into(),
-            port: 55432,
-            data: DataDir::Volume(format!("{name}-data")),
-            shm_size: 1 << 30,
-            password_file: default_password_file(name),
-            health_timeout: Duration::from_secs(180),
-            keep_failed: false,
-        }
-    }
-
-    /// The target as a connection: superuser over the published port, password from the file.
-    pub fn target(&self) -> Result<ConnSpec, UserError> {
-        let host = if self.bind == "0.0.0.0" { "127.0.0.1" } else { self.bind.as_str() };
-        let mut spec =
-            ConnSpec::parse("target", &format!("host={host} port={} user=postgres dbname=postgres", self.port))?;
-        spec.config.password(read_password(&self.password_file)?);
-        Ok(spec)
-    }
-}
-
-/// `~/.config/pgshift/NAME.pgpass`.
-pub fn default_password_file(name: &str) -> PathBuf {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("pgshift").join(format!("{name}.pgpass"))
-}
-
-/// The password from a pgpass-format file (`*:*:*:postgres:PASSWORD`).
-pub fn read_password(path: &Path) -> Result<String, UserError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        UserError::new(
-            format!("cannot read the target's password file {}: {e}", path.display()),
-            "run pgshift env up first (it writes the file), or give --password-file",
-        )
-    })?;
-    // a pgpass line (host:port:db:user:password), or the bare password (a Compose secret file)
-    let line = text.lines().find(|l| !l.starts_with('#') && !l.trim().is_empty()).ok_or_else(|| {
-        UserError::new(format!("{} holds no password", path.display()), "remove it and run pgshift env up again")
-    })?;
-    Ok(match line.splitn(5, ':').nth(4) {
-        Some(pw) => pw.to_string(),
-        None => line.trim_end().to_string(),
-    })
-}
-
-/// Reads the password file, or writes a new one with a generated password (0600, directory 0700).
-pub fn ensure_password(path: &Path) -> Result<(String, bool), UserError> {
-    if path.exists() {
-        return Ok((read_password(path)?, false));
-    }
-    if let Some(dir) = path.parent() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| files::write_error(dir, &e))?;
-    }
-    let mut bytes = [0u8; 24];
-    getrandom(&mut bytes).map_err(|e| files::write_error(Path::new("/dev/urandom"), &e))?;
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let password: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
-    let text = format!(
-        "# superuser of the pgshift target container; use with PGPASSFILE={}\n*:*:*:postgres:{password}\n",
-        path.display()
-    );
-    files::write_atomic(path, text.as_bytes()).map_err(|e| files::write_error(path, &e))?;
-    Ok((password, true))
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
-}
-
-/// What the target server offers, read over a normal connection.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ServerReport {
-    pub connection: String,
-    pub version: String,
-    pub version_num: i32,
-    /// Installable TimescaleDB version (`pg_available_extensions`), if any.
-    pub timescaledb_available: Option<String>,
-    /// `timescaledb` is in `shared_preload_libraries` (it must be, to be created); None when this
-    /// role may not read the setting.
-    pub timescaledb_preloaded: Option<bool>,
-    /// `apache` or `timescale`, as a session with the extension sees it; None when unknown.
-    pub timescaledb_license: Option<String>,
-    pub vector_available: Option<String>,
-}
-
-impl ServerReport {
-    pub fn summary(&self) -> String {
-        let short = self.version.split(" on ").next().unwrap_or(&self.version);
-        let ts = match (&self.timescaledb_available, self.timescaledb_preloaded, &self.timescaledb_license) {
-            (Some(v), _, Some(l)) => format!("TimescaleDB {v} ({l} license)"),
-            (Some(v), Some(false), _) => format!("TimescaleDB {v} (not preloaded)"),
-            (Some(v), _, None) => format!("TimescaleDB {v} (license unknown)"),
-            (None, _, _) => "no TimescaleDB".into(),
-        };
-        let vector = match &self.vector_available {
-            Some(v) => format!("pgvector {v}"),
-            None => "no pgvector".into(),
-        };
-        format!("{short}, {ts}, {vector}")
-    }
-}
-
-pub async fn check_server(spec: &ConnSpec) -> Result<ServerReport, UserError> {
-    let client = spec.connect().await?;
-    let fail = |e: tokio_postgres::Error| {
-        UserError::new(
-            format!("{} {}: {}", spec.role, spec.label(), crate::catalog::db_message(&e)),
-            "check that it is a PostgreSQL server you may query",
-        )
-    };
-    let row = client
-        .query_one(
-            "SELECT version(), current_setting('server_version_num')::int,
-                    (SELECT 'timescaledb' = ANY (string_to_array(replace(setting, ' ', ''), ','))
-                     FROM pg_settings WHERE name = 'shared_preload_libraries'),
-                    (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
-                    (SELECT default_version FROM pg_available_extensions WHERE name = 'vector')",
-            &[],
-        )
-        .await
-        .map_err(fail)?;
-    let mut report = ServerReport {
-        connection: spec.label(),
-        version: row.get(0),
-        version_num: row.get(1),
-        timescaledb_preloaded: row.get(2),
-        timescaledb_license: None,
-        timescaledb_available: row.get(3),
-        vector_available: row.get(4),
-    };
-    if report.timescaledb_preloaded != Some(false) && report.timescaledb_available.is_some() {
-        report.timescaledb_license = license_probe(&client).await;
-    }
-    Ok(report)
-}
-
-/// The license a session with TimescaleDB sees: its setting exists only once the extension's
-/// library is loaded, so the extension is created inside a transaction that is rolled back.
-async fn license_probe(client: &tokio_postgres::Client) -> Option<String> {
-    client.batch_execute("BEGIN; CREATE EXTENSION IF NOT EXISTS timescaledb").await.ok()?;
-    let license = client
-        .query_one("SELECT current_setting('timescaledb.license', true)", &[])
-        .await
-        .ok()
-        .and_then(|r| r.get::<_, Option<String>>(0));
-    let _ = client.batch_execute("ROLLBACK").await;
-    license
-}
-
-/// Warnings a DBA should see about a target before migrating onto it.
-pub fn report_warnings(r: &ServerReport) -> Vec<String> {
-    let mut w = Vec::new();
-    if r.timescaledb_available.is_none() {
-        w.push("the target has no TimescaleDB extension available: hypertables cannot be created".to_string());
-    } else if r.timescaledb_preloaded == Some(false) {
-        w.push("TimescaleDB is installed but not in shared_preload_libraries: add it and restart".to_string());
-    } else if r.timescaledb_license.as_deref() == Some("apache") {
-        w.push(
-            "TimescaleDB runs the Apache-only build: compression, continuous aggregates and policies are unavailable \
-             (use the Timescale-licensed image for them)"
-                .to_string(),
-        );
-    }
-    if r.vector_available.is_none() {
-        w.push(
-            "the target has no pgvector extension available: vector columns and indexes cannot be created".to_string(),
-        );
-    }
-    w
-}
 
 /// Stage 2 with a container.
 pub struct ContainerStage {
@@ -589,7 +366,11 @@ pub async fn apply_settings(
         )
     };
     for (name, value) in settings {
-        let sql = format!("ALTER SYSTEM SET {} = {}", crate::sql::quote_ident(name), crate::sql::quote_literal(value));
+        let sql = format!(
+            "ALTER SYSTEM SET {} = {}",
+            crate::postgres::sql::quote_ident(name),
+            crate::postgres::sql::quote_literal(value)
+        );
         client.batch_execute(&sql).await.map_err(|e| fail(&format!("setting {name}"), e))?;
     }
     client.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| fail("reloading the configuration", e))?;

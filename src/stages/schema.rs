@@ -14,17 +14,17 @@ use std::path::PathBuf;
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
-use crate::conn::ConnSpec;
+use crate::catalog::server::check_server;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::files::{self, write_atomic, write_error};
-use crate::manifest::Manifest;
+use crate::pgtools::manifest::Manifest;
+use crate::pgtools::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
+use crate::pgtools::toc::{self, Entry, FailureLog};
 use crate::plan::HypertablePlan;
-use crate::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
-use crate::sql::{quote_ident, quote_literal};
-use crate::stages::environment::check_server;
+use crate::postgres::conn::ConnSpec;
+use crate::postgres::sql::{quote_ident, quote_literal};
 use crate::timescaledb;
-use crate::toc::{self, Entry, FailureLog};
 
 const MAX_ROUNDS: usize = 5;
 
@@ -142,7 +142,7 @@ async fn restore_round(
     })
     .await?;
     // a failure tied to no entry (lost connection, unreadable archive) fails the round
-    if let crate::process::ToolExit::Failed(e) = exit {
+    if let crate::pgtools::process::ToolExit::Failed(e) = exit {
         if log.failures.is_empty() {
             return Err(StageError::Failed(e));
         }
@@ -762,7 +762,7 @@ impl Stage for SchemaStage {
             let failed = restore_with_retries(ctx, &backup, &target, entries, "schema", None).await?;
             // what still fails may work once post-data objects exist: the post-data stage retries it
             let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).chain(later.iter().map(|e| e.id)).collect();
-            let path = backup.dir.join(crate::run_files::SCHEMA_FAILURES);
+            let path = backup.dir.join(crate::engine::run_files::SCHEMA_FAILURES);
             write_atomic(&path, serde_json::to_string(&ids).expect("ids").as_bytes())
                 .map_err(|e| write_error(&path, &e))?;
             let hypertables = self.create_hypertables(ctx).await?;
@@ -849,10 +849,11 @@ impl Stage for PostDataStage {
         Box::pin(async move {
             let backup = Backup::open(ctx)?;
             let target = ctx.tagged(&self.target);
-            let earlier: BTreeSet<u32> = std::fs::read_to_string(backup.dir.join(crate::run_files::SCHEMA_FAILURES))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
+            let earlier: BTreeSet<u32> =
+                std::fs::read_to_string(backup.dir.join(crate::engine::run_files::SCHEMA_FAILURES))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default();
             let mut entries: Vec<Entry> = if earlier.is_empty() {
                 Vec::new()
             } else {

@@ -16,12 +16,12 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
 use crate::catalog;
-use crate::conn::ConnSpec;
+use crate::engine::run_files::COMPRESSED_CHUNKS;
 use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::plan::HypertablePlan;
-use crate::run_files::COMPRESSED_CHUNKS;
-use crate::sql::quote_literal;
+use crate::postgres::conn::ConnSpec;
+use crate::postgres::sql::quote_literal;
 use crate::timescaledb::caggs::{self, CaggIndex, RefreshState};
 use crate::timescaledb::chunks::{self, CompressionWork};
 use crate::timescaledb::jobs::{self, HeldJob, MadeJobs};
@@ -274,7 +274,7 @@ impl TimescaleStage {
                 let id = match earlier {
                     Some(id) => id,
                     None => {
-                        if let Some(role) = p.role.as_ref().filter(|r| **r != crate::sql::quote_ident(&me)) {
+                        if let Some(role) = p.role.as_ref().filter(|r| **r != crate::postgres::sql::quote_ident(&me)) {
                             target.batch_execute(&format!("SET LOCAL ROLE {role}")).await?;
                         }
                         let id: i32 = target.query_one(&p.create, &[]).await?.get(0);

@@ -5,9 +5,9 @@
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
-use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::plan::TuningPlan;
+use crate::postgres::conn::ConnSpec;
 
 pub struct TuningStage {
     source: ConnSpec,

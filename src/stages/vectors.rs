@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
-use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::plan::{TuningPlan, VectorPlan};
+use crate::postgres::conn::ConnSpec;
 
 /// Largest dimension an HNSW or IVFFlat index takes, per type (pgvector 0.8).
 pub fn index_dimension_limit(kind: &str) -> u32 {
@@ -158,7 +158,7 @@ pub fn index_sql(v: &VectorPlan) -> String {
     }
     format!(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING {} ({} {}) WITH ({})",
-        crate::sql::quote_ident(&index_name(v)),
+        crate::postgres::sql::quote_ident(&index_name(v)),
         v.table,
         method(v),
         v.column,

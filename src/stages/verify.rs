@@ -3,14 +3,14 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::allow::AllowList;
-use crate::conn::ConnSpec;
+use crate::engine::run_files::{VERIFY_JSON, VERIFY_MARKDOWN};
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
-use crate::report;
-use crate::run_files::{VERIFY_JSON, VERIFY_MARKDOWN};
+use crate::plan::allow::AllowList;
+use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::jobs::{release_jobs, MadeJobs};
+use crate::verify::report;
 use crate::verify::{verify, VerifyOptions};
 
 pub struct VerifyStage {

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::features::{CompressionSetting, ContinuousAggregate, Features};
-use crate::sql::quote_literal;
+use crate::postgres::sql::quote_literal;
 
 /// The statements that create the source's aggregates, empty, on a target whose hypertables exist:
 /// each with its `materialized_only`, its materialization's chunk interval, no default indexes (the
@@ -98,7 +98,7 @@ pub fn index_statements(
             format!(
                 "CREATE {}INDEX IF NOT EXISTS {} ON {target} USING {}",
                 if ix.unique { "UNIQUE " } else { "" },
-                crate::sql::quote_ident(&name),
+                crate::postgres::sql::quote_ident(&name),
                 ix.using
             ),
         ));

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sql::{quote_ident, quote_literal};
+use crate::postgres::sql::{quote_ident, quote_literal};
 
 /// The sizes TimescaleDB recorded when it compressed a chunk (`compression_chunk_size`): uncompressed
 /// heap, toast and index bytes, compressed heap, toast and index bytes, rows before and after.

@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use super::{has_timescaledb, user_hypertable_sql};
+use super::installed::has_timescaledb;
 use crate::catalog;
+use crate::catalog::queries::user_hypertable_sql;
 use crate::error::UserError;
 use crate::plan::HypertablePlan;
 

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::features::Job;
 use crate::catalog;
-use crate::conn::ConnSpec;
+use crate::engine::run_files::TIMESCALEDB_JOBS;
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
-use crate::run_files::TIMESCALEDB_JOBS;
-use crate::sql::quote_literal;
+use crate::postgres::conn::ConnSpec;
+use crate::postgres::sql::quote_literal;
 
 /// How one job is made on the target: `create` returns the new job's id (run as `role`, so the job
 /// belongs to its owner); `alter` takes that id as `$1`.
@@ -185,7 +185,7 @@ pub fn target_jobs_sql() -> String {
     format!(
         "SELECT j.job_id, format('%I.%I', j.proc_schema, j.proc_name), {ht}, coalesce(j.config::text, 'null')
          FROM timescaledb_information.jobs j WHERE j.job_id >= 1000 ORDER BY j.job_id",
-        ht = super::user_hypertable_sql("j.hypertable_schema", "j.hypertable_name")
+        ht = crate::catalog::queries::user_hypertable_sql("j.hypertable_schema", "j.hypertable_name")
     )
 }
 

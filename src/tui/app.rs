@@ -498,7 +498,7 @@ impl App {
     }
 
     fn on_verified(&mut self, report: VerifyReport) {
-        let key = |d: &crate::catalog::diff::Difference| format!("{} {} ({:?})", d.class, d.name, d.change);
+        let key = |d: &crate::verify::diff::Difference| format!("{} {} ({:?})", d.class, d.name, d.change);
         let now_set: BTreeSet<String> = report.unexpected_differences().map(key).collect();
         let (appeared, resolved, runs, compared) = match &self.verify {
             Some(prev) => {

@@ -1,6 +1,7 @@
 //! The console: the interactive view of a run. The engine does the work (through [`runner`]); this
 //! module only shows its events and turns keys into commands. `pgshift run --yes` is the other,
 //! headless view of the same engine.
+//! It may use the checklist, the engine's events and everything below; only the commands use it.
 
 pub mod app;
 pub mod keymap;
@@ -8,6 +9,7 @@ pub mod output;
 pub mod plan_view;
 pub mod runner;
 pub mod stages_view;
+pub mod style;
 pub mod terminal;
 pub mod text;
 pub mod ui;
@@ -27,10 +29,10 @@ use runner::Runner;
 use terminal::TerminalGuard;
 use text::Lang;
 
+use crate::checklist::Prepared;
+use crate::engine::journal::{Journal, JOURNAL_FILE};
 use crate::error::UserError;
-use crate::journal::{Journal, JOURNAL_FILE};
 use crate::plan::Plan;
-use crate::run::Prepared;
 
 pub struct ConsoleOptions {
     pub lang: Lang,

@@ -8,8 +8,7 @@ use ratatui::widgets::{Block, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::App;
-use super::stages_view::status_mark;
-use super::ui::{pad, width};
+use super::style::{pad, status_mark, width};
 
 pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let stage_width = app.stages.iter().map(|s| width(app.text.stage_name(&s.id)) + 2).max().unwrap_or(10);

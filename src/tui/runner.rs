@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::app::{Command, Msg};
+use crate::engine::journal::Journal;
 use crate::engine::{Engine, Event, Stage, StageStatus};
-use crate::journal::Journal;
 use crate::verify::VerifyReport;
 
 /// Events buffered between the engine and the console; beyond it, the work waits.
@@ -97,7 +97,7 @@ async fn work(shared: Arc<Shared>, command: Command, cancel: CancellationToken) 
         async move {
             while let Some(event) = rx.recv().await {
                 if let Ok(mut f) = log.lock() {
-                    let _ = writeln!(f, "{}", crate::headless::line(&event));
+                    let _ = writeln!(f, "{}", crate::checklist::headless::line(&event));
                 }
                 let msg = if apart { Msg::VerifyEvent(event) } else { Msg::Engine(event) };
                 let _ = msgs.send(msg).await;
@@ -184,7 +184,7 @@ async fn notice(shared: &Shared, text: String) {
 
 /// The run directory's verify.json and when it was written, when a verify wrote it after `since`.
 pub fn read_report(dir: &std::path::Path, since: SystemTime) -> Option<(VerifyReport, SystemTime)> {
-    let path = dir.join(crate::run_files::VERIFY_JSON);
+    let path = dir.join(crate::engine::run_files::VERIFY_JSON);
     let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
     if modified < since {
         return None;

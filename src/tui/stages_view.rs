@@ -8,9 +8,10 @@ use ratatui::widgets::{Block, Gauge, List, ListItem, ListState, Paragraph, Wrap}
 use ratatui::Frame;
 
 use super::app::{App, ProgressItem};
+use super::style::{pad, status_mark, width};
 use super::text::fill;
-use super::ui::{human_duration, pad, width};
 use crate::engine::{StageStatus, Stream};
+use crate::human::human_duration;
 
 pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let names: Vec<&str> = app.stages.iter().map(|s| app.text.stage_name(&s.id)).collect();
@@ -39,17 +40,6 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     draw_result(frame, app, result);
     draw_output(frame, app, output);
     draw_progress(frame, app, progress);
-}
-
-pub fn status_mark(status: StageStatus) -> (&'static str, Color) {
-    match status {
-        StageStatus::Pending => ("·", Color::DarkGray),
-        StageStatus::Running => ("▶", Color::Yellow),
-        StageStatus::Done => ("✔", Color::Green),
-        StageStatus::Failed => ("✘", Color::Red),
-        StageStatus::Cancelled => ("■", Color::Magenta),
-        StageStatus::Skipped => ("↷", Color::Blue),
-    }
 }
 
 fn draw_checklist(frame: &mut Frame, app: &App, area: Rect, name_width: usize) {
@@ -189,7 +179,7 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
 fn amount(t: &super::text::Text, done: u64, total: Option<u64>, unit: crate::engine::Unit) -> String {
     use crate::engine::Unit;
     let fmt = |n: u64| match unit {
-        Unit::Bytes => crate::stages::backup::human_bytes(n),
+        Unit::Bytes => crate::human::human_bytes(n),
         Unit::Rows => format!("{n} {}", t.units[0]),
         Unit::Tables => format!("{n} {}", t.units[1]),
         Unit::Steps => format!("{n} {}", t.units[2]),

@@ -8,6 +8,7 @@ use ratatui::Frame;
 
 use super::app::{App, Overlay, View};
 use super::keymap::Action;
+use super::style::{pad, width};
 use super::text::fill;
 use super::{plan_view, stages_view, verify_view};
 
@@ -153,26 +154,4 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let [row] = Layout::vertical([Constraint::Length(h.min(area.height))]).flex(Flex::Center).areas(area);
     let [cell] = Layout::horizontal([Constraint::Length(w.min(area.width))]).flex(Flex::Center).areas(row);
     cell
-}
-
-/// Display width (wide characters count two cells).
-pub fn width(s: &str) -> usize {
-    Line::raw(s).width()
-}
-
-/// `s` padded with spaces to `cells` display cells.
-pub fn pad(s: &str, cells: usize) -> String {
-    let w = width(s);
-    format!("{s}{}", " ".repeat(cells.saturating_sub(w)))
-}
-
-pub fn human_duration(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else if s >= 60 {
-        format!("{}:{:02}", s / 60, s % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }

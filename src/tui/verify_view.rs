@@ -11,9 +11,9 @@ use ratatui::Frame;
 use super::app::{App, VerifyRow};
 use super::keymap::Action;
 use super::text::fill;
-use super::ui::human_duration;
-use crate::allow::Change;
-use crate::catalog::diff::RowStatus;
+use crate::human::human_duration;
+use crate::plan::allow::Change;
+use crate::verify::diff::RowStatus;
 use crate::verify::VerifyReport;
 
 pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
@@ -114,7 +114,7 @@ fn draw_counts(frame: &mut Frame, app: &App, r: &VerifyReport, rows: &[VerifyRow
             VerifyRow::TableRows => {
                 let bad = r.tables.iter().filter(|x| x.status != RowStatus::Same).count();
                 let unexpected = r.differences.iter().any(|d| d.class == "rows" && d.allowed.is_none());
-                let sum = |f: fn(&crate::catalog::diff::TableRows) -> Option<i64>| -> i64 {
+                let sum = |f: fn(&crate::verify::diff::TableRows) -> Option<i64>| -> i64 {
                     r.tables.iter().filter_map(f).sum()
                 };
                 let (source, target) = (sum(|x| x.source_rows), sum(|x| x.target_rows));

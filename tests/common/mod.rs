@@ -7,7 +7,7 @@ pub mod mutations;
 
 use std::sync::OnceLock;
 
-use pgshift::conn::ConnSpec;
+use pgshift::postgres::conn::ConnSpec;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 

@@ -1,8 +1,8 @@
 //! The verify mutation test: one damage per class applied to a copy of the rich fixture on the
 //! target, each of which verify must name (class, object, change) and call not clean.
 
-use pgshift::allow::{AllowList, Change};
-use pgshift::catalog::diff::RowStatus;
+use pgshift::plan::allow::{AllowList, Change};
+use pgshift::verify::diff::RowStatus;
 use pgshift::verify::{verify, VerifyOptions};
 
 /// (class, object name, change, SQL applied to the target)

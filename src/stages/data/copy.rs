@@ -11,38 +11,17 @@ use std::time::{Duration, Instant};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::{Client, Statement};
 
+use super::errors::{copy_error, srcerr, tgt};
 use super::plan::{Compressed, Piece, Route};
 use crate::catalog;
-use crate::conn::ConnSpec;
 use crate::engine::{StageContext, Unit};
 use crate::error::UserError;
-use crate::stages::backup::human_bytes;
+use crate::human::human_bytes;
+use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::chunks::{self, Layout, LayoutColumn, Staged, ToCompress};
 
 /// Bytes gathered before one write to the target (memory per copying table stays near this).
 const BATCH_BYTES: usize = 256 << 10;
-
-pub fn copy_error(side: &str, spec_label: &str, e: &tokio_postgres::Error) -> UserError {
-    let text = e.to_string();
-    let closed = catalog::connection_lost(e) || text.contains("connection") || text.contains("unexpected EOF");
-    let fix = if closed {
-        format!(
-            "the connection to the {side} ({spec_label}) was lost: check that the server runs (a container: \
-             pgshift env status), then run again to resume"
-        )
-    } else {
-        format!("fix the cause on the {side} ({spec_label})")
-    };
-    UserError::new(format!("{side}: {}", catalog::db_message(e)), fix)
-}
-
-pub(super) fn tgt(e: tokio_postgres::Error) -> UserError {
-    copy_error("target", "the target server", &e)
-}
-
-fn srcerr(e: tokio_postgres::Error) -> UserError {
-    copy_error("source", "the source server", &e)
-}
 
 /// A source connection reading at the shared snapshot.
 pub async fn open_reader(source: &ConnSpec, snapshot: Option<&str>) -> Result<Client, UserError> {

@@ -26,6 +26,7 @@
 //! COPY chunks.
 
 mod copy;
+mod errors;
 mod plan;
 mod progress;
 
@@ -36,12 +37,13 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 
 use crate::catalog::{self, Inventory, Session, TableInfo};
-use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
+use crate::human::human_bytes;
 use crate::plan::CompressedChunks;
-use crate::stages::backup::human_bytes;
-use copy::{copy_error, copy_piece, open_reader, open_writer, Worker};
+use crate::postgres::conn::ConnSpec;
+use copy::{copy_piece, open_reader, open_writer, Worker};
+use errors::copy_error;
 use progress::Progress;
 
 /// A plain table larger than two of these is copied in block ranges of about this size.
@@ -171,7 +173,7 @@ impl Stage for DataStage {
             let dir = ctx.run_dir().ok_or_else(|| UserError::new("no run directory", "run through pgshift run"))?;
             let source = ctx.tagged(&self.source);
             let target = ctx.tagged(&self.target);
-            let inv: Inventory = match std::fs::read_to_string(dir.join(crate::run_files::INVENTORY)) {
+            let inv: Inventory = match std::fs::read_to_string(dir.join(crate::engine::run_files::INVENTORY)) {
                 Ok(text) => serde_json::from_str(&text).map_err(|e| {
                     UserError::new(
                         format!("the backup's inventory.json is unreadable: {e}"),

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-use super::copy::tgt;
+use super::errors::tgt;
 use super::progress::Progress;
 use crate::catalog::{Session, TableInfo};
 use crate::error::UserError;
 use crate::plan::CompressedChunks;
-use crate::sql::quote_literal;
+use crate::postgres::sql::quote_literal;
 use crate::timescaledb::chunks::{self, CompressedPart, SourceChunk};
 
 /// Where a piece's rows go.

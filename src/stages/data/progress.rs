@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::engine::run_files::{COMPRESSED_CHUNKS, DATA_PROGRESS};
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
-use crate::run_files::{COMPRESSED_CHUNKS, DATA_PROGRESS};
 use crate::timescaledb::chunks::{CompressionWork, ToCompress};
 
 /// How often the files are rewritten while pieces commit.

@@ -3,24 +3,61 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::cli::{ContainerArgs, EnvAction};
-use crate::conn::ConnSpec;
+use crate::catalog::server::{check_server, report_warnings, ServerReport};
+use crate::checklist::headless::{self, Ended, Mode};
 use crate::docker;
 use crate::error::{UserError, EXIT_CANCELLED, EXIT_STAGE_FAILED};
-use crate::headless::{self, Ended, Mode};
-use crate::stages::environment::{
-    check_server, default_password_file, report_warnings, ContainerStage, DataDir, EnvOptions, ExistingServerStage,
-    ServerReport, MANAGED_LABEL,
-};
+use crate::plan::container::{default_password_file, DataDir, EnvOptions};
+use crate::postgres::conn::ConnSpec;
+use crate::stages::environment::{ContainerStage, ExistingServerStage, MANAGED_LABEL};
 
-pub async fn run(action: EnvAction) -> Result<i32, UserError> {
+/// Which container an `env` command is about: its name and the file with its password (default
+/// ~/.config/pgshift/NAME.pgpass).
+pub struct Container {
+    pub name: String,
+    pub password_file: Option<PathBuf>,
+}
+
+/// What `pgshift env` is asked to do (the CLI's arguments, as plain values).
+pub enum EnvCommand {
+    /// Build the image if needed, create and start the container (or reuse it), wait until healthy,
+    /// report versions, license and extensions. With --target: check that server instead.
+    Up {
+        container: Container,
+        target: Option<String>,
+        image: String,
+        dockerfile: Option<PathBuf>,
+        context: Option<PathBuf>,
+        build_args: Vec<String>,
+        rebuild: bool,
+        bind: String,
+        port: u16,
+        data: Option<String>,
+        shm_mb: u64,
+        timeout: u64,
+        keep_failed: bool,
+        json: bool,
+        verbose: bool,
+    },
+    /// The container's state and health, and what its server offers (or --target's).
+    Status { container: Container, target: Option<String>, json: bool },
+    /// The container's log.
+    Logs { container: Container, tail: String, follow: bool },
+    /// Run psql inside the container (output streamed, psql's exit code returned).
+    Psql { container: Container, dbname: String, command: Option<String>, file: Option<PathBuf> },
+    /// Stop and remove the container (only with --yes); the data volume stays unless --remove-data.
+    Down { container: Container, yes: bool, remove_data: bool },
+}
+
+pub async fn run(action: EnvCommand) -> Result<i32, UserError> {
     match action {
-        EnvAction::Up {
+        EnvCommand::Up {
             container,
             target,
             image,
@@ -66,8 +103,8 @@ pub async fn run(action: EnvAction) -> Result<i32, UserError> {
             let ended = headless::run_stage(&stage, None, None, mode).await?;
             finish(ended, (mode != Mode::Json).then_some(connection))
         }
-        EnvAction::Status { container, target, json } => status(&container, target, json).await,
-        EnvAction::Logs { container, tail, follow } => {
+        EnvCommand::Status { container, target, json } => status(&container, target, json).await,
+        EnvCommand::Logs { container, tail, follow } => {
             let engine = docker::connect().await?;
             require_container(&engine, &container.name).await?;
             let mut lines = Box::pin(docker::logs(&engine, &container.name, &tail, follow));
@@ -79,7 +116,7 @@ pub async fn run(action: EnvAction) -> Result<i32, UserError> {
             }
             Ok(0)
         }
-        EnvAction::Psql { container, dbname, command, file } => {
+        EnvCommand::Psql { container, dbname, command, file } => {
             let engine = docker::connect().await?;
             require_container(&engine, &container.name).await?;
             let mut cmd: Vec<String> =
@@ -113,7 +150,7 @@ pub async fn run(action: EnvAction) -> Result<i32, UserError> {
             let code = docker::exec(&engine, &container.name, "postgres", cmd, stdin, &mut print).await?;
             Ok(code as i32)
         }
-        EnvAction::Down { container, yes, remove_data } => {
+        EnvCommand::Down { container, yes, remove_data } => {
             let engine = docker::connect().await?;
             let c = require_container(&engine, &container.name).await?;
             let labels = c.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
@@ -156,7 +193,7 @@ pub async fn run(action: EnvAction) -> Result<i32, UserError> {
     }
 }
 
-fn options(c: &ContainerArgs) -> EnvOptions {
+fn options(c: &Container) -> EnvOptions {
     let mut o = EnvOptions::new(&c.name);
     o.password_file = c.password_file.clone().unwrap_or_else(|| default_password_file(&c.name));
     o
@@ -217,7 +254,7 @@ struct Status {
     warnings: Vec<String>,
 }
 
-async fn status(container: &ContainerArgs, target: Option<String>, json: bool) -> Result<i32, UserError> {
+async fn status(container: &Container, target: Option<String>, json: bool) -> Result<i32, UserError> {
     let mut s = Status { container: None, server: None, warnings: Vec::new() };
     let target = match target {
         Some(t) => ConnSpec::parse("target", &t)?,

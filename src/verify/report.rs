@@ -7,11 +7,11 @@ use comfy_table::{presets, Cell, CellAlignment, Table};
 use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
-use crate::allow::Change;
-use crate::catalog::diff::{Difference, RowStatus};
 use crate::catalog::settings::Kind;
 use crate::catalog::{Class, Inventory};
 use crate::error::UserError;
+use crate::plan::allow::Change;
+use crate::verify::diff::{Difference, RowStatus};
 use crate::verify::{Side, VerifyReport};
 
 /// A report file, created before the work starts so a bad path fails early.

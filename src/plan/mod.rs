@@ -1,16 +1,21 @@
 //! The migration plan (TOML): source, target (a container pgshift runs, or an existing server),
 //! backup directory, stage options, tables to turn into hypertables, vector columns to add, and the
 //! differences the plan makes on purpose (allowed by verify).
+//! Core: it may use the catalog's classes, `postgres`, `files` and `error`; stages, commands and
+//! the console read it.
+
+pub mod allow;
+pub mod container;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::allow::{AllowList, AllowRule};
-use crate::conn::ConnSpec;
 use crate::error::UserError;
-use crate::stages::environment::{default_password_file, DataDir, EnvOptions};
+use crate::plan::allow::{AllowList, AllowRule};
+use crate::postgres::conn::ConnSpec;
+use container::{default_password_file, DataDir, EnvOptions};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,12 @@
 //! The stage engine: runs stages in order, streams their events on a bounded channel, cancels them
 //! (child processes and server-side queries), and keeps a journal so a later run can resume.
 //! It never touches the terminal: the headless CLI and the TUI are two consumers of its events.
+//! Core: it may use `postgres` (to cancel queries), `files` and `error`; stages implement its
+//! `Stage`, the checklist and the console consume its events.
+
+pub mod journal;
+pub mod run_files;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -11,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::ConnSpec;
+use crate::engine::journal::Journal;
+pub use crate::engine::status::StageStatus;
 use crate::error::UserError;
-use crate::journal::Journal;
+use crate::postgres::conn::ConnSpec;
 
 /// Which stream an output line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,31 +41,6 @@ pub enum Unit {
     Tables,
     Steps,
     Seconds,
-}
-
-/// How a stage ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageStatus {
-    Pending,
-    Running,
-    Done,
-    Failed,
-    Cancelled,
-    Skipped,
-}
-
-impl StageStatus {
-    pub fn label(self) -> &'static str {
-        match self {
-            StageStatus::Pending => "pending",
-            StageStatus::Running => "running",
-            StageStatus::Done => "done",
-            StageStatus::Failed => "failed",
-            StageStatus::Cancelled => "cancelled",
-            StageStatus::Skipped => "skipped",
-        }
-    }
 }
 
 /// Everything a consumer (the headless printer, the TUI, a test) learns about a run.
@@ -432,8 +414,8 @@ fn finished(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Journal;
-    use crate::process::{run_tool, Discard, LineClass, ToolCommand};
+    use crate::engine::journal::Journal;
+    use crate::pgtools::process::{run_tool, Discard, LineClass, ToolCommand};
 
     struct Fixed(&'static str, Result<&'static str, &'static str>);
 

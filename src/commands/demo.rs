@@ -6,15 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::ConsoleArgs;
-use crate::conn::ConnSpec;
+use crate::checklist::headless::Mode;
 use crate::error::UserError;
 use crate::files;
-use crate::headless::Mode;
-use crate::process::ToolCommand;
-use crate::sql::quote_ident;
+use crate::pgtools::process::ToolCommand;
+use crate::postgres::conn::ConnSpec;
+use crate::postgres::sql::quote_ident;
 
-pub const SOURCE_SQL: &str = include_str!("../assets/demo/source.sql");
+pub const SOURCE_SQL: &str = include_str!("../../assets/demo/source.sql");
 const COMMENT: &str = "sample source created by pgshift demo";
 const PLAN_FILE: &str = "demo.toml";
 
@@ -30,7 +29,6 @@ pub struct DemoOptions {
     pub port: u16,
     pub reset: bool,
     pub headless: bool,
-    pub console: ConsoleArgs,
 }
 
 /// Which target the demo uses.
@@ -40,8 +38,7 @@ enum Target {
     Local(ConnSpec),
 }
 
-pub async fn demo(o: DemoOptions) -> Result<i32, UserError> {
-    let console = o.console.options()?; // a bad --lang or keys file is reported before anything is made
+pub async fn demo(o: DemoOptions, console: crate::tui::ConsoleOptions) -> Result<i32, UserError> {
     for (text, role) in [(&o.source, "--source"), (&o.target, "--target")] {
         if let Some(text) = text {
             refuse_password(text, role)?;
@@ -96,9 +93,9 @@ async fn walk(
         eprintln!("pgshift demo: reusing {} (--reset starts over)", plan_path.display());
     }
     if o.headless {
-        return crate::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await;
+        return crate::commands::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await;
     }
-    let prepared = crate::run::prepare(&plan_path, false)?;
+    let prepared = crate::checklist::prepare(&plan_path, false)?;
     crate::tui::open(prepared, &plan_path, console).await
 }
 
@@ -304,7 +301,7 @@ async fn start_local(
             "run pgshift demo as a normal user, or name servers with --source and --target",
         ));
     }
-    let tools = crate::tools::find_tools(&["initdb", "pg_ctl"], bin_dir, 0).await.map_err(|e| {
+    let tools = crate::pgtools::tools::find_tools(&["initdb", "pg_ctl"], bin_dir, 0).await.map_err(|e| {
         UserError::new(
             format!(
                 "demo: no Docker engine answers and no local PostgreSQL server binaries were found ({})",
@@ -384,7 +381,7 @@ async fn running(dir: &Path, bin_dir: Option<&Path>) -> bool {
     if !dir.join("postmaster.pid").exists() {
         return false;
     }
-    let Ok(tools) = crate::tools::find_tools(&["pg_ctl"], bin_dir, 0).await else { return false };
+    let Ok(tools) = crate::pgtools::tools::find_tools(&["pg_ctl"], bin_dir, 0).await else { return false };
     tokio::process::Command::new(&tools[0].path)
         .args(["status", "-D"])
         .arg(dir)
@@ -396,7 +393,7 @@ async fn running(dir: &Path, bin_dir: Option<&Path>) -> bool {
 }
 
 async fn stop_local(dir: &Path, bin_dir: Option<&Path>) {
-    let Ok(tools) = crate::tools::find_tools(&["pg_ctl"], bin_dir, 0).await else { return };
+    let Ok(tools) = crate::pgtools::tools::find_tools(&["pg_ctl"], bin_dir, 0).await else { return };
     let cmd = ToolCommand {
         label: "pg_ctl stop".into(),
         program: tools[0].path.clone(),

@@ -11,9 +11,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_postgres::config::Host;
 
-use crate::conn::ConnSpec;
 use crate::engine::{StageContext, StageError, Stream, Unit};
 use crate::error::UserError;
+use crate::postgres::conn::ConnSpec;
 
 /// A tool invocation. `env` may hold the password; only `display()` is ever shown.
 pub struct ToolCommand {
@@ -286,7 +286,7 @@ async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
 
 /// A tool's failure as one line with the fix for the usual causes.
 fn explain_failure(label: &str, code: &str, detail: &[String]) -> UserError {
-    let text = crate::conn::scrub(&detail.join(" | "));
+    let text = crate::postgres::conn::scrub(&detail.join(" | "));
     let lower = text.to_lowercase();
     let fix = if lower.contains("server version mismatch") {
         "use client tools at least as new as the server (--bin-dir)"

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::TimescaleInfo;
 use crate::error::UserError;
 use crate::files::sha256_file;
-use crate::tools::Tool;
+use crate::pgtools::tools::Tool;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 

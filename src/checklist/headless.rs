@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::journal::Journal;
 use crate::engine::{Engine, Event, Stage, StageError, StageStatus, Stream, Unit};
 use crate::error::UserError;
-use crate::journal::Journal;
-use crate::stages::backup::human_bytes;
+use crate::human::human_bytes;
 
 /// How events reach the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

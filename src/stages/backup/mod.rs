@@ -11,6 +11,8 @@
 //! Each file is written as `NAME.partial` and renamed when its tool succeeded; on failure or cancel
 //! the partial files are removed and no manifest is written.
 
+pub mod after_data;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,16 +23,16 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::after_data;
 use crate::catalog::rows::RowMode;
 use crate::catalog::{self, Class, Inventory, Session};
-use crate::conn::ConnSpec;
 use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{self, partial_path, write_atomic, write_error};
-use crate::manifest::{Manifest, ManifestFile, SourceInfo, MANIFEST_FILE};
-use crate::process::{run_tool, Collect, LineClass, Sink, ToolCommand};
-use crate::tools::{find_tools, Tool};
+use crate::human::human_bytes;
+use crate::pgtools::manifest::{Manifest, ManifestFile, SourceInfo, MANIFEST_FILE};
+use crate::pgtools::process::{run_tool, Collect, LineClass, Sink, ToolCommand};
+use crate::pgtools::tools::{find_tools, Tool};
+use crate::postgres::conn::ConnSpec;
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -152,7 +154,7 @@ impl BackupStage {
         )
         .await;
         let inventory_json = serde_json::to_string_pretty(&inv).expect("inventory serializes");
-        let inventory_path = dir.join(crate::run_files::INVENTORY);
+        let inventory_path = dir.join(crate::engine::run_files::INVENTORY);
         write_atomic(&inventory_path, inventory_json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))?;
 
         let estimate: u64 = inv.tables.iter().map(|t| t.bytes.max(0) as u64).sum();
@@ -542,22 +544,6 @@ fn rows_text(inv: &Inventory) -> String {
         "rows not counted".into()
     } else {
         format!("{} rows", counted.iter().sum::<i64>())
-    }
-}
-
-/// `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -9,8 +9,8 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{CancelToken, Client, Config, NoTls};
 
 use crate::error::UserError;
-use crate::pgpass;
-use crate::tls::Tls;
+use crate::postgres::pgpass;
+use crate::postgres::tls::Tls;
 
 /// A parsed, completed connection target plus a printable label without the password.
 #[derive(Clone)]
@@ -473,7 +473,7 @@ mod tests {
     fn quoted_values_survive_the_rewrite() {
         let c = ConnSpec::parse("source", r"host=h user=u password='a b\'c\\d' sslmode=require dbname=x").unwrap();
         assert_eq!(c.config.get_password(), Some(&br"a b'c\d"[..]));
-        assert_eq!(c.tls.mode, crate::tls::SslMode::Require);
+        assert_eq!(c.tls.mode, crate::postgres::tls::SslMode::Require);
         assert_eq!(c.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         let c = ConnSpec::parse("source", "postgresql://u@h/x?sslmode=disable").unwrap();
         assert_eq!(c.config.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);

@@ -1,15 +1,20 @@
 //! `pgshift verify`: inventories both databases at one snapshot each, reads rows (and checksums)
 //! of every table in parallel, and compares everything.
+//! Knowledge: it may use the catalog, `plan::allow` and the adapters; the verify stage and the
+//! commands use it, and the console draws its results.
+
+pub mod diff;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 
-use crate::allow::AllowList;
-use crate::catalog::diff::{self, ClassCount, Difference, NaiveRow, Normalized, TableRows};
-use crate::catalog::rows::{self, HashForm, RowJob, RowMode};
+use crate::catalog::rows::{HashForm, RowJob, RowMode};
 use crate::catalog::settings::{self, SettingDifference};
 use crate::catalog::{versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
-use crate::conn::ConnSpec;
 use crate::error::UserError;
+use crate::plan::allow::AllowList;
+use crate::postgres::conn::ConnSpec;
+use crate::verify::diff::{ClassCount, Difference, NaiveRow, Normalized, TableRows};
 
 #[derive(Debug, Clone, Copy)]
 pub struct VerifyOptions {
@@ -252,15 +257,15 @@ fn row_jobs(s: &Inventory, t: &Inventory, form: HashForm) -> (Vec<RowJob>, Vec<R
         let columns = match t.table(&st.name) {
             Some(tt) => {
                 let common: Vec<String> = st.columns.iter().filter(|c| tt.columns.contains(c)).cloned().collect();
-                t_jobs.extend(rows::jobs_for(tt, common.clone(), form));
+                t_jobs.extend(tt.row_jobs(common.clone(), form));
                 common
             }
             None => st.columns.clone(),
         };
-        s_jobs.extend(rows::jobs_for(st, columns, form));
+        s_jobs.extend(st.row_jobs(columns, form));
     }
     for tt in t.tables.iter().filter(|tt| s.table(&tt.name).is_none()) {
-        t_jobs.extend(rows::jobs_for(tt, tt.columns.clone(), form));
+        t_jobs.extend(tt.row_jobs(tt.columns.clone(), form));
     }
     (s_jobs, t_jobs)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageStatus;
+use crate::engine::status::StageStatus;
 use crate::files::write_atomic;
 
 pub const JOURNAL_FILE: &str = "journal.json";

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{versions, Class, Inventory, NaiveCounts};
-use crate::allow::{AllowList, Change};
+use crate::catalog::{versions, Class, Inventory, NaiveCounts, TableInfo, TablePart};
+use crate::plan::allow::{AllowList, Change};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassCount {
@@ -282,16 +282,16 @@ pub fn compare_rows(source: &Inventory, target: &Inventory, allow: &AllowList) -
 }
 
 /// Whether both sides hold the same chunks (by their slices).
-fn same_parts(s: &super::TableInfo, t: &super::TableInfo) -> bool {
+fn same_parts(s: &TableInfo, t: &TableInfo) -> bool {
     !s.parts.is_empty() && s.parts.len() == t.parts.len() && s.parts.iter().zip(&t.parts).all(|(a, b)| a.key == b.key)
 }
 
 /// One difference per chunk whose rows differ between two tables holding the same chunks.
-fn part_differences(name: &str, s: &super::TableInfo, t: &super::TableInfo) -> Vec<Difference> {
+fn part_differences(name: &str, s: &TableInfo, t: &TableInfo) -> Vec<Difference> {
     if !same_parts(s, t) {
         return Vec::new();
     }
-    let describe = |p: &super::TablePart| match (&p.error, p.rows, &p.checksum) {
+    let describe = |p: &TablePart| match (&p.error, p.rows, &p.checksum) {
         (Some(e), _, _) => Some(format!("unreadable: {e}")),
         (None, Some(r), Some(c)) => {
             Some(format!("{r} rows, checksum {c}{}", if p.compressed { ", compressed" } else { "" }))
@@ -317,11 +317,11 @@ fn part_differences(name: &str, s: &super::TableInfo, t: &super::TableInfo) -> V
 
 /// What a table's chunks say beside its rows: how many there are and how many are compressed (on
 /// each side, when both have the table), and whether differing rows can be traced to chunks.
-fn chunk_note(s: &super::TableInfo, t: Option<&super::TableInfo>, status: RowStatus) -> Option<String> {
+fn chunk_note(s: &TableInfo, t: Option<&TableInfo>, status: RowStatus) -> Option<String> {
     if s.parts.is_empty() && t.is_none_or(|t| t.parts.is_empty()) {
         return None;
     }
-    let count = |x: &super::TableInfo| {
+    let count = |x: &TableInfo| {
         format!("{} chunks, {} compressed", x.parts.len(), x.parts.iter().filter(|p| p.compressed).count())
     };
     let Some(t) = t else { return Some(count(s)) };

@@ -67,7 +67,23 @@ impl Journal {
             None => self.data.stages.push(entry),
         }
         let text = serde_json::to_string_pretty(&self.data).expect("journal serializes");
-        write_atomic(&self.path, text.as_bytes())
-            .map_err(|e| format!("journal not written to {}: {e}", self.path.display()))
+        match write_atomic(&self.path, text.as_bytes()) {
+            // a full disk has no room for the new copy: the journal's own blocks still hold it, so
+            // a failure is recorded (rewritten in place, not atomically) rather than left "running"
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull && self.path.exists() => {
+                rewrite_in_place(&self.path, text.as_bytes())
+            }
+            other => other,
+        }
+        .map_err(|e| format!("journal not written to {}: {e}", self.path.display()))
     }
+}
+
+fn rewrite_in_place(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(bytes)?;
+    let end = f.stream_position()?;
+    f.set_len(end)?;
+    f.sync_all()
 }

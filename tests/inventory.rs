@@ -45,6 +45,20 @@ async fn inventory_sees_every_class_of_the_rich_source() {
         (Class::Hypertables, "energy.readings"),
         (Class::VectorColumns, "public.kb_documents.embedding"),
         (Class::VectorIndexes, "public.kb_documents_embedding_idx"),
+        (Class::Rules, "energy.site_notes.site_notes_keep"),
+        (Class::ExtendedStatistics, "energy.devices_site_kind"),
+        (Class::EventTriggers, "pgshift_note_schema_drop"),
+        (Class::Publications, "pgshift_sites"),
+        (Class::ForeignDataWrappers, "pgshift_files"),
+        (Class::ForeignServers, "pgshift_archive"),
+        (Class::UserMappings, "for pgshift_app server pgshift_archive"),
+        (Class::Collations, "energy.names_ci"),
+        (Class::Casts, "energy.meter_id AS text"),
+        (Class::Operators, "energy.~=(double precision, double precision)"),
+        (Class::OperatorClasses, "energy.int4_rev_ops using btree"),
+        (Class::OperatorFamilies, "energy.int4_rev_fam using btree"),
+        (Class::TextSearchConfigurations, "energy.notes"),
+        (Class::TextSearchDictionaries, "energy.simple_strict"),
     ];
     for (class, name) in expect {
         assert!(
@@ -66,6 +80,16 @@ async fn inventory_sees_every_class_of_the_rich_source() {
     assert!(inv.class(Class::VectorIndexes)["public.kb_documents_embedding_idx"].contains("hnsw"));
     assert!(inv.class(Class::VectorIndexes)["public.kb_documents_embedding_idx"].contains("vector_cosine_ops"));
     assert!(inv.class(Class::VectorColumns)["public.kb_documents.embedding"].contains("vector(3)"));
+    let mapping = &inv.class(Class::UserMappings)["for pgshift_app server pgshift_archive"];
+    assert!(mapping.contains("password (set)") && !mapping.contains("fixture-only"), "{mapping}");
+    assert!(inv.class(Class::EventTriggers)["pgshift_note_schema_drop"].contains("enabled"));
+    assert!(inv.class(Class::Publications)["pgshift_sites"].contains("tables energy.sites"));
+    assert!(inv.class(Class::Collations)["energy.names_ci"].contains("nondeterministic"));
+    assert!(inv.class(Class::TextSearchConfigurations)["energy.notes"].contains("asciiword: energy.simple_strict"));
+    let notes = &inv.class(Class::Tables)["energy.site_notes"];
+    assert!(notes.contains("fillfactor=80") && notes.contains("replica identity full"), "{notes}");
+    let note = &inv.class(Class::Columns)["energy.site_notes.note"];
+    assert!(note.contains("STATISTICS 500") && note.contains("STORAGE EXTERNAL"), "{note}");
 
     // TimescaleDB and pgvector state
     let ts = inv.timescaledb.as_ref().expect("timescaledb seen");

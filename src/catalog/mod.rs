@@ -7,6 +7,7 @@ pub mod class;
 pub mod database;
 pub mod extensions;
 pub mod queries;
+pub mod rare_classes;
 pub mod rows;
 pub mod server;
 pub mod settings;

@@ -308,8 +308,24 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
         )
         .await
         .unwrap();
+    // a large object its owner kept to itself, read by a role that is not a superuser
     let lo = common::fresh_db(&s.source, LO_DB).await;
-    common::connect(&lo).await.batch_execute("SELECT lo_from_bytea(0, 'a large object')").await.unwrap();
+    common::connect(&lo)
+        .await
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE pgshift_corpus_reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             ALTER ROLE pgshift_corpus_reader PASSWORD {}; \
+             DO $$ BEGIN CREATE ROLE pgshift_corpus_keeper; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             GRANT pg_read_all_data TO pgshift_corpus_reader; \
+             SELECT lo_from_bytea(0, 'a large object'); \
+             DO $$ BEGIN EXECUTE format('ALTER LARGE OBJECT %s OWNER TO pgshift_corpus_keeper', \
+               (SELECT min(oid) FROM pg_largeobject_metadata)); END $$",
+            pgshift::postgres::sql::quote_literal(&s.password)
+        ))
+        .await
+        .unwrap();
+    let lo = lo.replacen("postgres@", "pgshift_corpus_reader@", 1);
+    assert!(lo.contains("pgshift_corpus_reader@"), "{lo}");
     let busy = common::fresh_db(&s.target, BUSY_DB).await;
     common::connect(&busy).await.batch_execute("CREATE TABLE public.precious (id int)").await.unwrap();
 
@@ -609,7 +625,13 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
         cases.push(case(name, run(&plan), 2, needle, checks));
     }
     let (plan, checks) = p.existing_from("source-with-large-objects", &lo, "");
-    cases.push(case("source-with-large-objects", run(&plan), 2, "the source holds 1 large object(s)", checks));
+    cases.push(case(
+        "source-with-large-objects",
+        run(&plan),
+        2,
+        "the connecting role may not read 1 of the source's large objects",
+        checks,
+    ));
 
     // --- the Docker engine, images and ports (container targets) ---
     let mut containers = Vec::new();

@@ -218,3 +218,41 @@ async fn from_the_older_source_plain_tables_go_in_ranges_or_with_ranges_off_in_o
     }
     common::drop_db(&s.old_source, "copy_old_ranges").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_arrive_with_their_oids_owners_grants_and_bytes_and_a_second_load_replaces() {
+    let s = common::servers();
+    let src = common::db_with(
+        &s.source,
+        "copy_lo",
+        "CREATE TABLE docs (id int PRIMARY KEY, doc oid);
+         SELECT lo_from_bytea(0, convert_to('document ' || i, 'UTF8')) FROM generate_series(1, 1200) i;
+         SELECT lo_from_bytea(7000000, (SELECT string_agg(decode(md5(i::text), 'hex'), ''::bytea) FROM generate_series(1, 200000) i));
+         ALTER LARGE OBJECT 7000000 OWNER TO pgshift_owner;
+         GRANT SELECT ON LARGE OBJECT 7000000 TO pgshift_app WITH GRANT OPTION;
+         COMMENT ON LARGE OBJECT 7000000 IS 'a drawing';
+         INSERT INTO docs SELECT row_number() OVER (ORDER BY oid), oid FROM pg_largeobject_metadata;",
+    )
+    .await;
+    let tgt = common::db_with(&s.target, "copy_lo_target", "CREATE TABLE docs (id int PRIMARY KEY, doc oid);").await;
+    let same = "SELECT format('%s|%s|%s|%s|%s', oid, pg_get_userbyid(lomowner), lomacl, \
+                obj_description(oid, 'pg_largeobject'), md5(lo_get(oid))) FROM pg_largeobject_metadata ORDER BY oid";
+    for _ in 0..2 {
+        // a fresh progress directory each time: the second load finds every object on the target
+        let dir = tempfile::tempdir().unwrap();
+        let (summary, output) = copy(&src, &tgt, dir.path());
+        assert!(summary.contains("1201 large objects"), "{summary}");
+        // more than a piece's 1,000 objects: in several pieces
+        assert!(
+            output.lines().filter(|l| l.contains("large objects ") && l.contains(" objects, ")).count() >= 2,
+            "{output}"
+        );
+        let (a, b) = (common::connect(&src).await, common::connect(&tgt).await);
+        let strings = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
+        let (a, b) = (strings(a.query(same, &[]).await.unwrap()), strings(b.query(same, &[]).await.unwrap()));
+        assert_eq!(a.len(), 1201);
+        assert_eq!(a, b);
+    }
+    common::drop_db(&s.source, "copy_lo").await;
+    common::drop_db(&s.target, "copy_lo_target").await;
+}

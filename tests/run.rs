@@ -65,6 +65,17 @@ async fn a_rich_source_migrates_with_zero_differences() {
         let q = format!("SELECT format('%s %s', last_value, is_called) FROM {seq}");
         assert_eq!(rows_of(&src, &q).await, rows_of(&tgt, &q).await, "{seq}");
     }
+    // large objects: the same OIDs with the same bytes, owners, grants and comments, compared by
+    // SQL of this test's own as well as by verify's classes
+    let lo = "SELECT format('%s|%s|%s|%s|%s', oid, pg_get_userbyid(lomowner), lomacl, \
+              obj_description(oid, 'pg_largeobject'), md5(lo_get(oid))) FROM pg_largeobject_metadata ORDER BY oid";
+    let (a, b) = tokio::join!(rows_of(&src, lo), rows_of(&tgt, lo));
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert_eq!(a, b);
+    for class in [pgshift::catalog::Class::LargeObjects, pgshift::catalog::Class::LargeObjectContents] {
+        assert!(r.classes.iter().any(|c| c.class == class && c.source == 4 && c.target == 4), "{class:?}");
+    }
+    assert!(stdout.contains("4 large objects"), "{stdout}");
     let ht = "SELECT format('%I.%I', hypertable_schema, hypertable_name) FROM timescaledb_information.hypertables";
     assert_eq!(rows_of(&tgt, ht).await, vec!["energy.readings".to_string()]);
 
@@ -202,4 +213,138 @@ async fn plan_init_offers_no_hypertable_and_a_plan_for_another_target_does_not_r
         common::drop_db(&s.target, "run_for_a"),
         common::drop_db(&s.target, "run_for_b")
     );
+}
+
+/// Drops the subscriptions of the database at `url`, if it exists (DROP DATABASE refuses a
+/// database that has one): disabled and detached from their slot first, so nothing connects.
+async fn drop_subscriptions(url: &str) {
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.password(common::servers().password);
+    let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await else { return };
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT quote_ident(subname) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+                             WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in rows {
+        let name: String = r.get(0);
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {name} DISABLE; ALTER SUBSCRIPTION {name} SET (slot_name = NONE); DROP SUBSCRIPTION {name}"
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_arrives_disabled_said_so_and_its_password_appears_nowhere() {
+    let s = common::servers();
+    let (src, tgt) = (common::url_for(&s.source, "run_sub"), common::url_for(&s.target, "run_sub_target"));
+    tokio::join!(drop_subscriptions(&src), drop_subscriptions(&tgt));
+    common::drop_db(&s.target, "run_sub_target").await;
+    let secret = "sub-secret-4711";
+    // enabled on the source, its publisher nowhere (port 1): its worker retries, harmlessly
+    let src = common::db_with(
+        &s.source,
+        "run_sub",
+        &format!(
+            "CREATE TABLE sites (id int PRIMARY KEY, name text); INSERT INTO sites VALUES (1, 'Seoul');
+             CREATE SUBSCRIPTION pgshift_feed CONNECTION 'host=127.0.0.1 port=1 dbname=nowhere user=app password={secret}'
+                 PUBLICATION sites_pub WITH (connect = false, create_slot = false, slot_name = 'pgshift_feed_slot');
+             ALTER SUBSCRIPTION pgshift_feed ENABLE;"
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // a planned difference, not a loss: the run is clean
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{stdout}");
+    assert!(stdout.contains("subscription pgshift_feed was created disabled on the target"), "{stdout}");
+    assert!(stdout.contains("created disabled on the target (two active subscribers"), "{stdout}");
+    let state = "SELECT format('%s %s %s', subname, subenabled, subslotname) FROM pg_subscription s \
+                 JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = current_database()";
+    assert_eq!(rows_of(&src, state).await, vec!["pgshift_feed t pgshift_feed_slot".to_string()]);
+    assert_eq!(rows_of(&tgt, state).await, vec!["pgshift_feed f pgshift_feed_slot".to_string()]);
+    // its connection string (and password) travels in the archive only: not in output, log or report
+    assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    let mut files = vec![dir.path().to_path_buf()];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if ["full.dump", "schema.sql"].contains(&name.as_str()) {
+            continue; // the backup: the database as pg_dump writes it
+        }
+        assert!(!String::from_utf8_lossy(&std::fs::read(&p).unwrap()).contains(secret), "{}", p.display());
+    }
+    // and a real change still counts: another publication on the target is named
+    common::connect(&tgt)
+        .await
+        .batch_execute("ALTER SUBSCRIPTION pgshift_feed SET PUBLICATION devices_pub WITH (refresh = false)")
+        .await
+        .unwrap();
+    let r = pgshift::verify::verify(
+        &common::spec("source", &src),
+        &common::spec("target", &tgt),
+        &Default::default(),
+        pgshift::verify::VerifyOptions { checksums: false, workers: 2 },
+    )
+    .await
+    .unwrap();
+    assert!(!r.clean);
+    assert!(
+        r.unexpected_differences().any(|d| d.class == "subscriptions" && d.name == "pgshift_feed"),
+        "{:#?}",
+        r.differences
+    );
+    tokio::join!(drop_subscriptions(&src), drop_subscriptions(&tgt));
+    tokio::join!(common::drop_db(&s.source, "run_sub"), common::drop_db(&s.target, "run_sub_target"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ddl_guard_event_trigger_does_not_stop_the_run_and_guards_the_target_after_it() {
+    let s = common::servers();
+    let src = common::timescale_db(&s.source, "run_guard").await;
+    // a DBA's guard: no DDL on this server (created last, so the fixture itself was not refused)
+    common::connect(&src)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION public.freeze_ddl() RETURNS event_trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'DDL is frozen on this server (%)', tg_tag; END $$;
+             CREATE EVENT TRIGGER pgshift_ddl_freeze ON ddl_command_start
+                 WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'CREATE TABLE') EXECUTE FUNCTION public.freeze_ddl();
+             CREATE EVENT TRIGGER pgshift_ddl_note ON ddl_command_end EXECUTE FUNCTION public.freeze_ddl();
+             ALTER EVENT TRIGGER pgshift_ddl_note ENABLE REPLICA;",
+        )
+        .await
+        .unwrap();
+    common::drop_db(&s.target, "run_guard_target").await;
+    let tgt = common::url_for(&s.target, "run_guard_target");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = common::write_plan(dir.path(), &src, &tgt, "");
+    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--json"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{stdout}");
+    assert!(stdout.contains("2 event trigger(s) held disabled until the tuning stage"), "{stdout}");
+    let states = "SELECT format('%s %s', evtname, evtenabled) FROM pg_event_trigger ORDER BY 1";
+    // TimescaleDB's own event triggers (its DDL handling) enabled throughout, never held
+    let expected: Vec<String> =
+        ["pgshift_ddl_freeze O", "pgshift_ddl_note R", "timescaledb_ddl_command_end O", "timescaledb_ddl_sql_drop O"]
+            .map(String::from)
+            .to_vec();
+    assert_eq!(rows_of(&tgt, states).await, expected);
+    // and it guards the target as it did the source
+    let refused = common::connect(&tgt).await.batch_execute("CREATE TABLE public.after_cutover (id int)").await;
+    let err = refused.expect_err("the guard refuses DDL on the target");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("DDL is frozen")), "{err:?}");
+    tokio::join!(common::drop_db(&s.source, "run_guard"), common::drop_db(&s.target, "run_guard_target"));
 }

@@ -36,6 +36,7 @@ pub enum Class {
     ExtendedStatistics,
     EventTriggers,
     Publications,
+    Subscriptions,
     ForeignDataWrappers,
     ForeignServers,
     UserMappings,
@@ -46,6 +47,8 @@ pub enum Class {
     OperatorFamilies,
     TextSearchConfigurations,
     TextSearchDictionaries,
+    LargeObjects,
+    LargeObjectContents,
     Hypertables,
     Chunks,
     CompressionSettings,
@@ -56,7 +59,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 48] = [
+    pub const ALL: [Class; 51] = [
         Class::Database,
         Class::Schemas,
         Class::Tables,
@@ -88,6 +91,7 @@ impl Class {
         Class::ExtendedStatistics,
         Class::EventTriggers,
         Class::Publications,
+        Class::Subscriptions,
         Class::ForeignDataWrappers,
         Class::ForeignServers,
         Class::UserMappings,
@@ -98,6 +102,8 @@ impl Class {
         Class::OperatorFamilies,
         Class::TextSearchConfigurations,
         Class::TextSearchDictionaries,
+        Class::LargeObjects,
+        Class::LargeObjectContents,
         Class::Hypertables,
         Class::Chunks,
         Class::CompressionSettings,
@@ -141,6 +147,7 @@ impl Class {
             Class::ExtendedStatistics => "extended_statistics",
             Class::EventTriggers => "event_triggers",
             Class::Publications => "publications",
+            Class::Subscriptions => "subscriptions",
             Class::ForeignDataWrappers => "foreign_data_wrappers",
             Class::ForeignServers => "foreign_servers",
             Class::UserMappings => "user_mappings",
@@ -151,6 +158,8 @@ impl Class {
             Class::OperatorFamilies => "operator_families",
             Class::TextSearchConfigurations => "text_search_configurations",
             Class::TextSearchDictionaries => "text_search_dictionaries",
+            Class::LargeObjects => "large_objects",
+            Class::LargeObjectContents => "large_object_contents",
             Class::Hypertables => "hypertables",
             Class::Chunks => "chunks",
             Class::CompressionSettings => "compression_settings",

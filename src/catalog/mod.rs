@@ -5,6 +5,7 @@
 
 pub mod class;
 pub mod database;
+pub mod event_triggers;
 pub mod extensions;
 pub mod queries;
 pub mod rare_classes;
@@ -507,6 +508,15 @@ impl Session {
         workers: usize,
     ) -> Result<rows::RowResults, UserError> {
         rows::measure(&self.spec, self.snapshot.clone(), jobs, mode, workers).await
+    }
+
+    /// Each large object's size and content hash, at this snapshot; the server's error when the
+    /// session may not read one.
+    pub async fn large_object_contents(&self) -> Result<Definitions, String> {
+        self.guarded_query(rare_classes::LARGE_OBJECT_CONTENTS)
+            .await
+            .map(|r| named_rows(&r))
+            .map_err(|e| db_message(&e))
     }
 
     /// This server's answer to `rows::IN_SERVER_PROBE`; None where it has no answer (before 14).

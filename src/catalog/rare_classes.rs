@@ -53,6 +53,16 @@ pub fn query(class: Class) -> Option<String> {
                    FROM pg_publication_tables t WHERE t.pubname = p.pubname AND NOT p.puballtables))
                FROM pg_publication p"#
             .to_string(),
+        // the connection string is left out: only a superuser may read it, and it may hold a password
+        Class::Subscriptions => r#"SELECT quote_ident(s.subname),
+                concat_ws(E'\n', CASE WHEN s.subenabled THEN 'enabled' ELSE 'disabled' END,
+                  'publications ' || array_to_string(s.subpublications, ', '),
+                  'slot ' || coalesce(s.subslotname::text, 'none'),
+                  'synchronous_commit ' || s.subsynccommit,
+                  CASE WHEN s.subbinary THEN 'binary' END,
+                  'owner ' || pg_get_userbyid(s.subowner))
+               FROM pg_subscription s WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"#
+            .to_string(),
         Class::ForeignDataWrappers => format!(
             r#"SELECT quote_ident(w.fdwname),
                 concat_ws(E'\n',
@@ -171,7 +181,30 @@ pub fn query(class: Class) -> Option<String> {
                WHERE {un} AND {}"#,
             not_ext("pg_ts_dict", "d.oid")
         ),
+        // by OID, which pg_dump and pgshift keep (applications store them in their columns); their
+        // comments are compared with the other comments
+        Class::LargeObjects => r#"SELECT m.oid::text,
+                concat_ws(', ', 'owner ' || pg_get_userbyid(m.lomowner),
+                  CASE WHEN m.lomacl IS NOT NULL THEN 'grants ' || coalesce(
+                    (SELECT string_agg(g, '; ' ORDER BY g)
+                     FROM (SELECT format('%s %s%s', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+                                         a.privilege_type, CASE WHEN a.is_grantable THEN ' with grant option' ELSE '' END) AS g
+                           FROM aclexplode(m.lomacl) a) x), 'none') END)
+               FROM pg_largeobject_metadata m"#
+            .to_string(),
         _ => return None,
     };
     Some(q)
 }
+
+/// Each large object's size and content hash (an md5 per MiB, hashed together), computed in the
+/// server a MiB at a time: read by verify's checksums, not by the inventory (it reads every byte).
+pub const LARGE_OBJECT_CONTENTS: &str = r#"SELECT m.oid::text, format('%s bytes, md5 %s', sum(c.len), md5(string_agg(c.h, '' ORDER BY c.off)))
+    FROM pg_largeobject_metadata m,
+         LATERAL (WITH RECURSIVE r(off, len, h) AS (
+                    SELECT 0::bigint, length(b)::bigint, md5(b) FROM lo_get(m.oid, 0, 1048576) b
+                    UNION ALL
+                    SELECT r.off + 1048576, length(b)::bigint, md5(b)
+                    FROM r, lo_get(m.oid, r.off + 1048576, 1048576) b WHERE r.len = 1048576)
+                  SELECT * FROM r) c
+    GROUP BY m.oid"#;

@@ -68,6 +68,16 @@ pub fn split_view_definition(class: Class, def: &str) -> Option<(&str, &str, &st
     }
 }
 
+/// A subscription enabled on the source and the same one disabled on the target: pg_dump restores
+/// subscriptions disabled (`connect = false`), as two active subscribers would both apply the
+/// publisher's changes.
+pub fn created_disabled(source: &str, target: &str) -> bool {
+    match (source.strip_prefix("enabled"), target.strip_prefix("disabled")) {
+        (Some(s), Some(t)) => s == t,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +130,15 @@ mod tests {
             ))
         );
         assert_eq!(split_view_definition(Class::Indexes, "x"), None);
+    }
+
+    #[test]
+    fn a_subscription_restored_disabled_is_not_a_loss_but_another_change_is() {
+        let on = "enabled\npublications sites\nslot s1\nsynchronous_commit off\nowner postgres";
+        let off = on.replacen("enabled", "disabled", 1);
+        assert!(created_disabled(on, &off));
+        assert!(!created_disabled(&off, on), "disabled on the source, enabled on the target");
+        assert!(!created_disabled(on, &off.replace("sites", "devices")), "another publication");
+        assert!(!created_disabled(on, on));
     }
 }

@@ -22,6 +22,7 @@ const TYPES: &[&str] = &[
     "OPERATOR FAMILY",
     "SECURITY LABEL",
     "OPERATOR CLASS",
+    "BLOB METADATA",
     "ACCESS METHOD",
     "EVENT TRIGGER",
     "FK CONSTRAINT",
@@ -96,9 +97,17 @@ impl Entry {
         TS_SCHEMA_NAMES.contains(&self.schema.as_str())
     }
 
-    /// Data: copied by the data stage, never restored from the archive.
+    /// Data, large objects included: copied by the data stage, never restored from the archive.
     pub fn is_data(&self) -> bool {
-        matches!(self.kind.as_str(), "TABLE DATA" | "SEQUENCE SET" | "BLOBS" | "BLOB" | "LARGE OBJECT")
+        matches!(self.kind.as_str(), "TABLE DATA" | "SEQUENCE SET" | "BLOBS" | "BLOB" | "BLOB METADATA")
+            // a large object's grants and comment travel with it (pg_dump 16 and older list them
+            // before the data)
+            || matches!(self.kind.as_str(), "ACL" | "COMMENT" | "SECURITY LABEL") && self.rest.starts_with("LARGE OBJECT ")
+    }
+
+    /// An event trigger, or its comment.
+    pub fn is_on_event_trigger(&self) -> bool {
+        self.kind == "EVENT TRIGGER" || self.kind == "COMMENT" && self.rest.starts_with("EVENT TRIGGER ")
     }
 
     /// `energy.readings`-style name for messages.
@@ -181,6 +190,23 @@ mod tests {
         let e = Entry::parse("5000; 0 16400 TABLE DATA energy sites postgres").unwrap();
         assert!(e.is_data());
         assert!(Entry::parse("; Archive created at").is_none());
+        // large objects, as pg_dump 17 (metadata) and 16 (one entry each) list them, with their
+        // grants and comments: all carried by the data stage
+        for line in [
+            "3414; 2613 25970 BLOB METADATA - 25970 pgshift_owner",
+            "3412; 2613 25971 BLOB - 25971 postgres",
+            "3415; 0 0 BLOBS - 25970 pgshift_owner",
+            "3423; 0 0 ACL - LARGE OBJECT 25970 pgshift_owner",
+            "3422; 0 0 COMMENT - LARGE OBJECT 25970 pgshift_owner",
+        ] {
+            let e = Entry::parse(line).unwrap();
+            assert!(e.is_data(), "{line}: {e:?}");
+        }
+        assert_eq!(Entry::parse("3414; 2613 25970 BLOB METADATA - 25970 o").unwrap().kind, "BLOB METADATA");
+        assert!(!Entry::parse("3430; 0 0 ACL energy TABLE sites postgres").unwrap().is_data());
+        assert!(Entry::parse("3500; 3466 17900 EVENT TRIGGER - guard postgres").unwrap().is_on_event_trigger());
+        assert!(Entry::parse("3501; 0 0 COMMENT - EVENT TRIGGER guard postgres").unwrap().is_on_event_trigger());
+        assert!(!Entry::parse("3502; 0 0 COMMENT - SCHEMA energy postgres").unwrap().is_on_event_trigger());
     }
 
     #[test]

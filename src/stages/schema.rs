@@ -432,13 +432,24 @@ impl SchemaStage {
         Ok(Preflight { upgrades, warnings: setting_warnings })
     }
 
-    /// The pre-flight checks the source alone decides: each planned conversion, no large objects.
+    /// The pre-flight checks the source alone decides: each planned conversion, every large object
+    /// readable.
     async fn check_source(&self, source: &tokio_postgres::Client) -> Result<(), UserError> {
         for h in &self.hypertables {
             check_conversion(source, h).await?;
         }
-        let large_objects: i64 = source
-            .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        // large objects are copied by the data stage: each must be readable by the connecting role
+        let unreadable: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_largeobject_metadata m
+                  WHERE NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                    AND current_setting('lo_compat_privileges') <> 'on'
+                    AND NOT pg_has_role(current_user, m.lomowner, 'USAGE')
+                    AND NOT EXISTS (SELECT 1 FROM aclexplode(m.lomacl) a
+                                     WHERE a.privilege_type = 'SELECT'
+                                       AND (a.grantee = 0 OR pg_has_role(current_user, a.grantee, 'USAGE')))",
+                &[],
+            )
             .await
             .map_err(|e| {
                 UserError::new(
@@ -447,10 +458,10 @@ impl SchemaStage {
                 )
             })?
             .get(0);
-        if large_objects > 0 {
+        if unreadable > 0 {
             return Err(UserError::new(
-                format!("the source holds {large_objects} large object(s), which pgshift does not migrate yet"),
-                "move them with pg_dump --large-objects / pg_restore separately, or into bytea columns, first",
+                format!("the connecting role may not read {unreadable} of the source's large objects"),
+                "connect to the source as a superuser, or GRANT SELECT ON LARGE OBJECT ... to the connecting role",
             ));
         }
         Ok(())
@@ -864,10 +875,17 @@ impl Stage for PostDataStage {
             };
             entries.extend(restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new()));
             let total = entries.len();
+            // event triggers last, once everything else is built: a DDL guard would refuse the rest
+            let (event_triggers, entries): (Vec<Entry>, Vec<Entry>) =
+                entries.into_iter().partition(|e| e.is_on_event_trigger());
             // indexes are built after the data, with parallel maintenance workers
             let failed =
                 restore_with_retries(ctx, &backup, &target, entries, "post-data", Some(&self.build_options)).await?;
-            let failed = retry_on_hypertables(ctx, &backup, &target, failed).await?;
+            let mut failed = retry_on_hypertables(ctx, &backup, &target, failed).await?;
+            if !event_triggers.is_empty() {
+                failed
+                    .extend(restore_with_retries(ctx, &backup, &target, event_triggers, "event triggers", None).await?);
+            }
             report_failures(ctx, &failed).await;
             if !failed.is_empty() {
                 // not recorded as done: once the cause is fixed, a rerun restores them (what exists is kept)
@@ -880,9 +898,59 @@ impl Stage for PostDataStage {
                 )
                 .into());
             }
+            let held = hold_event_triggers(&target).await?;
+            if held > 0 {
+                ctx.info(
+                    "post-data",
+                    format!(
+                        "{held} event trigger(s) held disabled until the tuning stage, so they do not fire on \
+                         pgshift's own DDL (the tuning stage gives each the source's state)"
+                    ),
+                )
+                .await;
+            }
+            for name in disabled_subscriptions(&target).await? {
+                ctx.warning(format!(
+                    "subscription {name} was created disabled on the target (two active subscribers would apply \
+                     the same changes twice): after the cutover, disable it on the source and run \
+                     ALTER SUBSCRIPTION {name} ENABLE on the target"
+                ))
+                .await;
+            }
             Ok(format!("{total} entries restored"))
         })
     }
+}
+
+/// Disables the target's event triggers until the tuning stage; returns how many.
+async fn hold_event_triggers(target: &ConnSpec) -> Result<usize, UserError> {
+    let client = target.connect().await?;
+    let fail = |e: tokio_postgres::Error| {
+        catalog::failed_query(target, "holding the target's event triggers", &e, "connect as a superuser")
+    };
+    let statements: Vec<String> =
+        client.query(&catalog::event_triggers::hold_sql(), &[]).await.map_err(fail)?.iter().map(|r| r.get(0)).collect();
+    for sql in &statements {
+        client.batch_execute(sql).await.map_err(fail)?;
+    }
+    Ok(statements.len())
+}
+
+/// The target database's subscriptions that are disabled (as pg_restore creates them).
+async fn disabled_subscriptions(target: &ConnSpec) -> Result<Vec<String>, UserError> {
+    let client = target.connect().await?;
+    let rows = client
+        .query(
+            "SELECT quote_ident(subname) FROM pg_subscription
+              WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND NOT subenabled
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            catalog::failed_query(target, "reading the target's subscriptions", &e, "connect as a superuser")
+        })?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Can this plain source table become a hypertable? Its time column must exist and be NOT NULL

@@ -1,6 +1,8 @@
 //! Stage 8 — Tuning: fresh planner statistics on the target (ANALYZE, or VACUUM ANALYZE when the
 //! plan asks), optional `REINDEX ... CONCURRENTLY`, and advice: the indexes the source never used
 //! (`pg_stat_user_indexes.idx_scan = 0`, not unique), which cost writes on the new server too.
+//! Last, the database's own properties and the event triggers' states (held disabled since
+//! post-data), which could stop the stages before.
 
 use futures_util::future::BoxFuture;
 
@@ -16,6 +18,44 @@ pub struct TuningStage {
 }
 
 impl TuningStage {
+    /// Gives each event trigger the post-data stage held disabled the source's state — last, as
+    /// the database's properties, since a DDL guard would refuse the stages' own DDL.
+    async fn event_triggers(
+        &self,
+        ctx: &StageContext,
+        source: &tokio_postgres::Client,
+        target: &tokio_postgres::Client,
+    ) -> Result<usize, StageError> {
+        use catalog::event_triggers::{set_state_sql, states_sql};
+        let fail = |spec: &ConnSpec, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(spec, "reading event triggers", &e, "connect as a superuser"))
+        };
+        let states = source.query(&states_sql(), &[]).await.map_err(|e| fail(&self.source, e))?;
+        let present: std::collections::BTreeSet<String> = target
+            .query(&states_sql(), &[])
+            .await
+            .map_err(|e| fail(&self.target, e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut set = 0;
+        for row in &states {
+            let (name, state): (String, String) = (row.get(0), row.get(1));
+            if !present.contains(&name) {
+                continue; // verify names it as missing
+            }
+            let sql = set_state_sql(&name, &state);
+            match target.batch_execute(&sql).await {
+                Ok(()) => set += 1,
+                Err(e) => ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await,
+            }
+        }
+        if set > 0 {
+            ctx.info("tuning", format!("{set} event trigger(s) given the source's state")).await;
+        }
+        Ok(set)
+    }
+
     pub fn new(source: ConnSpec, target: ConnSpec, tuning: TuningPlan) -> Self {
         Self { source, target, tuning }
     }
@@ -88,6 +128,7 @@ impl Stage for TuningStage {
             }
             let source = ctx.tagged(&self.source).connect().await?;
             let applied = self.database_properties(ctx, &source, &target).await?;
+            let triggers = self.event_triggers(ctx, &source, &target).await?;
             let unused: Vec<(String, String)> = source
                 .query(
                     &format!(
@@ -112,7 +153,8 @@ impl Stage for TuningStage {
                 .await;
             }
             Ok(format!(
-                "{stats} done, {applied} database propert(ies) set, {reindexed} table(s) reindexed, {} index(es) never used on the source",
+                "{stats} done, {applied} database propert(ies) set, {triggers} event trigger(s) given the source's state, \
+                 {reindexed} table(s) reindexed, {} index(es) never used on the source",
                 unused.len()
             ))
         })

@@ -116,6 +116,11 @@ pub fn compare_objects(
                 (Class::RolePasswords, Some(sd), Some(_)) if sd == "none" => {
                     Some("a password set on the target where the source's role had none".to_string())
                 }
+                (Class::Subscriptions, Some(sd), Some(td)) if versions::created_disabled(sd, td) => Some(
+                    "created disabled on the target (two active subscribers would apply the same changes twice): \
+                     enable it after the cutover"
+                        .to_string(),
+                ),
                 _ => None,
             };
             diffs.push(Difference {

@@ -84,6 +84,24 @@ pub async fn verify(
         tokio::try_join!(s.measure_rows(s_jobs, mode, opts.workers), t.measure_rows(t_jobs, mode, opts.workers))?;
     s_inv.apply_rows(&s_rows);
     t_inv.apply_rows(&t_rows);
+    let any_large_object = [&s_inv, &t_inv].iter().any(|i| !i.class(Class::LargeObjects).is_empty());
+    if opts.checksums && any_large_object {
+        match tokio::join!(s.large_object_contents(), t.large_object_contents()) {
+            (Ok(a), Ok(b)) => {
+                s_inv.objects.insert(Class::LargeObjectContents, a);
+                t_inv.objects.insert(Class::LargeObjectContents, b);
+            }
+            (a, b) => {
+                for (inv, e) in [(&mut s_inv, a.err()), (&mut t_inv, b.err())] {
+                    if let Some(e) = e {
+                        inv.not_compared.push(format!(
+                            "large object contents: {e} (connect as a superuser, or grant SELECT on every large object)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
     tokio::join!(s.close(), t.close());
     let respelled = align_view_spelling(target, &mut s_inv, &t_inv).await;
     let settings = setting_differences(source, target).await;

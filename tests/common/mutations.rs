@@ -65,6 +65,12 @@ const MUTATIONS: &[(&str, &str, Change, &str)] = &[
     ("grants", "domain energy.percent to PUBLIC", Change::Extra, "GRANT USAGE ON DOMAIN energy.percent TO PUBLIC"),
     ("columns", "energy.site_notes.note", Change::Changed, "ALTER TABLE energy.site_notes ALTER COLUMN note SET STATISTICS 100"),
     ("tables", "energy.site_notes", Change::Changed, "ALTER TABLE energy.site_notes REPLICA IDENTITY DEFAULT"),
+    ("large_objects", "424242", Change::Changed, "REVOKE SELECT ON LARGE OBJECT 424242 FROM pgshift_app"),
+    ("large_objects", "424243", Change::Changed, "ALTER LARGE OBJECT 424243 OWNER TO pgshift_owner"),
+    ("large_objects", "424244", Change::Missing, "SELECT lo_unlink(424244)"),
+    ("large_object_contents", "424243", Change::Changed, "SELECT lo_put(424243, 2000000, '\\x00010203'::bytea)"),
+    ("large_object_contents", "424245", Change::Changed, "SELECT lo_truncate(lo_open(424245, 131072), 100)"),
+    ("comments", "large object 424242", Change::Changed, "COMMENT ON LARGE OBJECT 424242 IS 'changed on the target'"),
 ];
 
 /// The classes only pgvector has (not on the older source, whose major has no package of it).

@@ -8,7 +8,8 @@
 use crate::catalog::queries::{not_ext, user_ns, TS_SCHEMA_NAMES};
 
 /// Statements that give every user object its source owner, one per row, in an order that works:
-/// database, schemas, types, relations (tables before sequences a table owns), routines.
+/// database, schemas, types, relations (tables before sequences a table owns), routines, large
+/// objects.
 /// TimescaleDB chunks are left out: they take their hypertable's owner.
 pub fn owner_statements_sql() -> String {
     format!(
@@ -42,6 +43,9 @@ pub fn owner_statements_sql() -> String {
                             n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_userbyid(p.proowner)),
                   n.nspname || '.' || p.proname
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {user_ns} AND {proc_ext}
+         UNION ALL
+           SELECT 6, format('ALTER LARGE OBJECT %s OWNER TO %I;', m.oid, pg_get_userbyid(m.lomowner)), lpad(m.oid::text, 10, '0')
+           FROM pg_largeobject_metadata m
         ) s ORDER BY ord, name, stmt"#,
         ns_ext = not_ext("pg_namespace", "n.oid"),
         type_ext = not_ext("pg_type", "t.oid"),

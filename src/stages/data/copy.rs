@@ -66,6 +66,8 @@ pub async fn open_writer(target: &ConnSpec) -> Result<Client, UserError> {
 #[derive(Debug, Default)]
 pub struct Copied {
     pub rows: u64,
+    /// Large objects copied (a piece of large objects has no rows).
+    pub objects: u64,
     pub bytes: u64,
     /// A chunk written straight into the target's chunk (not routed row by row).
     pub direct: bool,
@@ -104,6 +106,10 @@ pub async fn copy_piece(
             copy_exact(ctx, src, dst, piece, slices, compressed.as_ref(), copied).await?
         }
         Route::Routed { range } => copy_routed(ctx, src, dst, worker, piece, range.as_ref(), copied).await?,
+        Route::LargeObjects { objects } => {
+            let (objects, bytes) = super::large_objects::copy(ctx, src, dst, piece, objects, copied).await?;
+            Copied { objects, bytes, ..Default::default() }
+        }
         Route::Table => {
             let (rows, bytes) = pump(
                 ctx,
@@ -133,7 +139,12 @@ pub async fn copy_piece(
     } else {
         ""
     };
-    ctx.info("data", format!("{what}: {} rows, {}{how}", out.rows, human_bytes(out.bytes))).await;
+    let count = if matches!(piece.route, Route::LargeObjects { .. }) {
+        format!("{} objects", out.objects)
+    } else {
+        format!("{} rows", out.rows)
+    };
+    ctx.info("data", format!("{what}: {count}, {}{how}", human_bytes(out.bytes))).await;
     Ok(out)
 }
 

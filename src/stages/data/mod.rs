@@ -27,6 +27,7 @@
 
 mod copy;
 mod errors;
+mod large_objects;
 mod plan;
 mod progress;
 
@@ -89,6 +90,7 @@ fn data_tables(inv: &Inventory) -> Vec<TableInfo> {
 #[derive(Default)]
 struct Totals {
     rows: u64,
+    large_objects: u64,
     bytes: u64,
     /// Hypertable chunks written straight into the target's chunk, and those routed through the
     /// hypertable (the target's chunks do not cover the source's ranges).
@@ -102,6 +104,9 @@ struct Totals {
 impl Totals {
     fn chunks_summary(&self) -> String {
         let mut s = String::new();
+        if self.large_objects > 0 {
+            s.push_str(&format!("; {} large objects", self.large_objects));
+        }
         if self.direct_chunks + self.routed_chunks > 0 {
             s.push_str(&format!(
                 "; hypertable chunks: {} written directly, {} through the hypertable",
@@ -198,6 +203,7 @@ impl Stage for DataStage {
             let planned =
                 plan::plan_pieces(&session, &planner, &all, &progress, self.range_bytes, self.compressed).await?;
             progress.compress_by_range(&planned.by_range)?;
+            let large = large_objects::pieces(&session, &progress).await?;
             if let Some(why) = &planned.no_ranges {
                 ctx.info("data", format!("every plain table in one piece: {why}")).await;
                 for (table, bytes) in &planned.whole {
@@ -205,7 +211,9 @@ impl Stage for DataStage {
                     ctx.info("data", format!("{table} ({size}) copied in one piece, by one connection")).await;
                 }
             }
-            let pieces = planned.pieces;
+            let mut pieces = planned.pieces;
+            pieces.extend(large);
+            pieces.sort_by_key(|p| std::cmp::Reverse(p.bytes));
             let binary = pieces.iter().filter(|p| p.binary).count();
             ctx.info(
                 "data",
@@ -262,6 +270,7 @@ impl Stage for DataStage {
                         progress.committed(&keys, out.chunk.as_deref().map(|c| (c, out.compress.clone())))?;
                         let mut t = totals.lock().expect("totals");
                         t.rows += out.rows;
+                        t.large_objects += out.objects;
                         t.bytes += out.bytes;
                         if piece.is_chunk() {
                             if out.direct {

@@ -26,6 +26,8 @@ pub enum Route {
     /// A source chunk routed through the target's hypertable (partitioned differently): written
     /// straight into the target's chunk when that covers the source chunk's whole time range.
     Routed { range: Option<(String, String)> },
+    /// Large objects, by OID (`large_objects.rs`).
+    LargeObjects { objects: Vec<(u32, i64)> },
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +61,7 @@ pub struct Piece {
 
 impl Piece {
     pub fn is_chunk(&self) -> bool {
-        !matches!(self.route, Route::Table)
+        matches!(self.route, Route::Exact { .. } | Route::Routed { .. })
     }
 }
 

@@ -106,6 +106,23 @@ pub struct TablePart {
 pub const MATERIALIZATION_SUFFIX: &str = " (materialization)";
 
 impl TableInfo {
+    /// A table as the catalog lists it, before its rows, chunks or parts are read.
+    pub fn new(name: impl Into<String>, kind: &str, bytes: i64, columns: Vec<String>) -> Self {
+        TableInfo {
+            name: name.into(),
+            kind: kind.into(),
+            bytes,
+            columns,
+            chunks: None,
+            rows: None,
+            checksum: None,
+            error: None,
+            relation: None,
+            parts: Vec::new(),
+            compressed_chunks: None,
+        }
+    }
+
     /// The jobs that measure this table through `columns`: one per part (chunk) where it has
     /// parts, else one for the whole table.
     pub fn row_jobs(&self, columns: Vec<String>, form: rows::HashForm) -> Vec<RowJob> {
@@ -371,19 +388,7 @@ impl Session {
                     _ => "table",
                 }
             };
-            tables.push(TableInfo {
-                name,
-                kind: kind.into(),
-                bytes: r.get(2),
-                columns: r.get(3),
-                chunks: None,
-                rows: None,
-                checksum: None,
-                error: None,
-                relation: None,
-                parts: Vec::new(),
-                compressed_chunks: None,
-            });
+            tables.push(TableInfo::new(name, kind, r.get(2), r.get(3)));
         }
         // what an aggregate holds is read from its materialization too, not only through its view
         // (which adds raw rows above the watermark for a real-time aggregate)
@@ -395,17 +400,8 @@ impl Session {
             for r in rows {
                 let view: String = r.get(0);
                 tables.push(TableInfo {
-                    name: format!("{view}{MATERIALIZATION_SUFFIX}"),
-                    kind: "materialization".into(),
-                    bytes: 0,
-                    columns: r.get(2),
-                    chunks: None,
-                    rows: None,
-                    checksum: None,
-                    error: None,
                     relation: Some(r.get(1)),
-                    parts: Vec::new(),
-                    compressed_chunks: None,
+                    ..TableInfo::new(format!("{view}{MATERIALIZATION_SUFFIX}"), "materialization", 0, r.get(2))
                 });
             }
             tables.sort_by(|a, b| a.name.cmp(&b.name));

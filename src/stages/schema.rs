@@ -898,7 +898,8 @@ impl Stage for PostDataStage {
                 )
                 .into());
             }
-            let held = hold_event_triggers(&target).await?;
+            let client = target.connect().await?;
+            let held = hold_event_triggers(&target, &client).await?;
             if held > 0 {
                 ctx.info(
                     "post-data",
@@ -909,7 +910,7 @@ impl Stage for PostDataStage {
                 )
                 .await;
             }
-            for name in disabled_subscriptions(&target).await? {
+            for name in disabled_subscriptions(&target, &client).await? {
                 ctx.warning(format!(
                     "subscription {name} was created disabled on the target (two active subscribers would apply \
                      the same changes twice): after the cutover, disable it on the source and run \
@@ -923,8 +924,7 @@ impl Stage for PostDataStage {
 }
 
 /// Disables the target's event triggers until the tuning stage; returns how many.
-async fn hold_event_triggers(target: &ConnSpec) -> Result<usize, UserError> {
-    let client = target.connect().await?;
+async fn hold_event_triggers(target: &ConnSpec, client: &tokio_postgres::Client) -> Result<usize, UserError> {
     let fail = |e: tokio_postgres::Error| {
         catalog::failed_query(target, "holding the target's event triggers", &e, "connect as a superuser")
     };
@@ -937,8 +937,7 @@ async fn hold_event_triggers(target: &ConnSpec) -> Result<usize, UserError> {
 }
 
 /// The target database's subscriptions that are disabled (as pg_restore creates them).
-async fn disabled_subscriptions(target: &ConnSpec) -> Result<Vec<String>, UserError> {
-    let client = target.connect().await?;
+async fn disabled_subscriptions(target: &ConnSpec, client: &tokio_postgres::Client) -> Result<Vec<String>, UserError> {
     let rows = client
         .query(
             "SELECT quote_ident(subname) FROM pg_subscription

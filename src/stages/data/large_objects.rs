@@ -59,19 +59,7 @@ pub async fn pieces(session: &Session, progress: &Progress) -> Result<Vec<Piece>
         return Ok(Vec::new());
     }
     let total: i64 = objects.iter().map(|o| o.1).sum();
-    let table = TableInfo {
-        name: NAME.into(),
-        kind: NAME.into(),
-        bytes: total,
-        columns: Vec::new(),
-        chunks: None,
-        rows: None,
-        checksum: None,
-        error: None,
-        relation: None,
-        parts: Vec::new(),
-        compressed_chunks: None,
-    };
+    let table = TableInfo::new(NAME, NAME, total, Vec::new());
     let mut out = Vec::new();
     let mut group: Vec<(u32, i64)> = Vec::new();
     let mut flush = |group: &mut Vec<(u32, i64)>| {

@@ -47,6 +47,7 @@ pub enum Class {
     OperatorFamilies,
     TextSearchConfigurations,
     TextSearchDictionaries,
+    Tablespaces,
     LargeObjects,
     LargeObjectContents,
     Hypertables,
@@ -59,7 +60,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 51] = [
+    pub const ALL: [Class; 52] = [
         Class::Database,
         Class::Schemas,
         Class::Tables,
@@ -102,6 +103,7 @@ impl Class {
         Class::OperatorFamilies,
         Class::TextSearchConfigurations,
         Class::TextSearchDictionaries,
+        Class::Tablespaces,
         Class::LargeObjects,
         Class::LargeObjectContents,
         Class::Hypertables,
@@ -158,6 +160,7 @@ impl Class {
             Class::OperatorFamilies => "operator_families",
             Class::TextSearchConfigurations => "text_search_configurations",
             Class::TextSearchDictionaries => "text_search_dictionaries",
+            Class::Tablespaces => "tablespaces",
             Class::LargeObjects => "large_objects",
             Class::LargeObjectContents => "large_object_contents",
             Class::Hypertables => "hypertables",

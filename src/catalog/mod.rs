@@ -12,6 +12,7 @@ pub mod rare_classes;
 pub mod rows;
 pub mod server;
 pub mod settings;
+pub mod tablespaces;
 pub mod versions;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -330,6 +331,20 @@ impl Session {
                     }
                     Err(w) => warnings.push(w),
                 }
+            }
+            // the tablespaces a hypertable's chunks are spread over belong to the tablespaces class
+            match self.guarded_query(tablespaces::HYPERTABLE_TABLESPACES).await {
+                Ok(rows) => {
+                    let placed = objects.entry(Class::Tablespaces).or_default();
+                    for r in rows {
+                        let spaces: Vec<String> = r.get(1);
+                        placed.insert(
+                            format!("hypertable {}", r.get::<_, String>(0)),
+                            format!("chunks in tablespaces {}", spaces.join(", ")),
+                        );
+                    }
+                }
+                Err(e) => warnings.push(format!("hypertables' tablespaces not read: {}", db_message(&e))),
             }
             cagg_names =
                 self.names(extensions::CAGG_VIEWS).await.map_err(|e| self.query_error("continuous aggregates", &e))?;

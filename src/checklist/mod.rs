@@ -141,10 +141,11 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         force,
         plan.hypertables.clone(),
     )
-    .with_target_settings(plan.target.settings.clone());
+    .with_target_settings(plan.target.settings.clone())
+    .with_tablespaces(plan.target.tablespaces);
     let data =
         DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(plan.data.compressed_chunks);
-    let post = PostDataStage::new(target.clone(), &plan.tuning);
+    let post = PostDataStage::new(target.clone(), &plan.tuning).with_tablespaces(plan.target.tablespaces);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
     let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes)
@@ -215,6 +216,15 @@ fn planned_differences(plan: &Plan, target_user: &str) -> Result<crate::plan::al
         // chunks that came through decompression stay uncompressed
         let mut r = rule("chunks", "*".into(), "left uncompressed by [tuning] compress_chunks = false");
         r.change = Change::Changed;
+        rules.push(r);
+    }
+    if plan.target.tablespaces == crate::plan::Tablespaces::Default {
+        let mut r = rule(
+            "tablespaces",
+            "*".into(),
+            "put in the target database's default tablespace by [target] tablespaces = \"default\"",
+        );
+        r.change = Change::Missing;
         rules.push(r);
     }
     for h in &plan.hypertables {

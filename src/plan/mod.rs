@@ -61,6 +61,21 @@ pub struct TargetPlan {
     /// `[target.settings]` with `TimeZone = "Asia/Seoul"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
+    /// Where the relations the source keeps outside its default tablespace go.
+    #[serde(default)]
+    pub tablespaces: Tablespaces,
+}
+
+/// `[target] tablespaces`: where the target puts what the source keeps in other tablespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tablespaces {
+    /// In the tablespaces of the same names, which the target must have (the pre-flight checks).
+    #[default]
+    Source,
+    /// In the target database's default tablespace (`pg_restore --no-tablespaces`); verify names the
+    /// placements as planned differences.
+    Default,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

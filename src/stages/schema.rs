@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
+use crate::catalog::tablespaces;
 use crate::catalog::server::check_server;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
@@ -21,7 +22,7 @@ use crate::files::{self, write_atomic, write_error};
 use crate::pgtools::manifest::Manifest;
 use crate::pgtools::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
 use crate::pgtools::toc::{self, Entry, FailureLog};
-use crate::plan::HypertablePlan;
+use crate::plan::{HypertablePlan, Tablespaces};
 use crate::postgres::conn::ConnSpec;
 use crate::postgres::sql::{quote_ident, quote_literal};
 use crate::timescaledb;
@@ -33,6 +34,8 @@ struct Backup {
     dir: PathBuf,
     pg_restore: PathBuf,
     psql: PathBuf,
+    /// `[target] tablespaces = "default"`: every entry restored with `--no-tablespaces`.
+    no_tablespaces: bool,
 }
 
 impl Backup {
@@ -59,7 +62,21 @@ impl Backup {
                 "install the PostgreSQL client package completely (psql comes with pg_restore)",
             ));
         }
-        Ok(Self { dir: dir.to_path_buf(), pg_restore, psql })
+        Ok(Self { dir: dir.to_path_buf(), pg_restore, psql, no_tablespaces: false })
+    }
+
+    fn placing(mut self, tablespaces: Tablespaces) -> Self {
+        self.no_tablespaces = tablespaces == Tablespaces::Default;
+        self
+    }
+
+    /// The pg_restore arguments every restore of an entry takes.
+    fn restore_args(&self) -> Vec<String> {
+        if self.no_tablespaces {
+            vec!["--no-tablespaces".into()]
+        } else {
+            Vec::new()
+        }
     }
 
     fn archive(&self) -> PathBuf {
@@ -126,12 +143,15 @@ async fn restore_round(
     let cmd = ToolCommand {
         label: label.into(),
         program: backup.pg_restore.clone(),
-        args: vec![
+        args: [
             format!("--dbname={}", target.dbname()),
             "--no-password".into(),
             "--verbose".into(),
             format!("--use-list={}", list.path().display()),
-        ],
+        ]
+        .into_iter()
+        .chain(backup.restore_args())
+        .collect(),
         env: libpq_env(target).into_iter().chain(pgoptions.map(|o| ("PGOPTIONS".to_string(), o.to_string()))).collect(),
         stdin: Some(backup.archive()),
     };
@@ -216,7 +236,10 @@ async fn retry_on_hypertables(
         let cmd = ToolCommand {
             label: "pg_restore --file=-".into(),
             program: backup.pg_restore.clone(),
-            args: vec![format!("--use-list={}", list.path().display()), "--file=-".into()],
+            args: [format!("--use-list={}", list.path().display()), "--file=-".into()]
+                .into_iter()
+                .chain(backup.restore_args())
+                .collect(),
             env: Vec::new(),
             stdin: Some(backup.archive()),
         };
@@ -255,6 +278,7 @@ pub struct SchemaStage {
     hypertables: Vec<HypertablePlan>,
     /// The plan's `[target.settings]`: a setting set there is not warned about.
     target_settings: BTreeMap<String, String>,
+    tablespaces: Tablespaces,
 }
 
 impl SchemaStage {
@@ -265,7 +289,20 @@ impl SchemaStage {
         force: bool,
         hypertables: Vec<HypertablePlan>,
     ) -> Self {
-        Self { source, target, target_is_container, force, hypertables, target_settings: BTreeMap::new() }
+        Self {
+            source,
+            target,
+            target_is_container,
+            force,
+            hypertables,
+            target_settings: BTreeMap::new(),
+            tablespaces: Tablespaces::Source,
+        }
+    }
+
+    pub fn with_tablespaces(mut self, tablespaces: Tablespaces) -> Self {
+        self.tablespaces = tablespaces;
+        self
     }
 
     pub fn with_target_settings(mut self, settings: BTreeMap<String, String>) -> Self {
@@ -285,7 +322,10 @@ impl SchemaStage {
             Ok(c) => c,
             // created by the environment stage: what the source alone decides is checked now
             Err(_) if self.target_is_container => {
-                return self.check_source(&source).await.map(|()| Preflight::default())
+                // a container pgshift makes has only the built-in tablespaces
+                let builtin = ["pg_default".to_string(), "pg_global".to_string()].into();
+                self.check_tablespaces(&source, &builtin).await?;
+                return self.check_source(&source).await.map(|()| Preflight::default());
             }
             Err(e) => return Err(e),
         };
@@ -373,6 +413,14 @@ impl SchemaStage {
             }
         }
         self.check_source(&source).await?;
+        let spaces: BTreeSet<String> = server
+            .query("SELECT spcname::text FROM pg_tablespace", &[])
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        self.check_tablespaces(&source, &spaces).await?;
         let exists: bool = server
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])
             .await
@@ -434,6 +482,50 @@ impl SchemaStage {
 
     /// The pre-flight checks the source alone decides: each planned conversion, every large object
     /// readable.
+    /// Every tablespace the source database uses must exist on the target, unless the plan puts
+    /// everything in the target's default tablespace.
+    async fn check_tablespaces(
+        &self,
+        source: &tokio_postgres::Client,
+        target_has: &BTreeSet<String>,
+    ) -> Result<(), UserError> {
+        if self.tablespaces == Tablespaces::Default {
+            return Ok(());
+        }
+        let q = |e: tokio_postgres::Error| {
+            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
+        };
+        let mut used: Vec<(String, String)> =
+            source.query(&tablespaces::used_sql(), &[]).await.map_err(q)?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if timescaledb::has_timescaledb(source).await.map_err(q)? {
+            for r in source.query(tablespaces::HYPERTABLE_TABLESPACES, &[]).await.map_err(q)? {
+                let table: String = r.get(0);
+                for space in r.get::<_, Vec<String>>(1) {
+                    used.push((space, format!("the chunks of {table}")));
+                }
+            }
+        }
+        let missing = tablespaces::missing(&used, target_has);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = missing.keys().map(String::as_str).collect();
+        Err(UserError::new(
+            format!(
+                "the target server lacks {} the source database uses: {}",
+                if names.len() == 1 { "a tablespace" } else { "tablespaces" },
+                tablespaces::describe_missing(&missing)
+            ),
+            format!(
+                "create {} on the target first (CREATE TABLESPACE {} LOCATION '<an empty directory on the target>'), \
+                 or set [target] tablespaces = \"default\" in the plan to put everything in the target database's \
+                 default tablespace",
+                if names.len() == 1 { "it" } else { "them" },
+                quote_ident(names[0])
+            ),
+        ))
+    }
+
     async fn check_source(&self, source: &tokio_postgres::Client) -> Result<(), UserError> {
         for h in &self.hypertables {
             check_conversion(source, h).await?;
@@ -544,7 +636,23 @@ impl SchemaStage {
             .get(0);
         if !exists {
             // the source's locale (provider, collation, ctype): text sorts and compares as it did
-            let clause = locale.as_deref().map(|l| catalog::database::create_clause(l, tmajor)).unwrap_or_default();
+            let mut clause =
+                locale.as_deref().map(|l| catalog::database::create_clause(l, tmajor)).unwrap_or_default();
+            if self.tablespaces == Tablespaces::Source {
+                // the source database's default tablespace, which the pre-flight found on the target
+                let space: Option<String> = source
+                    .query_opt(
+                        "SELECT t.spcname::text FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
+                          WHERE d.datname = current_database() AND t.spcname <> 'pg_default'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| q(&self.source, e))?
+                    .map(|r| r.get(0));
+                if let Some(space) = space {
+                    clause.push_str(&format!(" TABLESPACE {}", quote_ident(&space)));
+                }
+            }
             let sql = format!("CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}'{clause}", quote_ident(db));
             admin.batch_execute(&sql).await.map_err(|e| {
                 StageError::Failed(UserError::new(
@@ -621,6 +729,24 @@ impl SchemaStage {
                     ),
                 };
                 statements.push((table, sql));
+            }
+            if self.tablespaces == Tablespaces::Source {
+                // the tablespaces its chunks are spread over, in the order they were attached
+                let rows = source
+                    .query(tablespaces::HYPERTABLE_TABLESPACES, &[])
+                    .await
+                    .map_err(|e| q(&self.source, "reading the source's hypertables' tablespaces", e))?;
+                for r in rows {
+                    let table: String = r.get(0);
+                    for space in r.get::<_, Vec<String>>(1) {
+                        let sql = format!(
+                            "SELECT attach_tablespace({}, {}::regclass, if_not_attached => true)",
+                            quote_literal(&space),
+                            quote_literal(&table)
+                        );
+                        statements.push((table.clone(), sql));
+                    }
+                }
             }
         }
         for h in &self.hypertables {
@@ -762,7 +888,7 @@ impl Stage for SchemaStage {
                     ctx.warning(w).await;
                 }
             }
-            let backup = Backup::open(ctx)?;
+            let backup = Backup::open(ctx)?.placing(self.tablespaces);
             self.restore_roles(ctx, &backup).await?;
             self.create_database(ctx).await?;
             let target = ctx.tagged(&self.target);
@@ -834,6 +960,7 @@ pub struct PostDataStage {
     target: ConnSpec,
     /// `maintenance_work_mem` and parallel workers for the index builds.
     build_options: String,
+    tablespaces: Tablespaces,
 }
 
 impl PostDataStage {
@@ -843,7 +970,12 @@ impl PostDataStage {
             tuning.maintenance_work_mem.replace(' ', ""),
             tuning.parallel_workers
         );
-        Self { target, build_options }
+        Self { target, build_options, tablespaces: Tablespaces::Source }
+    }
+
+    pub fn with_tablespaces(mut self, tablespaces: Tablespaces) -> Self {
+        self.tablespaces = tablespaces;
+        self
     }
 }
 
@@ -858,7 +990,7 @@ impl Stage for PostDataStage {
 
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            let backup = Backup::open(ctx)?;
+            let backup = Backup::open(ctx)?.placing(self.tablespaces);
             let target = ctx.tagged(&self.target);
             let earlier: BTreeSet<u32> =
                 std::fs::read_to_string(backup.dir.join(crate::engine::run_files::SCHEMA_FAILURES))

@@ -47,7 +47,8 @@ pub fn query() -> String {
 
 /// A TimescaleDB source's hypertables whose chunks are placed in tablespaces (`attach_tablespace`):
 /// `schema.table` → the tablespaces in the order they were attached.
-pub const HYPERTABLE_TABLESPACES: &str = "SELECT format('%I.%I', hypertable_schema, hypertable_name), tablespaces::text[]
+pub const HYPERTABLE_TABLESPACES: &str =
+    "SELECT format('%I.%I', hypertable_schema, hypertable_name), tablespaces::text[]
      FROM timescaledb_information.hypertables
      WHERE tablespaces IS NOT NULL AND cardinality(tablespaces) > 0
      ORDER BY 1";

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
-use crate::catalog::tablespaces;
 use crate::catalog::server::check_server;
+use crate::catalog::tablespaces;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::files::{self, write_atomic, write_error};
@@ -495,8 +495,13 @@ impl SchemaStage {
         let q = |e: tokio_postgres::Error| {
             UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
         };
-        let mut used: Vec<(String, String)> =
-            source.query(&tablespaces::used_sql(), &[]).await.map_err(q)?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut used: Vec<(String, String)> = source
+            .query(&tablespaces::used_sql(), &[])
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         if timescaledb::has_timescaledb(source).await.map_err(q)? {
             for r in source.query(tablespaces::HYPERTABLE_TABLESPACES, &[]).await.map_err(q)? {
                 let table: String = r.get(0);
@@ -636,8 +641,7 @@ impl SchemaStage {
             .get(0);
         if !exists {
             // the source's locale (provider, collation, ctype): text sorts and compares as it did
-            let mut clause =
-                locale.as_deref().map(|l| catalog::database::create_clause(l, tmajor)).unwrap_or_default();
+            let mut clause = locale.as_deref().map(|l| catalog::database::create_clause(l, tmajor)).unwrap_or_default();
             if self.tablespaces == Tablespaces::Source {
                 // the source database's default tablespace, which the pre-flight found on the target
                 let space: Option<String> = source

@@ -289,6 +289,18 @@ impl Session {
             }
         }
 
+        if server.version_num >= 150000 {
+            let rows = c
+                .query(rare_classes::PUBLICATION_SCHEMAS, &[])
+                .await
+                .map_err(|e| self.query_error("publications' schemas", &e))?;
+            let publications = objects.entry(Class::Publications).or_default();
+            for r in rows {
+                if let Some(def) = publications.get_mut(&r.get::<_, String>(0)) {
+                    def.push_str(&format!("\ntables in schemas {}", r.get::<_, String>(1)));
+                }
+            }
+        }
         let props = self.database_properties().await?;
         objects.insert(Class::Database, database::definitions(&props));
         let mut warnings = Vec::new();

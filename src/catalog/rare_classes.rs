@@ -48,9 +48,19 @@ pub fn query(class: Class) -> Option<String> {
                                           CASE WHEN p.pubdelete THEN 'delete' END, CASE WHEN p.pubtruncate THEN 'truncate' END),
                   CASE WHEN p.pubviaroot THEN 'via partition root' END,
                   'owner ' || pg_get_userbyid(p.pubowner),
-                  (SELECT 'tables ' || string_agg(format('%I.%I', t.schemaname, t.tablename), ', '
-                                                  ORDER BY t.schemaname, t.tablename)
-                   FROM pg_publication_tables t WHERE t.pubname = p.pubname AND NOT p.puballtables))
+                  (SELECT 'tables ' || string_agg(format('%I.%I', t.schemaname, t.tablename)
+                            -- a column list (15 and later; NULL: every column, whatever the target adds)
+                            || coalesce(' (' || (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                                                 FROM pg_attribute a
+                                                 WHERE a.attrelid = pr.prrelid
+                                                   AND to_jsonb(pr) -> 'prattrs' @> to_jsonb(a.attnum::int)) || ')', '')
+                            -- a row filter (15 and later), as the server deparses it
+                            || coalesce(' where ' || (to_jsonb(t) ->> 'rowfilter'), ''),
+                            ', ' ORDER BY t.schemaname, t.tablename)
+                   FROM pg_publication_tables t
+                   LEFT JOIN pg_publication_rel pr
+                          ON pr.prpubid = p.oid AND pr.prrelid = format('%I.%I', t.schemaname, t.tablename)::regclass
+                   WHERE t.pubname = p.pubname AND NOT p.puballtables))
                FROM pg_publication p"#
             .to_string(),
         // the connection string is left out: only a superuser may read it, and it may hold a password
@@ -196,6 +206,12 @@ pub fn query(class: Class) -> Option<String> {
     };
     Some(q)
 }
+
+/// PostgreSQL 15 and later: each publication's `FOR TABLES IN SCHEMA` schemas (new tables there join
+/// it), added to its definition by the inventory.
+pub const PUBLICATION_SCHEMAS: &str = "SELECT quote_ident(p.pubname), string_agg(quote_ident(n.nspname), ', ' ORDER BY n.nspname)
+     FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid
+     GROUP BY p.pubname";
 
 /// Each large object's size and content hash (an md5 per MiB, hashed together), computed in the
 /// server a MiB at a time: read by verify's checksums, not by the inventory (it reads every byte).

@@ -51,7 +51,8 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
          # connection = \"postgresql://postgres@127.0.0.1:5432/{db}\"\n\
          # ... or a container pgshift builds and runs (Docker engine):\n\
          database = \"{db}\"\n\
-         # force = true   # migrate into a database that already holds objects\n\n\
+         # force = true   # migrate into a database that already holds objects\n\
+         # tablespaces = \"default\"   # the target lacks the source's tablespaces: use its default one\n\n\
          [target.container]\nname = \"pgshift-timescaledb\"\n# image = \"pgshift/timescaledb-pgvector:pg17\"\n\
          # dockerfile = \"Dockerfile.timescaledb\"\nport = 55432\n# data = \"./data/postgresql\"   # default: volume NAME-data\n\n\
          [backup]\ndir = \"backups\"\n# bin_dir = \"/usr/lib/postgresql/17/bin\"\n# role_passwords = false\n\n\

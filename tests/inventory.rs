@@ -138,3 +138,74 @@ async fn inventory_cli_writes_json() {
     assert!(!std::fs::read_to_string(&json).unwrap().contains(&s.password), "no password in the inventory");
     common::drop_db(&s.source, "inv_cli").await;
 }
+
+/// A role that is not a superuser sees a user mapping's options only for its own mapping (or as
+/// the foreign server's owner): the others are said not compared, never "no options", and role
+/// passwords likewise.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_connecting_role_may_not_read_is_said_not_compared() {
+    let s = common::servers();
+    let reader = "pgshift_inv_reader";
+    let admin = common::connect(&s.source).await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {reader} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER ROLE {reader} PASSWORD '{}'",
+            s.password.replace('\'', "''")
+        ))
+        .await
+        .expect("reader role");
+    let url = common::db_with(
+        &s.source,
+        "inv_hidden",
+        &format!(
+            "CREATE FOREIGN DATA WRAPPER hidden_fdw;
+             CREATE SERVER hidden_srv FOREIGN DATA WRAPPER hidden_fdw OPTIONS (region 'kr');
+             GRANT USAGE ON FOREIGN SERVER hidden_srv TO {reader};
+             CREATE USER MAPPING FOR pgshift_app SERVER hidden_srv OPTIONS (user 'archive', password 'not-shown');
+             CREATE USER MAPPING FOR PUBLIC SERVER hidden_srv OPTIONS (user 'anyone');
+             CREATE USER MAPPING FOR {reader} SERVER hidden_srv OPTIONS (user 'mine');"
+        ),
+    )
+    .await;
+    let as_reader = url.replacen("postgres@", &format!("{reader}@"), 1);
+    let inv =
+        catalog::collect(&common::spec("database", &as_reader), None, 1).await.expect("inventory as a non-superuser");
+    let mappings = inv.class(Class::UserMappings);
+    assert_eq!(mappings["for pgshift_app server hidden_srv"], "options not readable", "{mappings:?}");
+    assert_eq!(mappings["for PUBLIC server hidden_srv"], "options not readable", "{mappings:?}");
+    assert_eq!(mappings[&format!("for {reader} server hidden_srv")], "options user=mine", "its own mapping is read");
+    let hidden = inv.not_compared.iter().find(|n| n.starts_with("user mappings' options")).expect("said not compared");
+    assert!(
+        hidden.contains("for PUBLIC server hidden_srv, for pgshift_app server hidden_srv") && hidden.contains(reader),
+        "{hidden}"
+    );
+    assert!(inv.not_compared.iter().any(|n| n.starts_with("role passwords")), "{:?}", inv.not_compared);
+
+    // as a superuser every option is read and nothing is said
+    let inv = catalog::collect(&common::spec("database", &url), None, 1).await.expect("inventory");
+    assert_eq!(inv.class(Class::UserMappings)["for PUBLIC server hidden_srv"], "options user=anyone");
+    assert!(inv.not_compared.is_empty(), "{:?}", inv.not_compared);
+    common::drop_db(&s.source, "inv_hidden").await;
+}
+
+/// The schema pre-flight's probe for security label providers: the test servers load none (no
+/// sepgsql without SELinux, no PostgreSQL Anonymizer package), so each provider asked for is named,
+/// and the probe leaves no label behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_security_label_provider_the_target_has_not_loaded_is_named() {
+    let s = common::servers();
+    let target = common::connect(&s.target).await;
+    let labels = "SELECT count(*) FROM pg_shseclabel";
+    let before: i64 = target.query_one(labels, &[]).await.unwrap().get(0);
+    let asked = vec!["anon".to_string(), "selinux".to_string()];
+    let missing = catalog::security_labels::not_loaded(&target, &asked).await.expect("probe");
+    assert_eq!(missing, asked);
+    let after: i64 = target.query_one(labels, &[]).await.unwrap().get(0);
+    assert_eq!(before, after);
+    // the class is read on both servers (empty there, as no provider can label anything)
+    let url = common::rich_db(&s.source, "inv_labels").await;
+    let inv = catalog::collect(&common::spec("database", &url), None, 1).await.expect("inventory");
+    assert!(inv.objects.contains_key(&Class::SecurityLabels), "security labels listed");
+    common::drop_db(&s.source, "inv_labels").await;
+}

@@ -48,6 +48,7 @@ pub enum Class {
     TextSearchConfigurations,
     TextSearchDictionaries,
     Tablespaces,
+    SecurityLabels,
     LargeObjects,
     LargeObjectContents,
     Hypertables,
@@ -60,7 +61,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 52] = [
+    pub const ALL: [Class; 53] = [
         Class::Database,
         Class::Schemas,
         Class::Tables,
@@ -104,6 +105,7 @@ impl Class {
         Class::TextSearchConfigurations,
         Class::TextSearchDictionaries,
         Class::Tablespaces,
+        Class::SecurityLabels,
         Class::LargeObjects,
         Class::LargeObjectContents,
         Class::Hypertables,
@@ -161,6 +163,7 @@ impl Class {
             Class::TextSearchConfigurations => "text_search_configurations",
             Class::TextSearchDictionaries => "text_search_dictionaries",
             Class::Tablespaces => "tablespaces",
+            Class::SecurityLabels => "security_labels",
             Class::LargeObjects => "large_objects",
             Class::LargeObjectContents => "large_object_contents",
             Class::Hypertables => "hypertables",

@@ -1,14 +1,14 @@
 //! The database's own properties, which pg_dump writes only with `--create` and pgshift therefore
 //! carries itself: its settings (`ALTER DATABASE ... SET`), the settings of roles in it
 //! (`ALTER ROLE ... IN DATABASE ... SET`), its privileges (what was revoked from PUBLIC included),
-//! comment, connection limit and locale. Read from the source's catalog, written as statements for
+//! comment, security labels, connection limit and locale. Read from the source's catalog, written as statements for
 //! the target's database (its name may differ), and listed for verify.
 
 use crate::postgres::sql::{quote_ident, quote_literal};
 
 /// One row per property: (kind, key, value). Kinds: `setting` (key = name), `role setting` (key =
 /// role, value = `name=value`), `acl` (key = grantee or PUBLIC, value = privilege[*]), `comment`,
-/// `connection limit`, `locale`, `collation version` (15 and later), `owner`.
+/// `security label` (key = provider), `connection limit`, `locale`, `collation version` (15 and later), `owner`.
 pub const PROPERTIES_SQL: &str = r#"
 WITH d AS (SELECT * FROM pg_database WHERE datname = current_database()),
      j AS (SELECT to_jsonb(pd) AS j FROM pg_database pd WHERE datname = current_database())
@@ -24,6 +24,8 @@ SELECT 'acl', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_user
   FROM d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
 UNION ALL
 SELECT 'comment', '', sd.description FROM d JOIN pg_shdescription sd ON sd.objoid = d.oid AND sd.classoid = 'pg_database'::regclass
+UNION ALL
+SELECT 'security label', sl.provider, sl.label FROM d JOIN pg_shseclabel sl ON sl.objoid = d.oid AND sl.classoid = 'pg_database'::regclass
 UNION ALL
 SELECT 'connection limit', '', d.datconnlimit::text FROM d WHERE d.datconnlimit <> -1
 UNION ALL
@@ -73,6 +75,11 @@ pub fn statements(db: &str, props: &[Property]) -> Vec<String> {
                 out.push(format!("GRANT {privilege} ON DATABASE {db} TO {key}{grantable}"));
             }
             "comment" => out.push(format!("COMMENT ON DATABASE {db} IS {}", quote_literal(value))),
+            "security label" => out.push(format!(
+                "SECURITY LABEL FOR {} ON DATABASE {db} IS {}",
+                quote_ident(key),
+                quote_literal(value)
+            )),
             "connection limit" => out.push(format!("ALTER DATABASE {db} CONNECTION LIMIT {value}")),
             _ => {}
         }
@@ -170,10 +177,13 @@ pub async fn missing_locale(
 }
 
 /// The properties as verify's `database` class: name → value, one entry each. Privileges, the
-/// owner and roles' settings are compared by the grants, owners and roles classes.
+/// owner and roles' settings are compared by the grants, owners and roles classes, its security
+/// labels by the security labels class.
 pub fn definitions(props: &[Property]) -> std::collections::BTreeMap<String, String> {
     let mut defs = std::collections::BTreeMap::new();
-    for (kind, key, value) in props.iter().filter(|(k, _, _)| !matches!(k.as_str(), "acl" | "owner" | "role setting")) {
+    for (kind, key, value) in
+        props.iter().filter(|(k, _, _)| !matches!(k.as_str(), "acl" | "owner" | "role setting" | "security label"))
+    {
         let name = if key.is_empty() { kind.clone() } else { format!("{kind} {key}") };
         defs.entry(name)
             .and_modify(|v: &mut String| {
@@ -202,6 +212,7 @@ mod tests {
             p("connection limit", "", "40"),
             p("locale", "", "provider libc, collate C, ctype C"),
             p("role setting", "app", "work_mem=64MB"),
+            p("security label", "anon", "TRUSTED"),
             p("setting", "search_path", "shop, public"),
             p("setting", "statement_timeout", "30s"),
         ];
@@ -214,6 +225,7 @@ mod tests {
                 "COMMENT ON DATABASE \"shop copy\" IS 'the shop''s database'",
                 "ALTER DATABASE \"shop copy\" CONNECTION LIMIT 40",
                 "ALTER ROLE app IN DATABASE \"shop copy\" SET work_mem = '64MB'",
+                "SECURITY LABEL FOR anon ON DATABASE \"shop copy\" IS 'TRUSTED'",
                 "ALTER DATABASE \"shop copy\" SET search_path = shop, public",
                 "ALTER DATABASE \"shop copy\" SET statement_timeout = '30s'",
             ]

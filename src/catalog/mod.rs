@@ -10,6 +10,7 @@ pub mod extensions;
 pub mod queries;
 pub mod rare_classes;
 pub mod rows;
+pub mod security_labels;
 pub mod server;
 pub mod settings;
 pub mod tablespaces;
@@ -319,6 +320,20 @@ impl Session {
             not_compared.push(format!(
                 "role passwords: {} may not read pg_authid (connect as a superuser to compare whether each login role has a password)",
                 server.user
+            ));
+        }
+        let hidden: Vec<String> = c
+            .query(&rare_classes::unreadable_user_mappings(), &[])
+            .await
+            .map_err(|e| self.query_error("user mappings", &e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !hidden.is_empty() {
+            not_compared.push(format!(
+                "user mappings' options: {} may not read those of {} (connect as a superuser, the foreign server's owner or the mapped role to compare them)",
+                server.user,
+                hidden.join(", ")
             ));
         }
         let timescaledb = match c.query_opt(extensions::TIMESCALE_VERSION, &[]).await {

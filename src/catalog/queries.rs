@@ -217,6 +217,7 @@ pub fn class_query(class: Class) -> Option<String> {
                  AND (o.schema IS NULL OR (o.schema !~ '^(pg_catalog|information_schema|pg_toast|pg_temp_)' AND o.schema !~ '{TS_SCHEMAS}'))
                  AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = d.classoid AND xd.objid = d.objoid AND xd.deptype = 'e')"#),
         Class::Tablespaces => super::tablespaces::query(),
+        Class::SecurityLabels => super::security_labels::query(),
         _ => return super::rare_classes::query(class),
     };
     Some(q)

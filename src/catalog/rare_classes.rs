@@ -95,13 +95,15 @@ pub fn query(class: Class) -> Option<String> {
         // mapped user: a password option's value is never part of the definition, only that it is set
         Class::UserMappings => r#"SELECT 'for ' || CASE WHEN m.umuser = 0 THEN 'PUBLIC' ELSE quote_ident(m.usename) END
                   || ' server ' || quote_ident(m.srvname),
-                CASE WHEN m.umoptions IS NULL THEN 'no options'
+                CASE WHEN NOT (SELECT "#.to_string()
+            + USER_MAPPING_READABLE
+            + r#") THEN 'options not readable'
+                     WHEN m.umoptions IS NULL THEN 'no options'
                      ELSE 'options ' || array_to_string(ARRAY(
                        SELECT CASE WHEN split_part(o, '=', 1) IN ('password', 'passfile', 'password_required')
                                    THEN split_part(o, '=', 1) || ' (set)' ELSE o END
                        FROM unnest(m.umoptions) o ORDER BY 1), ', ') END
-               FROM pg_user_mappings m"#
-            .to_string(),
+               FROM pg_user_mappings m JOIN pg_foreign_server s ON s.oid = m.srvid"#,
         Class::Collations => format!(
             r#"SELECT format('%I.%I', n.nspname, c.collname),
                 concat_ws(', ',
@@ -205,6 +207,22 @@ pub fn query(class: Class) -> Option<String> {
         _ => return None,
     };
     Some(q)
+}
+
+/// Whether the connecting role may read user mapping `m`'s options (server `s`): pg_user_mappings'
+/// own rule, so that a mapping it hides is said not compared instead of passing as "no options".
+const USER_MAPPING_READABLE: &str = "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       OR (m.umuser = 0 AND pg_has_role(s.srvowner, 'USAGE'))
+       OR (m.umuser <> 0 AND m.usename = current_user
+           AND (pg_has_role(s.srvowner, 'USAGE') OR has_server_privilege(s.oid, 'USAGE')))";
+
+/// The user mappings whose options the connecting role may not read (named as not compared).
+pub fn unreadable_user_mappings() -> String {
+    format!(
+        "SELECT 'for ' || CASE WHEN m.umuser = 0 THEN 'PUBLIC' ELSE quote_ident(m.usename) END || ' server ' || quote_ident(m.srvname)
+           FROM pg_user_mappings m JOIN pg_foreign_server s ON s.oid = m.srvid
+          WHERE NOT ({USER_MAPPING_READABLE}) ORDER BY 1"
+    )
 }
 
 /// PostgreSQL 15 and later: each publication's `FOR TABLES IN SCHEMA` schemas (new tables there join

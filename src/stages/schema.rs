@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
+use crate::catalog::security_labels;
 use crate::catalog::server::check_server;
 use crate::catalog::tablespaces;
 use crate::engine::{Stage, StageContext, StageError};
@@ -421,6 +422,7 @@ impl SchemaStage {
             .map(|r| r.get(0))
             .collect();
         self.check_tablespaces(&source, &spaces).await?;
+        check_label_providers(&source, &server).await?;
         let exists: bool = server
             .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&self.target.dbname()])
             .await
@@ -1090,6 +1092,45 @@ async fn disabled_subscriptions(target: &ConnSpec, client: &tokio_postgres::Clie
 
 /// Can this plain source table become a hypertable? Its time column must exist and be NOT NULL
 /// and of a time or integer type, every unique key must include it, and it must not already be one.
+/// Every security label provider the source's labels need must be loaded on the target: its
+/// restore fails each label otherwise (after the data, in post-data's rounds).
+async fn check_label_providers(
+    source: &tokio_postgres::Client,
+    server: &tokio_postgres::Client,
+) -> Result<(), UserError> {
+    let q = |e: tokio_postgres::Error| {
+        UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
+    };
+    let used: Vec<(String, i64)> = source
+        .query(&security_labels::providers_used(), &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if used.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = used.iter().map(|(p, _)| p.clone()).collect();
+    let missing = security_labels::not_loaded(server, &names).await.map_err(q)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let described: Vec<String> = used
+        .iter()
+        .filter(|(p, _)| missing.contains(p))
+        .map(|(p, n)| format!("{p} (labels {n} object{})", if *n == 1 { "" } else { "s" }))
+        .collect();
+    Err(UserError::new(
+        format!(
+            "the target server has not loaded the security label provider{} the source's labels need: {}",
+            if missing.len() == 1 { "" } else { "s" },
+            described.join(", ")
+        ),
+        "install and load it on the target (its module in shared_preload_libraries, then a restart), as on the source",
+    ))
+}
+
 pub async fn check_conversion(source: &tokio_postgres::Client, h: &HypertablePlan) -> Result<(), UserError> {
     let what = format!("[[hypertables]] {}", h.table);
     let q = |e: tokio_postgres::Error| {

@@ -189,21 +189,23 @@ async fn what_the_connecting_role_may_not_read_is_said_not_compared() {
     common::drop_db(&s.source, "inv_hidden").await;
 }
 
-/// The schema pre-flight's probe for security label providers: the test servers load none (no
-/// sepgsql without SELinux, no PostgreSQL Anonymizer package), so each provider asked for is named,
-/// and the probe leaves no label behind.
+/// The schema pre-flight's probe for security label providers: the target loads only the test
+/// provider `pgshift_test`, the "apache" server none (no sepgsql without SELinux, no PostgreSQL
+/// Anonymizer package here); each provider not loaded is named, and the probe leaves no label behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_security_label_provider_the_target_has_not_loaded_is_named() {
     let s = common::servers();
     let target = common::connect(&s.target).await;
     let labels = "SELECT count(*) FROM pg_shseclabel";
     let before: i64 = target.query_one(labels, &[]).await.unwrap().get(0);
-    let asked = vec!["anon".to_string(), "selinux".to_string()];
+    let asked = vec!["anon".to_string(), "pgshift_test".to_string(), "selinux".to_string()];
     let missing = catalog::security_labels::not_loaded(&target, &asked).await.expect("probe");
-    assert_eq!(missing, asked);
+    assert_eq!(missing, ["anon", "selinux"]);
+    let apache = common::connect(&s.apache).await;
+    assert_eq!(catalog::security_labels::not_loaded(&apache, &asked).await.expect("probe"), asked);
     let after: i64 = target.query_one(labels, &[]).await.unwrap().get(0);
     assert_eq!(before, after);
-    // the class is read on both servers (empty there, as no provider can label anything)
+    // the class is read (the rich fixture holds no label: it loads where no provider is)
     let url = common::rich_db(&s.source, "inv_labels").await;
     let inv = catalog::collect(&common::spec("database", &url), None, 1).await.expect("inventory");
     assert!(inv.objects.contains_key(&Class::SecurityLabels), "security labels listed");

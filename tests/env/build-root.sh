@@ -81,6 +81,35 @@ if [ ! -f "$TSL_MARKER" ]; then
 fi
 log "TimescaleDB $TSL_VERSION (Timescale License) in the root"
 
+# A security label provider for the test servers (label-provider/, like PostgreSQL's dummy_seclabel):
+# without one no security label can exist here. Built once per version of its source; the build
+# tools are removed again.
+LABEL_SRC="$here/label-provider"
+LABEL_MARKER="$ROOT/.pgshift-test-label-$(cat "$LABEL_SRC"/*.c "$LABEL_SRC/Makefile" | sha256sum | cut -c1-12)"
+if [ ! -f "$LABEL_MARKER" ]; then
+    log "building the test security label provider in the root"
+    mount_root
+    build_log="$PGSHIFT_TEST_HOME/label-provider-build.log"
+    deps="postgresql-server-dev-17 gcc make"
+    src=/usr/src/pgshift-test-label
+    rm -rf "$ROOT$src"
+    mkdir -p "$ROOT$src"
+    cp "$LABEL_SRC"/*.c "$LABEL_SRC/Makefile" "$ROOT$src/"
+    {
+        chroot "$ROOT" apt-get update -q
+        chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $deps
+        chroot "$ROOT" sh -ec "cd $src && make && make install"
+    } > "$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; die "label provider build failed (log: $build_log)"; }
+    [ -f "$ROOT$PGBIN/../lib/pgshift_test_label.so" ] || die "no pgshift_test_label.so after the build (log: $build_log)"
+    chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --auto-remove $deps >> "$build_log" 2>&1 \
+        || log "build tools not removed (see $build_log)"
+    chroot "$ROOT" apt-get clean
+    rm -rf "$ROOT$src" "$ROOT/var/lib/apt/lists/"*
+    rm -f "$ROOT"/.pgshift-test-label-*
+    touch "$LABEL_MARKER"
+fi
+log "test security label provider in the root"
+
 if docker_ok=$(timeout 10 docker info --format '{{.ServerVersion}}' 2>/dev/null) && [ -n "$docker_ok" ]; then
     if [ "$(docker image inspect --format '{{index .Config.Labels "org.pgshift.timescaledb"}}' "$IMAGE" 2>/dev/null)" != "$TSL_VERSION-tsl" ]; then
         log "importing $IMAGE into Docker engine $docker_ok"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the test servers: a *source* and a *target* PostgreSQL 17 cluster (TimescaleDB with the
-# Timescale License preloaded, pgvector available) and an *apache* one (the same TimescaleDB started
+# Timescale License preloaded, pgvector available, the test security label provider pgshift_test
+# loaded) and an *apache* one (the same TimescaleDB started
 # with timescaledb.license = apache) from the cached trixie root, on loopback only. Writes $ENV_FILE:
 #   PGSHIFT_TEST_SOURCE / PGSHIFT_TEST_TARGET  libpq URLs without password (superuser postgres)
 #   PGSHIFT_TEST_APACHE                        the Apache-licensed server's URL
@@ -105,6 +106,21 @@ ssl_cert_file = '$tlsdir/server.crt'
 ssl_key_file = '$tlsdir/server.key'
 CONF
         tls_added=true
+    fi
+    # the test security label provider (build-root.sh) on source and target; "apache" stands for a
+    # target without it. Preloaded: a restart if the server runs.
+    labels_added=false
+    if [ "$name" != apache ] && ! grep -q '^# pgshift test labels' "$ROOT$data/postgresql.conf"; then
+        cat >> "$ROOT$data/postgresql.conf" <<CONF
+# pgshift test labels: the security label provider pgshift_test
+shared_preload_libraries = 'timescaledb,pgshift_test_label'
+CONF
+        labels_added=true
+    fi
+    if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1 && $labels_added; then
+        as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -m fast -w -t 60 restart >/dev/null \
+            || { tail -n 20 "$ROOT$data/server.log" >&2; die "$name server did not restart"; }
+        log "$name restarted with the test security label provider"
     fi
     if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
         log "$name already running on 127.0.0.1:$port"

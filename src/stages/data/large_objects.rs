@@ -97,7 +97,8 @@ pub async fn pieces(session: &Session, progress: &Progress) -> Result<Vec<Piece>
     Ok(out)
 }
 
-/// Recreates the piece's objects on the target with their contents, owners, grants and comments;
+/// Recreates the piece's objects on the target with their contents, owners, grants, comments and
+/// security labels;
 /// inside the caller's target transaction. Small objects travel together (`lo_get` on the source,
 /// `lo_from_bytea` on the target, up to `SMALL_BATCH_BYTES` a round trip); larger ones are
 /// streamed. Returns (objects, bytes).
@@ -117,7 +118,9 @@ pub async fn copy(
                                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
                                    CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), ' ')
                               FROM aclexplode(m.lomacl) a), ''),
-                    obj_description(m.oid, 'pg_largeobject')
+                    obj_description(m.oid, 'pg_largeobject'),
+                    coalesce((SELECT string_agg(format('SECURITY LABEL FOR %I ON LARGE OBJECT %s IS %L;', l.provider, m.oid, l.label), ' ')
+                              FROM pg_seclabel l WHERE l.classoid = 'pg_largeobject'::regclass AND l.objoid = m.oid), '')
                FROM pg_largeobject_metadata m WHERE m.oid = ANY($1) ORDER BY m.oid",
             &[&oids],
         )
@@ -152,7 +155,7 @@ pub async fn copy(
     if !small.is_empty() {
         copy_small(src, dst, &small, &mut meter).await?;
     }
-    // owners, grants and comments: one round trip for the piece
+    // owners, grants, comments and security labels: one round trip for the piece
     let mut sql = String::new();
     for row in &meta {
         let oid: u32 = row.get(0);
@@ -166,6 +169,7 @@ pub async fn copy(
         if let Some(c) = row.get::<_, Option<String>>(4) {
             sql.push_str(&format!("COMMENT ON LARGE OBJECT {oid} IS {};", quote_literal(&c)));
         }
+        sql.push_str(&row.get::<_, String>(5));
     }
     dst.batch_execute(&sql).await.map_err(tgt)?;
     let so_far = {

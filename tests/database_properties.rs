@@ -66,6 +66,10 @@ async fn the_databases_settings_privileges_comment_limit_and_locale_travel_and_a
              ALTER ROLE pgshift_tenant IN DATABASE dbprops_src SET statement_timeout = '45s';
              REVOKE CONNECT, TEMPORARY ON DATABASE dbprops_src FROM PUBLIC;
              GRANT CONNECT ON DATABASE dbprops_src TO pgshift_tenant;
+             GRANT TEMPORARY ON DATABASE dbprops_src TO pgshift_tenant WITH GRANT OPTION;
+             SET ROLE pgshift_tenant;
+             GRANT TEMPORARY ON DATABASE dbprops_src TO pgshift_readonly;
+             RESET ROLE;
              COMMENT ON DATABASE dbprops_src IS 'the shop''s items';
              ALTER DATABASE dbprops_src CONNECTION LIMIT 42;",
         )
@@ -97,6 +101,22 @@ async fn the_databases_settings_privileges_comment_limit_and_locale_travel_and_a
     assert_eq!(row.get::<_, Option<String>>(4).as_deref(), Some("the shop's items"));
     assert!(!row.get::<_, bool>(5) && !row.get::<_, bool>(6), "PUBLIC's CONNECT and TEMPORARY stay revoked");
     assert!(row.get::<_, bool>(7));
+    // a privilege passed on with a grant option keeps its grantor
+    let grantors = common::strings(
+        &common::url_for(&s.target, "postgres"),
+        "SELECT pg_get_userbyid(a.grantee) || ' ' || a.privilege_type || ' from ' || pg_get_userbyid(a.grantor)
+         FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = 'dbprops_target' AND a.privilege_type = 'TEMPORARY'
+         ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        grantors,
+        [
+            "pgshift_readonly TEMPORARY from pgshift_tenant",
+            "pgshift_tenant TEMPORARY from postgres",
+            "postgres TEMPORARY from postgres"
+        ]
+    );
     let settings = common::strings(
         &common::url_for(&s.target, "postgres"),
         "SELECT coalesce(r.rolname, '-') || ' ' || array_to_string(rs.setconfig, ';')

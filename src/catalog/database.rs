@@ -7,7 +7,8 @@
 use crate::postgres::sql::{quote_ident, quote_literal};
 
 /// One row per property: (kind, key, value). Kinds: `setting` (key = name), `role setting` (key =
-/// role, value = `name=value`), `acl` (key = grantee or PUBLIC, value = privilege[*]), `comment`,
+/// role, value = `name=value`), `acl` (key = grantee or PUBLIC, value = privilege[*], and ` by
+/// grantor` when the grantor is not the owner), `comment`,
 /// `security label` (key = provider), `connection limit`, `locale`, `collation version` (15 and later), `owner`.
 pub const PROPERTIES_SQL: &str = r#"
 WITH d AS (SELECT * FROM pg_database WHERE datname = current_database()),
@@ -21,6 +22,7 @@ SELECT 'role setting', quote_ident(r.rolname), s
 UNION ALL
 SELECT 'acl', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
        a.privilege_type || CASE WHEN a.is_grantable THEN '*' ELSE '' END
+         || CASE WHEN a.grantor <> d.datdba THEN ' by ' || quote_ident(pg_get_userbyid(a.grantor)) ELSE '' END
   FROM d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
 UNION ALL
 SELECT 'comment', '', sd.description FROM d JOIN pg_shdescription sd ON sd.objoid = d.oid AND sd.classoid = 'pg_database'::regclass
@@ -67,13 +69,7 @@ pub fn statements(db: &str, props: &[Property]) -> Vec<String> {
                 let (name, v) = value.split_once('=').unwrap_or((value, ""));
                 out.push(format!("ALTER ROLE {key} IN DATABASE {db} {}", set_clause(name, v)));
             }
-            "acl" => {
-                let (privilege, grantable) = match value.strip_suffix('*') {
-                    Some(p) => (p, " WITH GRANT OPTION"),
-                    None => (value.as_str(), ""),
-                };
-                out.push(format!("GRANT {privilege} ON DATABASE {db} TO {key}{grantable}"));
-            }
+            "acl" => {}
             "comment" => out.push(format!("COMMENT ON DATABASE {db} IS {}", quote_literal(value))),
             "security label" => out.push(format!(
                 "SECURITY LABEL FOR {} ON DATABASE {db} IS {}",
@@ -82,6 +78,56 @@ pub fn statements(db: &str, props: &[Property]) -> Vec<String> {
             )),
             "connection limit" => out.push(format!("ALTER DATABASE {db} CONNECTION LIMIT {value}")),
             _ => {}
+        }
+    }
+    out.extend(grants(&db, props));
+    out
+}
+
+/// The database's grants, each by its grantor: the owner's first, then those a role passed on
+/// with its grant option, once that role holds it (a chain of grant options in its order).
+fn grants(db: &str, props: &[Property]) -> Vec<String> {
+    struct Grant<'a> {
+        grantee: &'a str,
+        privilege: &'a str,
+        option: bool,
+        grantor: Option<&'a str>,
+    }
+    let mut left: Vec<Grant> = props
+        .iter()
+        .filter(|(kind, _, _)| kind == "acl")
+        .map(|(_, grantee, value)| {
+            let (value, grantor) = match value.split_once(" by ") {
+                Some((v, g)) => (v, Some(g)),
+                None => (value.as_str(), None),
+            };
+            let (privilege, option) = match value.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (value, false),
+            };
+            Grant { grantee, privilege, option, grantor }
+        })
+        .collect();
+    let mut holders: Vec<(&str, &str)> = Vec::new(); // (role, privilege) holding the grant option
+    let mut out = Vec::new();
+    while !left.is_empty() {
+        let ready = |g: &Grant| g.grantor.is_none_or(|r| holders.contains(&(r, g.privilege)));
+        // a grantor that never receives the option is granted as it anyway: its failure is reported
+        let next = left.iter().position(ready).unwrap_or(0);
+        let g = left.remove(next);
+        let grant = format!(
+            "GRANT {} ON DATABASE {db} TO {}{}",
+            g.privilege,
+            g.grantee,
+            if g.option { " WITH GRANT OPTION" } else { "" }
+        );
+        out.push(match g.grantor {
+            // as the role that passed it on, in a transaction: the role ends with it, whatever happens
+            Some(r) => format!("BEGIN; SET LOCAL ROLE {r}; {grant}; COMMIT"),
+            None => grant,
+        });
+        if g.option {
+            holders.push((g.grantee, g.privilege));
         }
     }
     out
@@ -208,6 +254,8 @@ mod tests {
         let props = [
             p("acl", "PUBLIC", "TEMPORARY"),
             p("acl", "app", "CONNECT*"),
+            p("acl", "PUBLIC", "CONNECT by zeta"),
+            p("acl", "zeta", "CONNECT* by app"),
             p("comment", "", "the shop's database"),
             p("connection limit", "", "40"),
             p("locale", "", "provider libc, collate C, ctype C"),
@@ -220,14 +268,17 @@ mod tests {
             statements("shop copy", &props),
             [
                 "REVOKE ALL ON DATABASE \"shop copy\" FROM PUBLIC",
-                "GRANT TEMPORARY ON DATABASE \"shop copy\" TO PUBLIC",
-                "GRANT CONNECT ON DATABASE \"shop copy\" TO app WITH GRANT OPTION",
                 "COMMENT ON DATABASE \"shop copy\" IS 'the shop''s database'",
                 "ALTER DATABASE \"shop copy\" CONNECTION LIMIT 40",
                 "ALTER ROLE app IN DATABASE \"shop copy\" SET work_mem = '64MB'",
                 "SECURITY LABEL FOR anon ON DATABASE \"shop copy\" IS 'TRUSTED'",
                 "ALTER DATABASE \"shop copy\" SET search_path = shop, public",
                 "ALTER DATABASE \"shop copy\" SET statement_timeout = '30s'",
+                "GRANT TEMPORARY ON DATABASE \"shop copy\" TO PUBLIC",
+                "GRANT CONNECT ON DATABASE \"shop copy\" TO app WITH GRANT OPTION",
+                // zeta's option first: PUBLIC got CONNECT from zeta
+                "BEGIN; SET LOCAL ROLE app; GRANT CONNECT ON DATABASE \"shop copy\" TO zeta WITH GRANT OPTION; COMMIT",
+                "BEGIN; SET LOCAL ROLE zeta; GRANT CONNECT ON DATABASE \"shop copy\" TO PUBLIC; COMMIT",
             ]
         );
         let defs = definitions(&props);

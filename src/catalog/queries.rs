@@ -330,35 +330,37 @@ fn grants() -> String {
         r#"WITH acl AS (
               SELECT CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
                        WHEN 'f' THEN 'foreign table' ELSE 'table' END AS kind,
-                     format('%I.%I', n.nspname, c.relname) AS obj,
+                     format('%I.%I', n.nspname, c.relname) AS obj, c.relowner AS owner,
                      (aclexplode(coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner)))).*
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {rel_ok}
             UNION ALL
-              SELECT 'column', format('%I.%I.%I', n.nspname, c.relname, a.attname), (aclexplode(a.attacl)).*
+              SELECT 'column', format('%I.%I.%I', n.nspname, c.relname, a.attname), c.relowner, (aclexplode(a.attacl)).*
               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped AND {rel_ok}
             UNION ALL
-              SELECT 'schema', quote_ident(n.nspname), (aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner)))).*
+              SELECT 'schema', quote_ident(n.nspname), n.nspowner, (aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner)))).*
               FROM pg_namespace n WHERE {un} AND {}
             UNION ALL
-              SELECT 'function', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
+              SELECT 'function', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)), p.proowner,
                      (aclexplode(coalesce(p.proacl, acldefault('f', p.proowner)))).*
               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {un} AND {}
             UNION ALL
               -- types and domains of their own (not the array type or row type that comes with another)
-              SELECT CASE t.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, format_type(t.oid, NULL),
+              SELECT CASE t.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, format_type(t.oid, NULL), t.typowner,
                      (aclexplode(coalesce(t.typacl, acldefault('T', t.typowner)))).*
               FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
               WHERE {un} AND {} AND t.typtype IN ('b', 'c', 'd', 'e', 'r', 'm')
                 AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
                 AND (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_class rc WHERE rc.oid = t.typrelid AND rc.relkind = 'c'))
             UNION ALL
-              SELECT 'database', 'current database', (aclexplode(coalesce(d.datacl, acldefault('d', d.datdba)))).*
+              SELECT 'database', 'current database', d.datdba, (aclexplode(coalesce(d.datacl, acldefault('d', d.datdba)))).*
               FROM pg_database d WHERE d.datname = current_database()
            )
            SELECT kind || ' ' || obj || ' to ' || CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(grantee) END,
-                  string_agg(DISTINCT privilege_type || CASE WHEN is_grantable THEN ' WITH GRANT OPTION' ELSE '' END, ', ')
+                  -- the grantor only when it is not the owner (a role granted WITH GRANT OPTION passed it on)
+                  string_agg(DISTINCT privilege_type || CASE WHEN is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+                                      || CASE WHEN grantor <> owner THEN ' granted by ' || pg_get_userbyid(grantor) ELSE '' END, ', ')
            FROM acl GROUP BY 1"#,
         not_ext("pg_namespace", "n.oid"),
         not_ext("pg_proc", "p.oid"),

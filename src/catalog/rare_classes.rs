@@ -200,7 +200,8 @@ pub fn query(class: Class) -> Option<String> {
                   CASE WHEN m.lomacl IS NOT NULL THEN 'grants ' || coalesce(
                     (SELECT string_agg(g, '; ' ORDER BY g)
                      FROM (SELECT format('%s %s%s', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
-                                         a.privilege_type, CASE WHEN a.is_grantable THEN ' with grant option' ELSE '' END) AS g
+                                         a.privilege_type, CASE WHEN a.is_grantable THEN ' with grant option' ELSE '' END)
+                                  || CASE WHEN a.grantor <> m.lomowner THEN ' granted by ' || pg_get_userbyid(a.grantor) ELSE '' END AS g
                            FROM aclexplode(m.lomacl) a) x), 'none') END)
                FROM pg_largeobject_metadata m"#
             .to_string(),

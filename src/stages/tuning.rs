@@ -47,7 +47,11 @@ impl TuningStage {
             let sql = set_state_sql(&name, &state);
             match target.batch_execute(&sql).await {
                 Ok(()) => set += 1,
-                Err(e) => ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await,
+                Err(e) => {
+                    // a statement in a transaction of its own leaves it aborted
+                    let _ = target.batch_execute("ROLLBACK").await;
+                    ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await
+                }
             }
         }
         if set > 0 {

@@ -114,10 +114,15 @@ pub async fn copy(
     let meta = src
         .query(
             "SELECT m.oid, pg_get_userbyid(m.lomowner), m.lomacl IS NOT NULL,
-                    coalesce((SELECT string_agg(format('GRANT %s ON LARGE OBJECT %s TO %s%s;', a.privilege_type, m.oid,
+                    -- in the ACL's order (a grant option before what was granted with it), each by its
+                    -- grantor: a role other than the owner grants as itself (reset when the transaction ends)
+                    coalesce((SELECT string_agg(format('%sGRANT %s ON LARGE OBJECT %s TO %s%s;%s',
+                                   CASE WHEN a.grantor <> m.lomowner THEN format('SET ROLE %I;', pg_get_userbyid(a.grantor)) ELSE '' END,
+                                   a.privilege_type, m.oid,
                                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), ' ')
-                              FROM aclexplode(m.lomacl) a), ''),
+                                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
+                                   CASE WHEN a.grantor <> m.lomowner THEN 'RESET ROLE;' ELSE '' END), ' ' ORDER BY a.ord)
+                              FROM aclexplode(m.lomacl) WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, ord)), ''),
                     obj_description(m.oid, 'pg_largeobject'),
                     coalesce((SELECT string_agg(format('SECURITY LABEL FOR %I ON LARGE OBJECT %s IS %L;', l.provider, m.oid, l.label), ' ')
                               FROM pg_seclabel l WHERE l.classoid = 'pg_largeobject'::regclass AND l.objoid = m.oid), '')

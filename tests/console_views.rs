@@ -214,6 +214,33 @@ fn stages_view_while_data_streams_with_progress_and_eta() {
 }
 
 #[test]
+fn a_stage_held_on_a_lock_names_the_wait_and_the_session_holding_it() {
+    let mut app = app(Lang::En);
+    mid_run(&mut app);
+    finished(&mut app, "data", StageStatus::Done, 14_000, Some("43 tables, 2,001,200 rows"), None);
+    started(&mut app, "post-data");
+    progress(&mut app, "post-data", "target 4241: create index on energy.readings", 96 << 20, 160 << 20, Unit::Bytes);
+    let wait = pgshift::engine::activity::SessionWait {
+        server: "target".into(),
+        pid: 4242,
+        statement: "ALTER TABLE ONLY energy.sites ADD CONSTRAINT sites_pkey PRIMARY KEY (id);".into(),
+        wait: "Lock relation".into(),
+        seconds: 12,
+        blocker: Some(
+            "pid 4343 (psql, user dba, idle in transaction, transaction open 95 s: LOCK TABLE energy.sites)".into(),
+        ),
+    };
+    ev(&mut app, Event::Waits { stage: "post-data".into(), waits: vec![wait] });
+    let screen = render(&app);
+    assert!(screen.contains("waiting 12 s · Lock relation, held by pid 4343 (psql"), "{screen}");
+    assert!(screen.contains("target 4241: create index on energy.readings"), "{screen}");
+    assert_snapshot!(screen);
+    // the wait ended: gone from the pane
+    ev(&mut app, Event::Waits { stage: "post-data".into(), waits: vec![] });
+    assert!(!render(&app).contains("held by"));
+}
+
+#[test]
 fn a_failed_stage_shows_its_error_and_fix() {
     let mut app = app(Lang::En);
     started(&mut app, "backup");

@@ -173,7 +173,20 @@ async fn ctrl_c_while_pg_restore_runs_leaves_no_process_no_session_and_the_rerun
     let source_admin = common::connect(&s.source).await;
     let target_admin = common::connect(&s.target).await;
     let source_holder = common::connect(&src).await;
+    // asked before they lock: the holders' last statement is what the waits must show
+    let pid_sql = "SELECT pg_backend_pid()";
+    let source_pid: i32 = source_holder.query_one(pid_sql, &[]).await.unwrap().get(0);
+    let mut target_pid = 0;
     let mut target_holder = None;
+    // each wait is reported as it happens, with the session that holds the lock (pid, statement)
+    let reported = |lines: &[String], stage: &str, pid: i32, statement: &str| {
+        lines.iter().any(|l| {
+            l.contains("\"event\":\"waits\"")
+                && l.contains(&format!("\"stage\":\"{stage}\""))
+                && l.contains(&format!("\"blocker\":\"pid {pid} ("))
+                && l.contains(statement)
+        })
+    };
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut source_held = false;
@@ -191,8 +204,12 @@ async fn ctrl_c_while_pg_restore_runs_leaves_no_process_no_session_and_the_rerun
                 .and_then(|mut d| d.next())
                 .and_then(|e| std::fs::read_to_string(e.unwrap().path().join("data-progress.json")).ok())
                 .unwrap_or_default();
-            if progress.contains("public.big") && waiting_on_lock(&source_admin, src_db, "pgshift data %").await > 0 {
+            if progress.contains("public.big")
+                && waiting_on_lock(&source_admin, src_db, "pgshift data %").await > 0
+                && reported(&lines, "data", source_pid, "LOCK TABLE public.small")
+            {
                 let holder = common::connect(&tgt).await;
+                target_pid = holder.query_one(pid_sql, &[]).await.unwrap().get(0);
                 holder.batch_execute("BEGIN; LOCK TABLE public.big IN ACCESS EXCLUSIVE MODE").await.unwrap();
                 target_holder = Some(holder);
                 source_holder.batch_execute("ROLLBACK").await.unwrap();
@@ -203,6 +220,13 @@ async fn ctrl_c_while_pg_restore_runs_leaves_no_process_no_session_and_the_rerun
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reported(&lines, "post-data", target_pid, "LOCK TABLE public.big IN ACCESS EXCLUSIVE MODE") {
+        assert!(Instant::now() < deadline, "the post-data wait was not reported: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drain(&rx, &mut lines);
+    }
+    assert!(lines.iter().any(|l| l.contains("\"event\":\"waits\"") && l.contains("\"wait\":\"Lock relation\"")));
     let children = descendants(pid);
     let tools: Vec<String> = children.iter().map(|(p, _)| command_line(*p)).collect();
     assert!(tools.iter().any(|c| c.contains("pg_restore")), "pg_restore runs under pgshift: {tools:#?}");

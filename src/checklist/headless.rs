@@ -151,6 +151,11 @@ pub fn line(event: &Event) -> String {
             format!("[{stage}] {item}: {}", progress(*done, *total, *unit))
         }
         Event::Warning { stage, message } => format!("[{stage}] warning: {message}"),
+        Event::Waits { stage, waits } if waits.is_empty() => format!("[{stage}] no session waits any more"),
+        Event::Waits { stage, waits } => {
+            let lines: Vec<String> = waits.iter().map(|w| format!("[{stage}] waiting: {}", w.describe())).collect();
+            lines.join("\n")
+        }
         Event::Upgrade { stage, what, from, to } => format!("[{stage}] upgrades {what}: {from} → {to}"),
         Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
             let mut s = format!("[{stage}] {} after {:.1}s", status.label(), *elapsed_ms as f64 / 1000.0);
@@ -173,6 +178,7 @@ fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, Instan
         Event::Output { stream: Stream::Info, .. }
         | Event::StageStarted { .. }
         | Event::Warning { .. }
+        | Event::Waits { .. }
         | Event::Upgrade { .. } => Some(line(event)),
         Event::Output { .. } => verbose.then(|| line(event)),
         Event::Progress { item, done, total, .. } => {

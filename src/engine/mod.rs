@@ -4,6 +4,7 @@
 //! Core: it may use `postgres` (to cancel queries), `files` and `error`; stages implement its
 //! `Stage`, the checklist and the console consume its events.
 
+pub mod activity;
 pub mod journal;
 pub mod run_files;
 pub mod status;
@@ -70,6 +71,12 @@ pub enum Event {
     Warning {
         stage: String,
         message: String,
+    },
+    /// The stage's server sessions that wait for another session, each with the one it waits
+    /// for (sent when that changes and every 10 s while it lasts; empty: none waits any more).
+    Waits {
+        stage: String,
+        waits: Vec<activity::SessionWait>,
     },
     /// What the move upgrades, found by a pre-flight: the server's major, or an extension the
     /// target installs at a newer version (`what` = `PostgreSQL`, `timescaledb`, ...).
@@ -382,7 +389,13 @@ async fn run_cancellable(
     ctx: &StageContext,
     cancel: &CancellationToken,
 ) -> Result<String, StageError> {
-    let work = stage.run(ctx);
+    // the stage, and beside it what its server sessions do (dropped when the stage ends)
+    let work = async {
+        tokio::select! {
+            r = stage.run(ctx) => r,
+            never = activity::watch(ctx) => match never {},
+        }
+    };
     tokio::pin!(work);
     tokio::select! {
         r = &mut work => r,

@@ -111,6 +111,8 @@ pub struct StageView {
     pub fix: Option<String>,
     pub output: OutputBuffer,
     pub progress: Vec<ProgressItem>,
+    /// Its server sessions that wait for another session, as the last report said.
+    pub waits: Vec<crate::engine::activity::SessionWait>,
     pub runs: u32,
 }
 
@@ -207,6 +209,7 @@ impl App {
                 fix: None,
                 output: OutputBuffer::new(),
                 progress: Vec::new(),
+                waits: Vec::new(),
                 runs: 0,
             })
             .collect();
@@ -378,7 +381,7 @@ impl App {
                     }
                 }
             }
-            Event::Output { .. } | Event::Progress { .. } | Event::Upgrade { .. } => {}
+            Event::Output { .. } | Event::Progress { .. } | Event::Upgrade { .. } | Event::Waits { .. } => {}
         }
     }
 
@@ -402,6 +405,7 @@ impl App {
                     s.output.push("pgshift", crate::engine::Stream::Info, &format!("──── run {} ────", s.runs));
                 }
                 s.progress.clear();
+                s.waits.clear();
                 if self.follow_stage {
                     self.selected = i;
                 }
@@ -439,6 +443,11 @@ impl App {
                     }
                 }
             }
+            Event::Waits { stage, waits } => {
+                if let Some(i) = self.stage_index(&stage) {
+                    self.stages[i].waits = waits;
+                }
+            }
             Event::Warning { stage, message } => {
                 let name = self.text.stage_name(&stage).to_string();
                 let line = fill(self.text.msg_warning, &[("stage", &name), ("message", &message)]);
@@ -456,6 +465,7 @@ impl App {
             }
             Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
                 let Some(i) = self.stage_index(&stage) else { return };
+                self.stages[i].waits.clear();
                 let finished = matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped);
                 if status == StageStatus::Skipped && self.stages[i].status == StageStatus::Done {
                     return; // a rerun passes over what an earlier run finished: it stays done

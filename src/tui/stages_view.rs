@@ -21,7 +21,8 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     draw_checklist(frame, app, list, name_width);
 
     let stage = &app.stages[app.selected];
-    let progress_rows = if stage.progress.is_empty() { 3 } else { (stage.progress.len().min(4) + 2) as u16 };
+    let lines = stage.waits.len().min(2) * WAIT_ROWS + stage.progress.len().min(4);
+    let progress_rows = if lines == 0 { 3 } else { (lines + 2) as u16 };
     // the error and its fix in full (wrapped), however long the error is
     let inner = right.width.saturating_sub(2).max(1) as usize;
     let wrapped = |s: &str| width(s).div_ceil(inner);
@@ -145,22 +146,39 @@ fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+/// Rows a waiting session gets in the progress pane (its blocker's statement wraps).
+const WAIT_ROWS: usize = 3;
+
 fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
     let s = &app.stages[app.selected];
     let t = app.text;
     let block = Block::bordered().title(t.progress);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    if s.progress.is_empty() {
+    if s.progress.is_empty() && s.waits.is_empty() {
         frame.render_widget(Paragraph::new(t.no_progress).fg(Color::DarkGray), inner);
         return;
+    }
+    // a session that waits for another comes first, in amber: for how long, for whom, then what
+    let shown = s.waits.len().min(2);
+    let height = ((shown * WAIT_ROWS) as u16).min(inner.height);
+    let [waits_area, inner] = Layout::vertical([Constraint::Length(height), Constraint::Min(0)]).areas(inner);
+    let rows = Layout::vertical(vec![Constraint::Length(WAIT_ROWS as u16); shown]).split(waits_area);
+    for (row, w) in rows.iter().zip(&s.waits) {
+        let held = w.blocker.as_deref().map(|b| format!(", held by {b}")).unwrap_or_default();
+        let text =
+            format!("{} {} s · {}{held} · {} pid {}: {}", t.waiting, w.seconds, w.wait, w.server, w.pid, w.statement);
+        frame.render_widget(Paragraph::new(text).fg(Color::Yellow).wrap(Wrap { trim: true }), *row);
     }
     // unfinished items first, the most recently moved first; then the finished ones
     let mut items: Vec<&ProgressItem> = s.progress.iter().collect();
     items.sort_by_key(|p| (p.finished(), std::cmp::Reverse(p.updated)));
     let rows = Layout::vertical(vec![Constraint::Length(1); inner.height as usize]).split(inner);
+    // names get what the longest shown needs, from a third to a little over half of the pane
+    let shown = items.iter().take(rows.len()).map(|p| width(&p.item)).max().unwrap_or(0) as u16 + 1;
+    let names = shown.clamp(inner.width * 35 / 100, inner.width * 55 / 100);
     for (row, p) in rows.iter().zip(items) {
-        let [name, gauge] = Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)]).areas(*row);
+        let [name, gauge] = Layout::horizontal([Constraint::Length(names), Constraint::Min(10)]).areas(*row);
         frame.render_widget(Paragraph::new(p.item.clone()), name);
         let mut label = amount(t, p.done, p.total, p.unit);
         if let Some(eta) = p.eta(app.now()) {

@@ -102,6 +102,14 @@ async fn index_builds_copies_and_lock_waits_are_read_from_the_server() {
         blocker.contains("idle in transaction") && blocker.contains("LOCK TABLE items IN ACCESS EXCLUSIVE MODE"),
         "{blocker}"
     );
+    // a holder's statement that names a password is not shown (nor is any secret in it)
+    holder.batch_execute("SELECT 'the password is hunter2'").await.unwrap();
+    let row = poll(&watcher, app, Duration::from_secs(20), |r| {
+        r.get::<_, Option<String>>(3).is_some_and(|b| b.contains("naming a password, not shown"))
+    })
+    .await
+    .expect("the holder's new statement hidden");
+    assert!(!row.get::<_, String>(3).contains("hunter2"));
     holder.batch_execute("ROLLBACK").await.unwrap();
     wait.await.unwrap().unwrap();
     common::drop_db(&s.target, "progress_watch").await;

@@ -98,17 +98,25 @@ pub fn activity_sql(version_num: i32) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // a statement that may carry a password (or its hash) is not shown
+    let statement = |q: &str, n: u32| {
+        format!(
+            "CASE WHEN {q} ~* 'password' THEN '(a statement naming a password, not shown)' \
+             ELSE left(regexp_replace({q}, '\\s+', ' ', 'g'), {n}) END"
+        )
+    };
+    let (statement_a, statement_b) = (statement("a.query", 72), statement("b.query", 60));
     let progress = pick(&|v| v.1.clone());
     let label = pick(&|v| v.2.clone());
     format!(
         r#"WITH bs AS (SELECT current_setting('block_size')::bigint AS v)
-           SELECT a.pid, left(regexp_replace(a.query, '\s+', ' ', 'g'), 72),
+           SELECT a.pid, {statement_a},
                   CASE WHEN a.wait_event_type IN ('Lock', 'BufferPin') THEN a.wait_event_type || ' ' || a.wait_event END,
                   (SELECT format('pid %s (%s, user %s, %s%s: %s)', b.pid,
                                  coalesce(nullif(b.application_name, ''), 'no application name'), b.usename, b.state,
                                  CASE WHEN b.xact_start IS NOT NULL
                                       THEN format(', transaction open %s s', extract(epoch FROM now() - b.xact_start)::bigint) ELSE '' END,
-                                 left(regexp_replace(b.query, '\s+', ' ', 'g'), 60))
+                                 {statement_b})
                      FROM pg_stat_activity b WHERE b.pid = (pg_blocking_pids(a.pid))[1]),
                   coalesce({progress})::text,
                   coalesce({label})

@@ -45,6 +45,9 @@ pub struct ConsoleArgs {
     /// Seconds between live verifications.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
     pub live_every: u64,
+    /// Seconds an unfinished progress gauge may stand still before it turns amber and says so.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..))]
+    pub stall_after: u64,
 }
 
 impl ConsoleArgs {
@@ -54,6 +57,7 @@ impl ConsoleArgs {
             keys: self.keys.clone(),
             live: self.live,
             live_every: std::time::Duration::from_secs(self.live_every),
+            stall_after: std::time::Duration::from_secs(self.stall_after),
         })
     }
 }

@@ -241,6 +241,27 @@ fn a_stage_held_on_a_lock_names_the_wait_and_the_session_holding_it() {
 }
 
 #[test]
+fn a_gauge_that_stands_still_turns_amber_and_says_for_how_long() {
+    let mut app = app(Lang::En);
+    mid_run(&mut app);
+    // kb.articles moves on; energy.readings (last moved 2 s before) is reported again at the same
+    // figure: not progress
+    app.advance(Duration::from_secs(20));
+    progress(&mut app, "data", "kb.articles", 60 << 20, 120 << 20, Unit::Bytes);
+    progress(&mut app, "data", "energy.readings", 1_200_000, 2_000_000, Unit::Rows);
+    app.advance(Duration::from_secs(15));
+    let screen = render(&app);
+    let gauge = |name: &str, says: &str| screen.lines().any(|l| l.contains(name) && l.contains(says));
+    assert!(gauge("energy.readings", "60% · no progress for 37 s"), "{screen}");
+    assert!(!gauge("kb.articles", "no progress"), "{screen}");
+    assert!(!gauge("public.devices", "no progress"), "a finished gauge is not stalled: {screen}");
+    assert_eq!(screen.matches("no progress for").count(), 1, "{screen}");
+    // the threshold is the console's --stall-after
+    app.stall_after = Duration::from_secs(60);
+    assert!(!render(&app).contains("no progress for"));
+}
+
+#[test]
 fn a_failed_stage_shows_its_error_and_fix() {
     let mut app = app(Lang::En);
     started(&mut app, "backup");

@@ -79,11 +79,19 @@ pub struct ProgressItem {
     first_seen: Instant,
     first_done: u64,
     pub updated: Instant,
+    /// When `done` last changed (a report of the same figure is not progress).
+    moved: Instant,
 }
 
 impl ProgressItem {
     pub fn finished(&self) -> bool {
         self.total.is_some_and(|t| self.done >= t)
+    }
+
+    /// How long an unfinished item has not moved, once that is at least `after`.
+    pub fn stalled(&self, now: Instant, after: Duration) -> Option<Duration> {
+        let still = now.saturating_duration_since(self.moved);
+        (!self.finished() && still >= after).then_some(still)
     }
 
     /// Time left at the rate seen since the item first showed, up to `now` (a stall slows the rate,
@@ -116,6 +124,8 @@ pub struct StageView {
     pub runs: u32,
 }
 
+/// An unfinished gauge still this long is said to be stalled (the console's `--stall-after`).
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 /// Progress items kept per stage (finished ones go first).
 const KEEP_PROGRESS: usize = 200;
 /// Log lines kept.
@@ -172,6 +182,8 @@ pub struct App {
     pub running: bool,
     pub live: Option<Duration>,
     live_interval: Duration,
+    /// An unfinished gauge that has not moved this long turns amber and says so.
+    pub stall_after: Duration,
     last_verify: Option<Instant>,
     pub search: Option<SearchState>,
     quit: bool,
@@ -235,6 +247,7 @@ impl App {
             running: false,
             live: None,
             live_interval,
+            stall_after: DEFAULT_STALL_AFTER,
             last_verify: None,
             search: None,
             quit: false,
@@ -422,6 +435,9 @@ impl App {
                 let list = &mut self.stages[i].progress;
                 match list.iter_mut().find(|p| p.item == item) {
                     Some(p) => {
+                        if p.done != done {
+                            p.moved = now;
+                        }
                         p.done = done;
                         p.total = total;
                         p.updated = now;
@@ -439,6 +455,7 @@ impl App {
                             first_seen: now,
                             first_done: done,
                             updated: now,
+                            moved: now,
                         });
                     }
                 }

@@ -40,6 +40,8 @@ pub struct ConsoleOptions {
     /// Live verification: on from the start, and its interval.
     pub live: bool,
     pub live_every: Duration,
+    /// An unfinished gauge that has not moved this long turns amber and says so.
+    pub stall_after: Duration,
 }
 
 /// How often the clock, the durations and live verification are looked at.
@@ -66,6 +68,7 @@ pub async fn open(prepared: Prepared, plan_path: &Path, options: ConsoleOptions)
         options.live_every,
     );
     drop(list);
+    app.stall_after = options.stall_after;
     if let Ok(journal) = Journal::open(&dir) {
         for e in &journal.data().stages {
             app.restore(&e.stage, e.status, e.detail.clone());

@@ -181,14 +181,28 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
         let [name, gauge] = Layout::horizontal([Constraint::Length(names), Constraint::Min(10)]).areas(*row);
         frame.render_widget(Paragraph::new(p.item.clone()), name);
         let mut label = amount(t, p.done, p.total, p.unit);
-        if let Some(eta) = p.eta(app.now()) {
-            label.push_str(&format!(" · {} {}", t.eta, human_duration(eta)));
+        let stalled = p.stalled(app.now(), app.stall_after);
+        match (stalled, p.eta(app.now())) {
+            // standing still: how long, instead of a time left that only grows
+            (Some(still), _) => {
+                let done = match p.total {
+                    Some(total) if total > 0 => format!("{:.0}%", p.done as f64 * 100.0 / total as f64),
+                    _ => label.clone(),
+                };
+                label = format!("{done} · {}", fill(t.no_progress_for, &[("n", &still.as_secs())]));
+            }
+            (None, Some(eta)) => label.push_str(&format!(" · {} {}", t.eta, human_duration(eta))),
+            (None, None) => {}
         }
         let ratio = match p.total {
             Some(total) if total > 0 => (p.done as f64 / total as f64).clamp(0.0, 1.0),
             _ => 0.0,
         };
-        let color = if p.finished() { Color::Green } else { Color::Cyan };
+        let color = match (p.finished(), stalled) {
+            (true, _) => Color::Green,
+            (false, Some(_)) => Color::Yellow,
+            (false, None) => Color::Cyan,
+        };
         frame.render_widget(Gauge::default().ratio(ratio).label(label).gauge_style(Style::new().fg(color)), gauge);
     }
 }

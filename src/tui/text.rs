@@ -75,6 +75,8 @@ pub struct Text {
     pub no_progress: &'static str,
     /// Before a session's wait ("waiting: target pid 42 waits for Lock relation ...").
     pub waiting: &'static str,
+    /// A gauge that has not moved for `--stall-after` seconds.
+    pub no_progress_for: &'static str,
     pub eta: &'static str,
     pub log: &'static str,
     pub status_pending: &'static str,
@@ -192,6 +194,7 @@ pub static EN: Text = Text {
     progress: "Progress",
     no_progress: "nothing in progress",
     waiting: "waiting",
+    no_progress_for: "no progress for {n} s",
     eta: "ETA",
     log: "Log",
     status_pending: "pending",
@@ -352,6 +355,7 @@ pub static KO: Text = Text {
     progress: "진행률",
     no_progress: "진행 중인 작업 없음",
     waiting: "대기 중",
+    no_progress_for: "{n}초째 진행 없음",
     eta: "남은 시간",
     log: "로그",
     status_pending: "대기",

@@ -38,6 +38,26 @@ async fn a_rich_source_migrates_with_zero_differences() {
         );
     }
     assert!(!stdout.contains(&s.password));
+    // the steps pgshift meters itself end full: rows counted, entries restored, tables hashed
+    let mut last: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
+    for e in stdout.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        if e["event"] == "progress" {
+            let key = (e["stage"].as_str().unwrap().to_string(), e["item"].as_str().unwrap().to_string());
+            last.insert(key, (e["done"].as_u64().unwrap(), e["total"].as_u64().unwrap_or(0)));
+        }
+    }
+    for (stage, item) in [
+        ("backup", "tables counted"),
+        ("schema", "pg_restore schema"),
+        ("post-data", "pg_restore post-data"),
+        ("verify", "tables counted and hashed"),
+    ] {
+        let (done, total) = last
+            .get(&(stage.to_string(), item.to_string()))
+            .copied()
+            .unwrap_or_else(|| panic!("{stage} {item}: {last:#?}"));
+        assert!(total > 0 && done == total, "{stage} {item}: {done} of {total}");
+    }
 
     // the proof, again and independently of the run: zero differences with checksums
     let r = pgshift::verify::verify(

@@ -544,8 +544,9 @@ impl Session {
         jobs: Vec<RowJob>,
         mode: RowMode,
         workers: usize,
+        progress: Option<std::sync::Arc<rows::RowProgress>>,
     ) -> Result<rows::RowResults, UserError> {
-        rows::measure(&self.spec, self.snapshot.clone(), jobs, mode, workers).await
+        rows::measure(&self.spec, self.snapshot.clone(), jobs, mode, workers, progress).await
     }
 
     /// Each large object's size and content hash, at this snapshot; the server's error when the
@@ -657,7 +658,7 @@ pub async fn collect(spec: &ConnSpec, rows: Option<RowMode>, workers: usize) -> 
     let session = Session::open(spec).await?;
     let mut inv = session.inventory().await?;
     if let Some(mode) = rows {
-        let results = session.measure_rows(row_jobs(&inv), mode, workers).await?;
+        let results = session.measure_rows(row_jobs(&inv), mode, workers, None).await?;
         inv.apply_rows(&results);
     }
     session.close().await;

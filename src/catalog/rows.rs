@@ -9,6 +9,7 @@
 //! print a value the same way.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{pin_mut, StreamExt};
@@ -72,6 +73,22 @@ pub struct RowStats {
     pub checksum: Option<String>,
 }
 
+/// How far a `measure` is: tables read of the tables to read, and the rows they held (shared
+/// with whoever shows it while the reading goes on).
+#[derive(Debug, Default)]
+pub struct RowProgress {
+    pub tables: AtomicU64,
+    pub done: AtomicU64,
+    pub rows: AtomicU64,
+}
+
+impl RowProgress {
+    /// (tables read, tables to read, rows read).
+    pub fn get(&self) -> (u64, u64, u64) {
+        (self.done.load(Ordering::Relaxed), self.tables.load(Ordering::Relaxed), self.rows.load(Ordering::Relaxed))
+    }
+}
+
 /// Per table: its stats, or the error reading it (permission denied, ...).
 pub type RowResults = BTreeMap<String, Result<RowStats, String>>;
 
@@ -107,7 +124,10 @@ pub async fn measure(
     jobs: Vec<RowJob>,
     mode: RowMode,
     workers: usize,
+    progress: Option<Arc<RowProgress>>,
 ) -> Result<RowResults, UserError> {
+    let progress = progress.unwrap_or_default();
+    progress.tables.store(jobs.len() as u64, Ordering::Relaxed);
     let workers = workers.clamp(1, jobs.len().max(1));
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
     let mut handles = Vec::new();
@@ -121,12 +141,17 @@ pub async fn measure(
         })?;
         let queue = queue.clone();
         let in_tx = snapshot.is_some();
+        let progress = progress.clone();
         handles.push(tokio::spawn(async move {
             let mut out = RowResults::new();
             loop {
                 let job = queue.lock().expect("queue lock").pop_front();
                 let Some(job) = job else { break };
                 let result = read_one(&client, &job, mode, in_tx).await;
+                if let Ok(stats) = &result {
+                    progress.rows.fetch_add(stats.rows.max(0) as u64, Ordering::Relaxed);
+                }
+                progress.done.fetch_add(1, Ordering::Relaxed);
                 out.insert(job.name, result);
             }
             let _ = client.batch_execute("COMMIT").await;

@@ -199,6 +199,31 @@ impl StageContext {
         self.send(Event::Progress { stage: self.stage.into(), item: item.into(), done, total, unit }).await;
     }
 
+    /// Runs `work`, showing `item` at the figure `read` gives (done, total) every half second
+    /// meanwhile and once more at the end: for work that counts as it goes (rows read, tables hashed).
+    pub async fn metered<T>(
+        &self,
+        item: &str,
+        unit: Unit,
+        read: impl Fn() -> (u64, Option<u64>),
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let out = loop {
+            tokio::select! {
+                out = &mut work => break out,
+                _ = tick.tick() => {
+                    let (done, total) = read();
+                    self.progress(item, done, total, unit).await;
+                }
+            }
+        };
+        let (done, total) = read();
+        self.progress(item, done, total, unit).await;
+        out
+    }
+
     /// Progress from synchronous code (a stdout sink): dropped when the consumer lags, since a
     /// newer count follows anyway.
     pub fn try_progress(&self, item: &str, done: u64, total: Option<u64>, unit: Unit) {

@@ -17,7 +17,7 @@ use crate::catalog;
 use crate::catalog::security_labels;
 use crate::catalog::server::check_server;
 use crate::catalog::tablespaces;
-use crate::engine::{Stage, StageContext, StageError};
+use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{self, write_atomic, write_error};
 use crate::pgtools::manifest::Manifest;
@@ -157,11 +157,23 @@ async fn restore_round(
         stdin: Some(backup.archive()),
     };
     let mut log = FailureLog::default();
+    // entries done of the round's, from pg_restore's --verbose line per entry it takes up
+    let total = entries.len() as u64;
+    let mut done = 0u64;
+    ctx.progress(label, 0, Some(total), Unit::Steps).await;
     let exit = run_tool_status(ctx, &cmd, &mut Discard, &mut |line| {
         log.line(line);
+        if ["creating ", "executing ", "processing "]
+            .iter()
+            .any(|w| line.trim_start_matches("pg_restore: ").starts_with(w))
+        {
+            done = (done + 1).min(total);
+            ctx.try_progress(label, done, Some(total), Unit::Steps);
+        }
         LineClass::Plain
     })
     .await?;
+    ctx.progress(label, total, Some(total), Unit::Steps).await;
     // a failure tied to no entry (lost connection, unreadable archive) fails the round
     if let crate::pgtools::process::ToolExit::Failed(e) = exit {
         if log.failures.is_empty() {

@@ -4,14 +4,14 @@
 use futures_util::future::BoxFuture;
 
 use crate::engine::run_files::{VERIFY_JSON, VERIFY_MARKDOWN};
-use crate::engine::{Stage, StageContext, StageError};
+use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
 use crate::plan::allow::AllowList;
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::jobs::{release_jobs, MadeJobs};
 use crate::verify::report;
-use crate::verify::{verify, VerifyOptions};
+use crate::verify::{verify_watched, VerifyOptions, VerifyProgress};
 
 pub struct VerifyStage {
     source: ConnSpec,
@@ -39,8 +39,21 @@ impl Stage for VerifyStage {
         Box::pin(async move {
             let source = ctx.tagged(&self.source);
             let target = ctx.tagged(&self.target);
+            // rows counted (or hashed) table by table on each side, shown as one gauge of tables
+            let progress = VerifyProgress::default();
+            let read = || {
+                let ((sd, st, _), (td, tt, _)) = (progress.source.get(), progress.target.get());
+                (sd + td, Some(st + tt))
+            };
+            let item = if self.options.checksums { "tables counted and hashed" } else { "tables counted" };
+            let work = ctx.metered(
+                item,
+                Unit::Tables,
+                read,
+                verify_watched(&source, &target, &self.allow, self.options, Some(&progress)),
+            );
             let r = tokio::select! {
-                r = verify(&source, &target, &self.allow, self.options) => r?,
+                r = work => r?,
                 _ = ctx.cancel_token().cancelled() => return Err(StageError::Cancelled),
             };
             let text = report::verify_text(&r);

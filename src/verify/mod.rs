@@ -8,7 +8,7 @@ pub mod report;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::rows::{HashForm, RowJob, RowMode};
+use crate::catalog::rows::{HashForm, RowJob, RowMode, RowProgress};
 use crate::catalog::settings::{self, SettingDifference};
 use crate::catalog::{versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::error::UserError;
@@ -74,14 +74,34 @@ pub async fn verify(
     allow: &AllowList,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, UserError> {
+    verify_watched(source, target, allow, opts, None).await
+}
+
+/// How far a verify's row reading is on each side (tables counted or hashed, rows).
+#[derive(Debug, Default)]
+pub struct VerifyProgress {
+    pub source: std::sync::Arc<RowProgress>,
+    pub target: std::sync::Arc<RowProgress>,
+}
+
+/// `verify`, counting its row reading into `progress` as it goes.
+pub async fn verify_watched(
+    source: &ConnSpec,
+    target: &ConnSpec,
+    allow: &AllowList,
+    opts: VerifyOptions,
+    progress: Option<&VerifyProgress>,
+) -> Result<VerifyReport, UserError> {
     let (s, t) = tokio::try_join!(Session::open(source), Session::open(target))?;
     let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
 
     let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
     let form = hash_form(&s, &t, &s_inv, &t_inv).await;
     let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv, form);
-    let (s_rows, t_rows) =
-        tokio::try_join!(s.measure_rows(s_jobs, mode, opts.workers), t.measure_rows(t_jobs, mode, opts.workers))?;
+    let (s_rows, t_rows) = tokio::try_join!(
+        s.measure_rows(s_jobs, mode, opts.workers, progress.map(|p| p.source.clone())),
+        t.measure_rows(t_jobs, mode, opts.workers, progress.map(|p| p.target.clone()))
+    )?;
     s_inv.apply_rows(&s_rows);
     t_inv.apply_rows(&t_rows);
     let any_large_object = [&s_inv, &t_inv].iter().any(|i| !i.class(Class::LargeObjects).is_empty());

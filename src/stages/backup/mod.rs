@@ -122,7 +122,14 @@ impl BackupStage {
                 let parts =
                     if chunks > 0 { format!(" (hypertables chunk by chunk: {chunks} chunks)") } else { String::new() };
                 ctx.info("inventory", format!("counting rows of {} tables{parts}", inv.tables.len())).await;
-                let results = session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1)).await?;
+                let counted = std::sync::Arc::new(crate::catalog::rows::RowProgress::default());
+                let read = || {
+                    let (done, total, _) = counted.get();
+                    (done, Some(total))
+                };
+                let measure =
+                    session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1), Some(counted.clone()));
+                let results = ctx.metered("tables counted", Unit::Tables, read, measure).await?;
                 inv.apply_rows(&results);
             }
             let owners = session.strings("owners", &after_data::owner_statements_sql()).await?;

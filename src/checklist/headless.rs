@@ -114,7 +114,7 @@ fn cancel_on_signals(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
 
 /// Prints events until the channel closes; writes every event to `log` as text.
 pub async fn consume(mut events: mpsc::Receiver<Event>, mode: Mode, mut log: Option<std::fs::File>) {
-    let mut last_progress: HashMap<String, Instant> = HashMap::new();
+    let mut last_progress: HashMap<String, (Instant, u64)> = HashMap::new();
     while let Some(event) = events.recv().await {
         if let Some(f) = log.as_mut() {
             if writeln!(f, "{}", line(&event)).is_err() {
@@ -173,7 +173,12 @@ pub fn line(event: &Event) -> String {
     }
 }
 
-fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, Instant>) -> Option<String> {
+/// A progress item whose end was printed (beyond any tenth).
+const ENDED: u64 = 11;
+
+/// Each item's progress is printed when it starts, at each tenth of its total, every 10 s
+/// otherwise, and when it ends: legible under `nohup` or in CI without flooding.
+fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, (Instant, u64)>) -> Option<String> {
     match event {
         Event::Output { stream: Stream::Info, .. }
         | Event::StageStarted { .. }
@@ -181,11 +186,20 @@ fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, Instan
         | Event::Waits { .. }
         | Event::Upgrade { .. } => Some(line(event)),
         Event::Output { .. } => verbose.then(|| line(event)),
-        Event::Progress { item, done, total, .. } => {
+        Event::Progress { stage, item, done, total, .. } => {
             let finished = total.is_some_and(|t| *done >= t);
-            let due = last.get(item).is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+            let tenth = total.filter(|t| *t > 0).map(|t| done.saturating_mul(10) / t).unwrap_or(0);
+            let key = format!("{stage}\u{0}{item}");
+            let due = match last.get(&key) {
+                None => true,
+                Some((_, ENDED)) => !finished, // the same item again, from its start
+                Some((at, seen)) => tenth > *seen || at.elapsed() >= Duration::from_secs(10),
+            };
+            if finished && last.get(&key).is_some_and(|(_, seen)| *seen == ENDED) {
+                return None; // its end was printed already
+            }
             if finished || due {
-                last.insert(item.clone(), Instant::now());
+                last.insert(key, (Instant::now(), if finished { ENDED } else { tenth }));
                 Some(line(event))
             } else {
                 None
@@ -208,5 +222,31 @@ fn progress(done: u64, total: Option<u64>, unit: Unit) -> String {
     match total {
         Some(t) if t > 0 => format!("{} of {} ({:.0}%)", fmt(done), fmt(t), done as f64 * 100.0 / t as f64),
         _ => fmt(done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Unit;
+
+    #[test]
+    fn plain_progress_prints_each_tenth_and_the_end_once() {
+        let mut last = HashMap::new();
+        let ev = |done: u64| Event::Progress {
+            stage: "data".into(),
+            item: "shop.orders".into(),
+            done,
+            total: Some(1000),
+            unit: Unit::Rows,
+        };
+        let printed: Vec<u64> = (0..=1000)
+            .step_by(7)
+            .chain([1000, 1000])
+            .filter(|d| terminal_line(&ev(*d), false, &mut last).is_some())
+            .collect();
+        assert_eq!(printed, [0, 105, 203, 301, 406, 504, 602, 700, 805, 903, 1000]);
+        // the same item again from its start (a rerun's): printed anew
+        assert!(terminal_line(&ev(0), false, &mut last).is_some());
     }
 }

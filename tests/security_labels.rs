@@ -1,7 +1,7 @@
 //! Security labels, with the test servers' label provider `pgshift_test` (tests/env/label-provider,
 //! loaded on source and target, not on the "apache" server): labels on a schema, a table, a column,
 //! a view, a function, a sequence, a type, a large object, a role and the database itself arrive and
-//! verify clean; each one changed or removed on the target is named; a target that has not loaded
+//! verify clean (the role's comment too); each one changed or removed on the target is named; a target that has not loaded
 //! the provider is refused by the pre-flight with the fix, nothing written.
 
 mod common;
@@ -89,9 +89,11 @@ async fn security_labels_arrive_and_a_target_without_their_provider_is_refused()
         .batch_execute(&format!(
             "DO $$ BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              SECURITY LABEL FOR pgshift_test ON ROLE {ROLE} IS 'internal';
+             COMMENT ON ROLE {ROLE} IS 'reads the customers of crm';
              SECURITY LABEL FOR pgshift_test ON DATABASE labels_src IS 'internal';
              CREATE SCHEMA crm;
              SECURITY LABEL FOR pgshift_test ON SCHEMA crm IS 'internal';
+             GRANT USAGE ON SCHEMA crm TO {ROLE};
              CREATE TYPE crm.tier AS ENUM ('free', 'paid');
              SECURITY LABEL FOR pgshift_test ON TYPE crm.tier IS 'public';
              CREATE TABLE crm.customers (id int PRIMARY KEY, email text, tier crm.tier);
@@ -144,7 +146,8 @@ async fn security_labels_arrive_and_a_target_without_their_provider_is_refused()
             "SECURITY LABEL FOR pgshift_test ON COLUMN crm.customers.email IS NULL;
              SECURITY LABEL FOR pgshift_test ON TABLE crm.customers IS 'public';
              SECURITY LABEL FOR pgshift_test ON LARGE OBJECT 424242 IS NULL;
-             SECURITY LABEL FOR pgshift_test ON DATABASE {dst} IS 'secret';"
+             SECURITY LABEL FOR pgshift_test ON DATABASE {dst} IS 'secret';
+             COMMENT ON ROLE {ROLE} IS 'changed on the target';"
         ))
         .await
         .unwrap();
@@ -154,6 +157,7 @@ async fn security_labels_arrive_and_a_target_without_their_provider_is_refused()
         "security_labels pgshift_test on table crm.customers changed",
         "security_labels pgshift_test on large object 424242 missing",
         "security_labels pgshift_test on the database changed",
+        "comments role pgshift_label_clerk changed",
     ] {
         assert!(diffs.contains(&expected.to_string()), "{expected} in {diffs:?}");
     }

@@ -210,12 +210,19 @@ pub fn class_query(class: Class) -> Option<String> {
                GROUP BY 1"#
             .to_string(),
         Class::Owners => owners(),
-        Class::Comments => format!(r#"SELECT o.type || ' ' || o.identity, d.description
+        // roles' comments too (pg_dumpall carries them), of the roles the database uses
+        Class::Comments => format!(r#"{}
+               SELECT 'role ' || quote_ident(r.rolname), d.description
+               FROM pg_shdescription d JOIN pg_roles r ON r.oid = d.objoid
+               WHERE d.classoid = 'pg_authid'::regclass AND r.oid IN (SELECT oid FROM relevant) AND r.rolname !~ '^pg_'
+             UNION ALL
+               SELECT o.type || ' ' || o.identity, d.description
                FROM pg_description d, LATERAL pg_identify_object(d.classoid, d.objoid, d.objsubid) o
                WHERE d.objoid >= 16384 AND d.classoid <> 'pg_extension'::regclass
                  AND o.identity IS NOT NULL
                  AND (o.schema IS NULL OR (o.schema !~ '^(pg_catalog|information_schema|pg_toast|pg_temp_)' AND o.schema !~ '{TS_SCHEMAS}'))
-                 AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = d.classoid AND xd.objid = d.objoid AND xd.deptype = 'e')"#),
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = d.classoid AND xd.objid = d.objoid AND xd.deptype = 'e')"#,
+            used_roles_cte()),
         Class::Tablespaces => super::tablespaces::query(),
         Class::SecurityLabels => super::security_labels::query(),
         _ => return super::rare_classes::query(class),

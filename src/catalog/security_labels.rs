@@ -6,14 +6,21 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::queries::TS_SCHEMAS;
+use super::queries::{used_roles_cte, TS_SCHEMAS};
 use crate::postgres::sql::quote_ident;
 
 /// Which labels a migration carries: those on the database's own objects (large objects
-/// included, extension members left out), on the database itself and on roles (pg_dumpall's).
-fn labels(select: &str) -> String {
+/// included, extension members left out), on the database itself and on roles (pg_dumpall's):
+/// every role, or with `relevant_roles` those the database uses (verify's roles class).
+fn labels(select: &str, relevant_roles: bool) -> String {
+    let (cte, roles) = if relevant_roles {
+        (used_roles_cte(), "l.objoid IN (SELECT oid FROM relevant)")
+    } else {
+        (String::new(), "true")
+    };
     format!(
-        r#"SELECT {select}
+        r#"{cte}
+           SELECT {select}
              FROM pg_seclabel l, LATERAL pg_identify_object(l.classoid, l.objoid, l.objsubid) o
             WHERE o.identity IS NOT NULL
               AND (o.schema IS NULL OR (o.schema !~ '^(pg_catalog|information_schema|pg_toast|pg_temp_)' AND o.schema !~ '{TS_SCHEMAS}'))
@@ -22,7 +29,7 @@ fn labels(select: &str) -> String {
            SELECT {select}
              FROM pg_shseclabel l, LATERAL pg_identify_object(l.classoid, l.objoid, 0) o
             WHERE (l.classoid = 'pg_database'::regclass AND l.objoid = (SELECT oid FROM pg_database WHERE datname = current_database()))
-               OR l.classoid = 'pg_authid'::regclass"#
+               OR (l.classoid = 'pg_authid'::regclass AND {roles})"#
     )
 }
 
@@ -32,12 +39,13 @@ pub fn query() -> String {
     labels(
         "format('%s on %s', l.provider, CASE WHEN l.classoid = 'pg_database'::regclass THEN 'the database'
                                             ELSE o.type || ' ' || o.identity END), l.label",
+        true,
     )
 }
 
 /// The providers the source's labels need, each with how many objects it labels.
 pub fn providers_used() -> String {
-    format!("SELECT provider, count(*) FROM ({}) p GROUP BY 1 ORDER BY 1", labels("l.provider"))
+    format!("SELECT provider, count(*) FROM ({}) p GROUP BY 1 ORDER BY 1", labels("l.provider", false))
 }
 
 /// The `providers` not loaded on the server `client` talks to. Probed by labelling the connecting

@@ -117,7 +117,9 @@ pub fn activity_sql(version_num: i32) -> String {
                                  CASE WHEN b.xact_start IS NOT NULL
                                       THEN format(', transaction open %s s', extract(epoch FROM now() - b.xact_start)::bigint) ELSE '' END,
                                  {statement_b})
-                     FROM pg_stat_activity b WHERE b.pid = (pg_blocking_pids(a.pid))[1]),
+                     FROM pg_stat_activity b
+                    -- asked only of a session that waits: pg_blocking_pids takes the lock manager's locks
+                    WHERE a.wait_event_type = 'Lock' AND b.pid = (pg_blocking_pids(a.pid))[1]),
                   coalesce({progress})::text,
                   coalesce({label})
              FROM pg_stat_activity a, bs
@@ -180,7 +182,9 @@ pub(super) async fn watch(ctx: &StageContext) -> Infallible {
             let rows = match client.query(sql.as_str(), &[&ctx.application_name()]).await {
                 Ok(rows) => rows,
                 Err(_) => {
-                    watched.client = None; // the server went away or restarted: connect again later
+                    // the server went away or refuses the query: connect again, not before 10 s
+                    watched.client = None;
+                    watched.tried = Some(Instant::now());
                     continue;
                 }
             };

@@ -47,11 +47,7 @@ impl TuningStage {
             let sql = set_state_sql(&name, &state);
             match target.batch_execute(&sql).await {
                 Ok(()) => set += 1,
-                Err(e) => {
-                    // a statement in a transaction of its own leaves it aborted
-                    let _ = target.batch_execute("ROLLBACK").await;
-                    ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await
-                }
+                Err(e) => ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await,
             }
         }
         if set > 0 {
@@ -189,7 +185,12 @@ impl TuningStage {
         for sql in catalog::database::statements(self.target.dbname(), &props) {
             match target.batch_execute(&sql).await {
                 Ok(()) => applied += 1,
-                Err(e) => ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await,
+                Err(e) => {
+                    // a grant made as its grantor runs in a transaction of its own: one that failed
+                    // is left aborted, and would fail every statement after it
+                    let _ = target.batch_execute("ROLLBACK").await;
+                    ctx.warning(format!("{sql}: {}", catalog::db_message(&e))).await
+                }
             }
         }
         ctx.info("database", format!("{applied} database property statement(s): settings, privileges, comment, limit"))

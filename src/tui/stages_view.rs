@@ -181,7 +181,8 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
         let [name, gauge] = Layout::horizontal([Constraint::Length(names), Constraint::Min(10)]).areas(*row);
         frame.render_widget(Paragraph::new(p.item.clone()), name);
         let mut label = amount(t, p.done, p.total, p.unit);
-        let stalled = p.stalled(app.now(), app.stall_after);
+        // only a running stage stalls: a finished one's last server gauge may never have been closed
+        let stalled = p.stalled(app.now(), app.stall_after).filter(|_| s.status == StageStatus::Running);
         match (stalled, p.eta(app.now())) {
             // standing still: how long, instead of a time left that only grows
             (Some(still), _) => {

@@ -5,26 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-
-fn run(plan: &Path) -> (i32, String) {
-    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), all)
-}
-
-fn verify(source: &str, target: &str) -> (i32, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("verify.json");
-    let out = common::pgshift()
-        .args(["verify", "--source", source, "--target", target, "--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = std::fs::read_to_string(&json)
-        .unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), serde_json::from_str(&text).unwrap())
-}
-
 fn unexpected(report: &serde_json::Value) -> Vec<String> {
     report["differences"]
         .as_array()
@@ -79,7 +59,7 @@ async fn the_databases_settings_privileges_comment_limit_and_locale_travel_and_a
     common::drop_db(&s.target, "dbprops_target").await;
     let tgt = common::url_for(&s.target, "dbprops_target");
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = run(&common::write_plan(dir.path(), &src, &tgt, ""));
+    let (code, out) = common::run_plan(&common::write_plan(dir.path(), &src, &tgt, ""));
     assert_eq!(code, 0, "{out}");
 
     // each property on the target, as the application meets it
@@ -128,7 +108,7 @@ async fn the_databases_settings_privileges_comment_limit_and_locale_travel_and_a
     // an unqualified name resolves on the target as it did on the source
     assert_eq!(common::strings(&tgt, "SELECT count(*)::text FROM items").await, ["100"]);
 
-    let (code, report) = verify(&src, &tgt);
+    let (code, report) = common::verify_cli(&src, &tgt);
     assert_eq!(unexpected(&report), Vec::<String>::new(), "{report:#}");
     assert_eq!(code, 0);
     let database = report["classes"].as_array().unwrap().iter().find(|c| c["class"] == "database").unwrap();
@@ -182,7 +162,7 @@ async fn the_databases_settings_privileges_comment_limit_and_locale_travel_and_a
     let mut missed = Vec::new();
     for (damage, undo, class, name) in mutations {
         t.batch_execute(damage).await.unwrap();
-        let (code, report) = verify(&src, &tgt);
+        let (code, report) = common::verify_cli(&src, &tgt);
         let named =
             report["differences"].as_array().unwrap().iter().any(|d| {
                 d["class"] == class && d["allowed"].is_null() && d["name"].as_str().unwrap_or("").contains(name)

@@ -17,12 +17,6 @@ fn verify_report(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("verify.json")).unwrap()).unwrap()
 }
 
-fn run(plan: &Path) -> (i32, String) {
-    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), all)
-}
-
 /// The only planned difference of a run between these servers: TimescaleDB upgraded.
 fn assert_only_the_upgrade(report: &serde_json::Value) {
     let differences = report["differences"].as_array().unwrap();
@@ -43,7 +37,7 @@ async fn a_timescaledb_2_15_source_on_postgresql_15_arrives_whole_on_2_19_and_17
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &tgt, "");
 
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_eq!(code, 0, "{out}");
     // another TimescaleDB version: no compressed chunk can keep its form
     assert!(out.contains("compressed chunks: 0 copied as they are, 35 read through decompression"), "{out}");
@@ -77,7 +71,7 @@ async fn the_rich_fixture_from_postgresql_15_verifies_without_false_alarms() {
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &tgt, "");
 
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_eq!(code, 0, "{out}");
     let report = verify_report(dir.path());
     assert_only_the_upgrade(&report);

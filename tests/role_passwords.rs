@@ -12,12 +12,6 @@ const SCRAM_ROLE: &str = "pgshift_pw_app";
 const MD5_ROLE: &str = "pgshift_pw_legacy";
 const PASSWORD: &str = "app-secret-9c41";
 
-fn run(plan: &Path) -> (i32, String) {
-    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), all)
-}
-
 fn run_dir(dir: &Path) -> std::path::PathBuf {
     std::fs::read_dir(dir.join("backups")).unwrap().flatten().map(|e| e.path()).next().expect("a run directory")
 }
@@ -87,7 +81,7 @@ async fn login_roles_keep_their_passwords_or_the_run_says_in_advance_that_they_w
     common::drop_db(&s.target, "pw_plain_target").await;
     let tgt = common::url_for(&s.target, "pw_plain_target");
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = run(&common::write_plan(dir.path(), &src, &tgt, ""));
+    let (code, out) = common::run_plan(&common::write_plan(dir.path(), &src, &tgt, ""));
     assert_eq!(code, 0, "{out}");
     let warning = out.lines().find(|l| l.contains("will not carry")).unwrap_or_else(|| panic!("{out}"));
     assert!(warning.contains(SCRAM_ROLE) && warning.contains(MD5_ROLE), "{warning}");
@@ -122,7 +116,7 @@ async fn login_roles_keep_their_passwords_or_the_run_says_in_advance_that_they_w
     common::drop_db(&s.target, "pw_carried_target").await;
     let tgt = common::url_for(&s.target, "pw_carried_target");
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = run(&common::write_plan(dir.path(), &src, &tgt, "role_passwords = true\n"));
+    let (code, out) = common::run_plan(&common::write_plan(dir.path(), &src, &tgt, "role_passwords = true\n"));
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("will not carry"), "{out}");
     let md5 = out.lines().find(|l| l.contains("MD5 password hash")).unwrap_or_else(|| panic!("{out}"));

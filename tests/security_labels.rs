@@ -10,41 +10,6 @@ use std::path::Path;
 
 const ROLE: &str = "pgshift_label_clerk";
 
-fn run(plan: &Path) -> (i32, String) {
-    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), all)
-}
-
-fn verify(source: &str, target: &str) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("verify.json");
-    let out = common::pgshift()
-        .args(["verify", "--source", source, "--target", target, "--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = std::fs::read_to_string(&json)
-        .unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// `class name change` of every difference.
-fn differences(report: &serde_json::Value) -> Vec<String> {
-    report["differences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {} {}",
-                d["class"].as_str().unwrap(),
-                d["name"].as_str().unwrap(),
-                d["change"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 const LABELS: &str = "SELECT l.provider || ' ' || o.type || ' ' || o.identity || ' = ' || l.label
        FROM pg_seclabel l, LATERAL pg_identify_object(l.classoid, l.objoid, l.objsubid) o
      UNION ALL
@@ -117,7 +82,7 @@ async fn security_labels_arrive_and_a_target_without_their_provider_is_refused()
     // a target that has not loaded the provider: refused before anything is written
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &common::url_for(&s.apache, refused), "");
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_eq!(code, 2, "{out}");
     let line = out.lines().find(|l| l.contains("security label provider")).unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains("pgshift_test (labels 10 objects)"), "{line}");
@@ -130,12 +95,12 @@ async fn security_labels_arrive_and_a_target_without_their_provider_is_refused()
     // a target with the provider: every label there, verify clean
     let dir = tempfile::tempdir().unwrap();
     let dst_url = common::url_for(&s.target, dst);
-    let (code, out) = run(&common::write_plan(dir.path(), &src, &dst_url, ""));
+    let (code, out) = common::run_plan(&common::write_plan(dir.path(), &src, &dst_url, ""));
     assert_eq!(code, 0, "{out}");
     let target_labels = common::strings(&dst_url, LABELS).await;
     assert_eq!(target_labels, source_labels.iter().map(|l| l.replace("labels_src", dst)).collect::<Vec<_>>());
-    let report = verify(&src, &dst_url);
-    assert_eq!(differences(&report), Vec::<String>::new());
+    let report = common::verify_cli(&src, &dst_url).1;
+    assert_eq!(common::differences(&report), Vec::<String>::new());
     let class = report["classes"].as_array().unwrap().iter().find(|c| c["class"] == "security_labels").unwrap().clone();
     assert_eq!((class["source"].as_i64(), class["target"].as_i64()), (Some(10), Some(10)), "{class}");
 
@@ -151,7 +116,7 @@ async fn security_labels_arrive_and_a_target_without_their_provider_is_refused()
         ))
         .await
         .unwrap();
-    let diffs = differences(&verify(&src, &dst_url));
+    let diffs = common::differences(&common::verify_cli(&src, &dst_url).1);
     for expected in [
         "security_labels pgshift_test on table column crm.customers.email missing",
         "security_labels pgshift_test on table crm.customers changed",

@@ -19,12 +19,6 @@ impl Drop for Reset {
     }
 }
 
-fn run(plan: &Path) -> (i32, String) {
-    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), all)
-}
-
 fn report(dir: &Path) -> (serde_json::Value, String) {
     let run = std::fs::read_dir(dir.join("backups")).unwrap().flatten().map(|e| e.path()).next().unwrap();
     let json = serde_json::from_str(&std::fs::read_to_string(run.join("verify.json")).unwrap()).unwrap();
@@ -59,7 +53,7 @@ async fn settings_that_change_results_are_named_before_the_run_and_set_by_the_pl
     common::drop_db(&s.target, "settings_target").await;
     let tgt = common::url_for(&s.target, "settings_target");
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = run(&common::write_plan(dir.path(), &src, &tgt, ""));
+    let (code, out) = common::run_plan(&common::write_plan(dir.path(), &src, &tgt, ""));
     assert_eq!(code, 0, "{out}");
     for (name, value) in [("TimeZone", "Asia/Seoul"), ("DateStyle", "SQL, DMY")] {
         let line = format!("server setting {name} is '{value}' on the source");
@@ -79,7 +73,7 @@ async fn settings_that_change_results_are_named_before_the_run_and_set_by_the_pl
     common::drop_db(&s.target, "settings_target").await;
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &tgt, "[target.settings]\nTimeZone = \"Asia/Seoul\"\n");
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("TimeZone = 'Asia/Seoul' set on the target"), "{out}");
     assert!(!out.contains("server setting TimeZone is"), "{out}");
@@ -92,7 +86,7 @@ async fn settings_that_change_results_are_named_before_the_run_and_set_by_the_pl
     // 3. a setting the target does not have: one clear line, nothing set
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &tgt, "[target.settings]\nno_such_setting = \"1\"\n");
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("no_such_setting"), "{out}");
     assert!(!out.contains("[backup] started"), "refused in the pre-flight: {out}");

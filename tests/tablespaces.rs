@@ -53,42 +53,6 @@ async fn drop_tablespaces(server: &str) {
     }
 }
 
-fn run(plan: &Path) -> (i32, String) {
-    let out = common::pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), all)
-}
-
-fn verify(source: &str, target: &str) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("verify.json");
-    let out = common::pgshift()
-        .args(["verify", "--source", source, "--target", target, "--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = std::fs::read_to_string(&json)
-        .unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// `class name change` of every difference, with `(planned)` after the allowed ones.
-fn differences(report: &serde_json::Value) -> Vec<String> {
-    report["differences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {} {}{}",
-                d["class"].as_str().unwrap(),
-                d["name"].as_str().unwrap(),
-                d["change"].as_str().unwrap(),
-                if d["allowed"].is_null() { "" } else { " (planned)" }
-            )
-        })
-        .collect()
-}
-
 async fn placements(url: &str) -> Vec<String> {
     common::strings(
         url,
@@ -147,7 +111,7 @@ async fn tablespaces_are_checked_before_anything_is_written_then_kept_and_verifi
     // a target without them: refused before anything is written, both named with the fix
     let dir = tempfile::tempdir().unwrap();
     let plan = common::write_plan(dir.path(), &src, &common::url_for(&s.target, kept), "");
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_ne!(code, 0, "{out}");
     let line = out.lines().find(|l| l.contains("lacks tablespaces")).unwrap_or_else(|| panic!("{out}"));
     for needed in [ARCHIVE, DBDEFAULT, "shop.orders", "and 3 more", "CREATE TABLESPACE", "default"] {
@@ -163,7 +127,7 @@ async fn tablespaces_are_checked_before_anything_is_written_then_kept_and_verifi
     let plan = common::write_plan(dir_flat.path(), &src, &flat_url, "");
     let text = std::fs::read_to_string(&plan).unwrap().replacen("[backup]", "tablespaces = \"default\"\n[backup]", 1);
     std::fs::write(&plan, text).unwrap();
-    let (code, out) = run(&plan);
+    let (code, out) = common::run_plan(&plan);
     assert_eq!(code, 0, "{out}");
     let flat_placements = placements(&flat_url).await;
     assert!(flat_placements.iter().all(|p| !p.contains("pgshift_tspace")), "{flat_placements:?}");
@@ -171,7 +135,7 @@ async fn tablespaces_are_checked_before_anything_is_written_then_kept_and_verifi
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("verify.json")).unwrap()).unwrap();
     assert_eq!(report["clean"], true, "{out}");
-    let diffs = differences(&report);
+    let diffs = common::differences(&report);
     assert!(diffs.iter().all(|d| d.starts_with("tablespaces ") && d.ends_with("(planned)")), "{diffs:?}");
     assert!(diffs.contains(&"tablespaces shop.orders missing (planned)".to_string()), "{diffs:?}");
     assert_eq!(
@@ -182,12 +146,12 @@ async fn tablespaces_are_checked_before_anything_is_written_then_kept_and_verifi
 
     // a target that has them (the run above brought the roles): every placement kept, verified clean
     fresh_tablespaces(&s.target, "target", &[kept]).await;
-    let (code, out) = run(&common::write_plan(dir.path(), &src, &common::url_for(&s.target, kept), ""));
+    let (code, out) = common::run_plan(&common::write_plan(dir.path(), &src, &common::url_for(&s.target, kept), ""));
     assert_eq!(code, 0, "{out}");
     let kept_url = common::url_for(&s.target, kept);
     assert_eq!(placements(&kept_url).await, source_placements);
-    let report = verify(&src, &kept_url);
-    assert_eq!(differences(&report), Vec::<String>::new());
+    let report = common::verify_cli(&src, &kept_url).1;
+    assert_eq!(common::differences(&report), Vec::<String>::new());
     let class = report["classes"].as_array().unwrap().iter().find(|c| c["class"] == "tablespaces").unwrap().clone();
     assert!(class["source"].as_i64().unwrap() >= 7, "placements and tablespaces listed: {class}");
 
@@ -201,7 +165,7 @@ async fn tablespaces_are_checked_before_anything_is_written_then_kept_and_verifi
         ))
         .await
         .unwrap();
-    let diffs = differences(&verify(&src, &kept_url));
+    let diffs = common::differences(&common::verify_cli(&src, &kept_url).1);
     for expected in [
         "tablespaces shop.orders_placed changed", // now in pg_default, not the database's default
         "tablespaces hypertable shop.readings missing",

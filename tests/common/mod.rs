@@ -305,3 +305,41 @@ pub async fn watermarks(url: &str) -> Vec<String> {
     )
     .await
 }
+
+/// `pgshift run --plan PLAN --yes`: its exit code and its output (stdout then stderr).
+pub fn run_plan(plan: &std::path::Path) -> (i32, String) {
+    let out = pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes"]).output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), all)
+}
+
+/// `pgshift verify --json`: its exit code and the report it wrote.
+pub fn verify_cli(source: &str, target: &str) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("verify.json");
+    let out = pgshift()
+        .args(["verify", "--source", source, "--target", target, "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), serde_json::from_str(&text).unwrap())
+}
+
+/// `class name change` of every difference in a verify report, with `(planned)` after the allowed.
+pub fn differences(report: &serde_json::Value) -> Vec<String> {
+    report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {}{}",
+                d["class"].as_str().unwrap(),
+                d["name"].as_str().unwrap(),
+                d["change"].as_str().unwrap(),
+                if d["allowed"].is_null() { "" } else { " (planned)" }
+            )
+        })
+        .collect()
+}

@@ -105,7 +105,7 @@ pub enum Command {
         #[arg(long, default_value_t = default_workers())]
         jobs: usize,
     },
-    /// Stage 1 alone: inventory, pg_dump schema/data/archive, roles and a manifest, into
+    /// Stage 1 alone: inventory, pg_dump archive (and schema.sql, data.sql), roles and a manifest, into
     /// DIR/<timestamp>/. Exit code 0: complete; 2: refused (bad input, tools); 3: failed; 130: cancelled.
     Backup {
         #[arg(long, env = "PGSHIFT_SOURCE", hide_env_values = true, help = CONN_HELP)]
@@ -126,6 +126,15 @@ pub enum Command {
         /// Dumps run at the same time.
         #[arg(long, default_value_t = 2)]
         jobs: usize,
+        /// Also write data.sql: every row once more, as plain SQL (full.dump holds them already).
+        #[arg(long)]
+        data_sql: bool,
+        /// Leave out schema.sql (the classic runbook's schema dump).
+        #[arg(long)]
+        no_schema_sql: bool,
+        /// How full.dump is compressed: auto (lz4 with pg_dump 16+, else gzip), lz4, zstd, gzip, none.
+        #[arg(long, default_value = "auto", value_name = "METHOD")]
+        compress: crate::plan::Compression,
         /// Print every event as one JSON object per line on stdout.
         #[arg(long)]
         json: bool,
@@ -455,9 +464,29 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             }
             Ok(if r.clean { 0 } else { EXIT_DIFFERENCES })
         }
-        Command::Backup { source, dir, bin_dir, role_passwords, no_rows, jobs, json, verbose } => {
+        Command::Backup {
+            source,
+            dir,
+            bin_dir,
+            role_passwords,
+            no_rows,
+            jobs,
+            data_sql,
+            no_schema_sql,
+            compress,
+            json,
+            verbose,
+        } => {
             let source = ConnSpec::parse("source", &source)?;
-            let options = BackupOptions { bin_dir, role_passwords, row_counts: !no_rows, jobs };
+            let options = BackupOptions {
+                bin_dir,
+                role_passwords,
+                row_counts: !no_rows,
+                jobs,
+                schema_sql: !no_schema_sql,
+                data_sql,
+                compression: compress,
+            };
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
             run_backup(source, &dir, options, mode).await
         }

@@ -64,7 +64,7 @@ async fn backup_is_complete_checksummed_and_restores_to_a_clean_verify() {
     let src = common::rich_db(&s.source, "bk_rich").await;
     let base = tempfile::tempdir().unwrap();
     let out = common::pgshift()
-        .args(["backup", "--source", &src, "--json", "--bin-dir", &bin_dir(), "--dir"])
+        .args(["backup", "--source", &src, "--json", "--bin-dir", &bin_dir(), "--data-sql", "--dir"])
         .arg(base.path())
         .output()
         .unwrap();
@@ -102,6 +102,8 @@ async fn backup_is_complete_checksummed_and_restores_to_a_clean_verify() {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{} is private", f.name);
     }
     assert!(manifest.check(&dir).is_empty());
+    let archive = manifest.files.iter().find(|f| f.name == "full.dump").unwrap();
+    assert!(archive.command.as_deref().unwrap_or("").contains("--compress=lz4"), "cheap compression: {archive:?}");
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(manifest.source.server_version_num / 10000, 17);
     assert_eq!(manifest.source.extensions.get("timescaledb").map(String::as_str), Some("2.19.3"));

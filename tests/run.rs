@@ -104,6 +104,12 @@ async fn a_rich_source_migrates_with_zero_differences() {
     assert_eq!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to redo"));
     assert_eq!(std::fs::read_dir(dir.path().join("backups")).unwrap().count(), 1);
+    // the backup dumped every row once, into the archive; data.sql only when the plan asks
+    let run_dir = std::fs::read_dir(dir.path().join("backups")).unwrap().next().unwrap().unwrap().path();
+    let manifest = pgshift::pgtools::manifest::Manifest::load(&run_dir).unwrap();
+    let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert!(names.contains(&"full.dump") && names.contains(&"schema.sql"), "{names:?}");
+    assert!(!names.contains(&"data.sql") && !run_dir.join("data.sql").exists(), "{names:?}");
     tokio::join!(common::drop_db(&s.source, "run_rich"), common::drop_db(&s.target, "run_rich_target"));
 }
 

@@ -124,6 +124,9 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
             role_passwords: plan.backup.role_passwords,
             row_counts: true,
             jobs: 2,
+            schema_sql: plan.backup.schema_sql,
+            data_sql: plan.backup.data_sql,
+            compression: plan.backup.compression,
         },
     );
     let environment: Box<dyn Stage> = match container {

@@ -55,7 +55,7 @@ pub async fn init(source_text: &str, out: &Path, overwrite: bool) -> Result<i32,
          # tablespaces = \"default\"   # the target lacks the source's tablespaces: use its default one\n\n\
          [target.container]\nname = \"pgshift-timescaledb\"\n# image = \"pgshift/timescaledb-pgvector:pg17\"\n\
          # dockerfile = \"Dockerfile.timescaledb\"\nport = 55432\n# data = \"./data/postgresql\"   # default: volume NAME-data\n\n\
-         [backup]\ndir = \"backups\"\n# bin_dir = \"/usr/lib/postgresql/17/bin\"\n# role_passwords = false\n\n\
+         [backup]\ndir = \"backups\"\n# bin_dir = \"/usr/lib/postgresql/17/bin\"\n# role_passwords = false\n# data_sql = false\n# compression = \"auto\"\n\n\
          [data]\njobs = 2\n# compressed_chunks = \"as-is\"   # or \"recompress\": decompress on the way, compress again\n\n[verify]\nchecksums = true\n\n\
          [tuning]\n# maintenance_work_mem = \"512MB\"   # for index builds (vector indexes above all)\n\
          # parallel_workers = 2\n# vacuum = false\n# reindex = false\n# compress_chunks = true\n",

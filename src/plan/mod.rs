@@ -105,6 +105,66 @@ pub struct BackupPlan {
     pub bin_dir: Option<PathBuf>,
     #[serde(default)]
     pub role_passwords: bool,
+    /// `schema.sql`, the classic runbook's schema dump (default yes: small, and readable).
+    #[serde(default = "yes")]
+    pub schema_sql: bool,
+    /// `data.sql`, every row once more as plain SQL (default no: `full.dump` holds the rows).
+    #[serde(default)]
+    pub data_sql: bool,
+    /// How `full.dump` is compressed.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// `[backup] compression`: how pg_dump compresses `full.dump`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// lz4 where pg_dump can (PostgreSQL 16+), else gzip at its fastest level.
+    #[default]
+    Auto,
+    Lz4,
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let all = [Compression::Auto, Compression::Lz4, Compression::Zstd, Compression::Gzip, Compression::None];
+        all.into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown compression {s:?}: use auto, lz4, zstd, gzip or none"))
+    }
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Auto => "auto",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+
+    /// pg_dump's `--compress` value for a pg_dump of `major`, or why that pg_dump cannot.
+    pub fn pg_dump_arg(self, major: u32) -> Result<String, String> {
+        let modern = major >= 16; // pg_dump 16 added lz4 and zstd (and the METHOD:LEVEL form)
+        Ok(match (self, modern) {
+            (Compression::Auto, true) | (Compression::Lz4, true) => "--compress=lz4".into(),
+            (Compression::Zstd, true) => "--compress=zstd".into(),
+            (Compression::Auto, false) | (Compression::Gzip, false) => "--compress=1".into(),
+            (Compression::Gzip, true) => "--compress=gzip:1".into(),
+            (Compression::None, _) => "--compress=0".into(),
+            (c @ (Compression::Lz4 | Compression::Zstd), false) => {
+                return Err(format!("pg_dump {major} cannot compress with {} (pg_dump 16 and later can)", c.name()))
+            }
+        })
+    }
 }
 
 fn default_backup_dir() -> PathBuf {
@@ -113,7 +173,14 @@ fn default_backup_dir() -> PathBuf {
 
 impl Default for BackupPlan {
     fn default() -> Self {
-        Self { dir: default_backup_dir(), bin_dir: None, role_passwords: false }
+        Self {
+            dir: default_backup_dir(),
+            bin_dir: None,
+            role_passwords: false,
+            schema_sql: true,
+            data_sql: false,
+            compression: Compression::Auto,
+        }
     }
 }
 
@@ -376,6 +443,17 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn compression_picks_what_the_pg_dump_can() {
+        use super::Compression;
+        assert_eq!(Compression::Auto.pg_dump_arg(17).unwrap(), "--compress=lz4");
+        assert_eq!(Compression::Auto.pg_dump_arg(15).unwrap(), "--compress=1");
+        assert_eq!(Compression::Gzip.pg_dump_arg(17).unwrap(), "--compress=gzip:1");
+        assert_eq!(Compression::None.pg_dump_arg(12).unwrap(), "--compress=0");
+        let e = Compression::Zstd.pg_dump_arg(15).unwrap_err();
+        assert!(e.contains("pg_dump 15") && e.contains("zstd"), "{e}");
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -1,5 +1,6 @@
 //! `after-data.sql`: what the split `--no-owner --no-privileges` dumps leave out, to run after
-//! `data.sql`: owners, privileges and default privileges, and the refresh of materialized views.
+//! the data (`data.sql`, or `pg_restore --data-only full.dump`): owners, privileges and default
+//! privileges, and the refresh of materialized views.
 //!
 //! Nothing here parses SQL text that came from the database: owner statements are written by the
 //! source server itself (`format('%I')`) at the backup's snapshot, and privileges and refreshes are
@@ -90,7 +91,8 @@ pub fn entry_count(toc: &str) -> usize {
 pub fn assemble(owners: &[String], restored: &[u8]) -> Vec<u8> {
     let mut out = String::from(
         "-- after-data.sql, written by pgshift backup.\n\
-         -- Run it after schema.sql and data.sql: it restores what --no-owner --no-privileges and\n\
+         -- Run it after schema.sql and the data (data.sql, or pg_restore --data-only full.dump):\n\
+         -- it restores what --no-owner --no-privileges and\n\
          -- split schema/data dumps leave out: owners (read from the source at the backup's snapshot),\n\
          -- privileges, default privileges and materialized view contents (from full.dump).\n\n",
     );

@@ -1,9 +1,10 @@
 //! Stage 1 — Backup: the source inventory and every dump, all read at one exported snapshot.
 //!
 //! Files in the run directory:
-//! - `schema.sql`  `pg_dump --schema-only --no-owner --no-privileges` (the classic runbook's)
-//! - `data.sql`    `pg_dump --data-only --no-owner --no-privileges`
-//! - `full.dump`   `pg_dump -Fc`: owners and privileges kept, for selective restore
+//! - `full.dump`   `pg_dump -Fc`: every row, owners and privileges kept, for selective restore
+//!   (compressed with lz4 where pg_dump can; `[backup] compression`)
+//! - `schema.sql`  `pg_dump --schema-only --no-owner --no-privileges` (the classic runbook's; optional)
+//! - `data.sql`    `pg_dump --data-only --no-owner --no-privileges` (only with `[backup] data_sql`)
 //! - `roles.sql`   `pg_dumpall --roles-only` (passwords only when asked)
 //! - `after-data.sql` owners, privileges and materialized view refreshes read back from `full.dump`
 //! - `inventory.json` the source inventory; `manifest.json` sizes, sha256, versions, times (last)
@@ -32,6 +33,7 @@ use crate::human::human_bytes;
 use crate::pgtools::manifest::{Manifest, ManifestFile, SourceInfo, MANIFEST_FILE};
 use crate::pgtools::process::{run_tool, Collect, LineClass, Sink, ToolCommand};
 use crate::pgtools::tools::{find_tools, Tool};
+use crate::plan::Compression;
 use crate::postgres::conn::ConnSpec;
 
 #[derive(Debug, Clone)]
@@ -44,11 +46,24 @@ pub struct BackupOptions {
     pub row_counts: bool,
     /// Dumps run at the same time.
     pub jobs: usize,
+    /// Write the split `schema.sql` (schema) and `data.sql` (every row once more, as SQL).
+    pub schema_sql: bool,
+    pub data_sql: bool,
+    /// How `full.dump` is compressed.
+    pub compression: Compression,
 }
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        Self { bin_dir: None, role_passwords: false, row_counts: true, jobs: 2 }
+        Self {
+            bin_dir: None,
+            role_passwords: false,
+            row_counts: true,
+            jobs: 2,
+            schema_sql: true,
+            data_sql: false,
+            compression: Compression::Auto,
+        }
     }
 }
 
@@ -115,29 +130,13 @@ impl BackupStage {
         let read = async {
             ctx.info("inventory", "reading the source catalog at one snapshot (the dumps share it)").await;
             let session = Session::open(&source).await?;
-            let mut inv = session.inventory().await?;
-            if self.options.row_counts {
-                let jobs = catalog::row_jobs(&inv);
-                let chunks = jobs.len() - inv.tables.iter().filter(|t| t.parts.is_empty()).count();
-                let parts =
-                    if chunks > 0 { format!(" (hypertables chunk by chunk: {chunks} chunks)") } else { String::new() };
-                ctx.info("inventory", format!("counting rows of {} tables{parts}", inv.tables.len())).await;
-                let counted = std::sync::Arc::new(crate::catalog::rows::RowProgress::default());
-                let read = || {
-                    let (done, total, _) = counted.get();
-                    (done, Some(total))
-                };
-                let measure =
-                    session.measure_rows(jobs, RowMode::Count, self.options.jobs.max(1), Some(counted.clone()));
-                let results = ctx.metered("tables counted", Unit::Tables, read, measure).await?;
-                inv.apply_rows(&results);
-            }
+            let inv = session.inventory().await?;
             let owners = session.strings("owners", &after_data::owner_statements_sql()).await?;
             Ok::<_, UserError>((session, inv, owners))
         };
         // catalog queries do not watch the cancel token: race them against it (dropping them
         // closes their connections; the engine then ends their server sessions)
-        let (session, inv, owners) = tokio::select! {
+        let (session, mut inv, owners) = tokio::select! {
             r = read => r?,
             _ = ctx.cancel_token().cancelled() => return Err(StageError::Cancelled),
         };
@@ -149,26 +148,13 @@ impl BackupStage {
             )
             .await;
         }
-        let objects: usize = inv.objects.values().map(|d| d.len()).sum();
-        ctx.info(
-            "inventory",
-            format!(
-                "{objects} objects in {} classes, {} tables ({})",
-                inv.objects.len(),
-                inv.tables.len(),
-                rows_text(&inv)
-            ),
-        )
-        .await;
-        let inventory_json = serde_json::to_string_pretty(&inv).expect("inventory serializes");
-        let inventory_path = dir.join(crate::engine::run_files::INVENTORY);
-        write_atomic(&inventory_path, inventory_json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))?;
 
         let estimate: u64 = inv.tables.iter().map(|t| t.bytes.max(0) as u64).sum();
+        let copies = if self.options.data_sql { "twice (data.sql, full.dump)" } else { "once (full.dump)" };
         if let Some(free) = files::free_bytes(dir) {
-            if free < estimate.saturating_mul(2) {
+            if free < estimate.saturating_mul(if self.options.data_sql { 2 } else { 1 }) {
                 ctx.warning(format!(
-                    "{} free in {}; the data is about {} on disk and is dumped twice (data.sql, full.dump)",
+                    "{} free in {}; the data is about {} on disk and is dumped {copies}",
                     human_bytes(free),
                     dir.display(),
                     human_bytes(estimate)
@@ -185,60 +171,54 @@ impl BackupStage {
             .map(|t| t.name.replace('"', ""))
             .collect();
         let has_timescaledb = inv.timescaledb.is_some();
-        let snapshot_args: Vec<String> = snapshot.iter().map(|s| format!("--snapshot={s}")).collect();
-        // --database: the database to connect to for the roles (default postgres), which the role
-        // may not be allowed to connect to
-        let mut roles_args = vec![
-            "--roles-only".to_string(),
-            "--verbose".into(),
-            "--no-password".into(),
-            format!("--database={}", self.source.dbname()),
-        ];
-        if !self.options.role_passwords {
-            roles_args.push("--no-role-passwords".into());
-        }
-        let dumps = vec![
-            Dump {
-                file: "schema.sql",
-                content: "schema: pg_dump --schema-only --no-owner --no-privileges",
-                cmd: ToolCommand::new("pg_dump schema.sql", &tools.pg_dump.path, &source)
-                    .args(["--schema-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
-                    .args(snapshot_args.clone()),
-                estimate: None,
-            },
-            Dump {
-                file: "data.sql",
-                content: "data: pg_dump --data-only --no-owner --no-privileges",
-                cmd: ToolCommand::new("pg_dump data.sql", &tools.pg_dump.path, &source)
-                    .args(["--data-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
-                    .args(snapshot_args.clone()),
-                estimate: Some(estimate),
-            },
-            Dump {
-                file: "full.dump",
-                content: "everything with owners and privileges: pg_dump --format=custom",
-                cmd: ToolCommand::new("pg_dump full.dump", &tools.pg_dump.path, &source)
-                    .args(["--format=custom", "--verbose", "--no-password"])
-                    .args(snapshot_args),
-                estimate: Some(estimate / 3),
-            },
-            Dump {
-                file: "roles.sql",
-                content: if self.options.role_passwords {
-                    "roles and memberships with password hashes: pg_dumpall --roles-only"
-                } else {
-                    "roles and memberships, no passwords: pg_dumpall --roles-only --no-role-passwords"
-                },
-                cmd: ToolCommand::new("pg_dumpall roles.sql", &tools.pg_dumpall.path, &source).args(roles_args),
-                estimate: None,
-            },
-        ];
+        let dumps = self.dumps(&tools, &source, snapshot.as_deref(), estimate)?;
         let table_count = user_tables.len() as u64;
-        let mut written: Vec<ManifestFile> = futures_util::stream::iter(dumps)
+        let dumping = futures_util::stream::iter(dumps)
             .map(|d| run_dump(ctx, dir, d, &user_tables, table_count, has_timescaledb))
             .buffer_unordered(self.options.jobs.max(1))
-            .try_collect()
-            .await?;
+            .try_collect::<Vec<ManifestFile>>();
+        // the inventory's row counts read at the same snapshot, beside the dumps
+        let counting = async {
+            if !self.options.row_counts {
+                return Ok(None);
+            }
+            let jobs = catalog::row_jobs(&inv);
+            let chunks = jobs.len() - inv.tables.iter().filter(|t| t.parts.is_empty()).count();
+            let parts =
+                if chunks > 0 { format!(" (hypertables chunk by chunk: {chunks} chunks)") } else { String::new() };
+            ctx.info("inventory", format!("counting rows of {} tables{parts}, beside the dumps", inv.tables.len()))
+                .await;
+            let counted = std::sync::Arc::new(crate::catalog::rows::RowProgress::default());
+            let read = || {
+                let (done, total, _) = counted.get();
+                (done, Some(total))
+            };
+            let measure = session.measure_rows(jobs, RowMode::Count, 1, Some(counted.clone()));
+            let counting = ctx.metered("tables counted", Unit::Tables, read, measure);
+            tokio::select! {
+                r = counting => r.map(Some).map_err(StageError::from),
+                _ = ctx.cancel_token().cancelled() => Err(StageError::Cancelled),
+            }
+        };
+        let (written, counts) = tokio::join!(dumping, counting);
+        let mut written = written?;
+        if let Some(counts) = counts? {
+            inv.apply_rows(&counts);
+        }
+        let objects: usize = inv.objects.values().map(|d| d.len()).sum();
+        ctx.info(
+            "inventory",
+            format!(
+                "{objects} objects in {} classes, {} tables ({})",
+                inv.objects.len(),
+                inv.tables.len(),
+                rows_text(&inv)
+            ),
+        )
+        .await;
+        let inventory_json = serde_json::to_string_pretty(&inv).expect("inventory serializes");
+        let inventory_path = dir.join(crate::engine::run_files::INVENTORY);
+        write_atomic(&inventory_path, inventory_json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))?;
         session.close().await;
 
         // after-data.sql: owners (read above at the snapshot), and the archive's privilege and
@@ -271,7 +251,7 @@ impl BackupStage {
         for (name, content, command) in [
             (
                 "after-data.sql",
-                "owners, privileges, materialized view refreshes from full.dump; run after data.sql",
+                "owners, privileges, materialized view refreshes from full.dump; run after the data",
                 Some(cmd.display()),
             ),
             ("inventory.json", "the source inventory: every object with its definition, row counts", None),
@@ -316,18 +296,97 @@ impl BackupStage {
     }
 }
 
+impl BackupStage {
+    /// pg_dump's `--compress` for `full.dump`, refused when the pg_dump found cannot do it.
+    fn compress_arg(&self, tools: &Tools) -> Result<String, UserError> {
+        self.options
+            .compression
+            .pg_dump_arg(tools.pg_dump.major)
+            .map_err(|e| UserError::new(e, "set [backup] compression = \"auto\" (or install pg_dump 16 or later)"))
+    }
+
+    /// The dumps the plan asks for, all reading `snapshot`: `full.dump` always, `roles.sql`
+    /// always, the split `schema.sql` and `data.sql` as `[backup]` says.
+    fn dumps(
+        &self,
+        tools: &Tools,
+        source: &ConnSpec,
+        snapshot: Option<&str>,
+        estimate: u64,
+    ) -> Result<Vec<Dump>, UserError> {
+        let snapshot_args: Vec<String> = snapshot.iter().map(|s| format!("--snapshot={s}")).collect();
+        let compress = self.compress_arg(tools)?;
+        let mut dumps = Vec::new();
+        if self.options.schema_sql {
+            dumps.push(Dump {
+                file: "schema.sql",
+                content: "schema: pg_dump --schema-only --no-owner --no-privileges",
+                cmd: ToolCommand::new("pg_dump schema.sql", &tools.pg_dump.path, source)
+                    .args(["--schema-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
+                    .args(snapshot_args.clone()),
+                estimate: None,
+            });
+        }
+        if self.options.data_sql {
+            dumps.push(Dump {
+                file: "data.sql",
+                content: "data: pg_dump --data-only --no-owner --no-privileges",
+                cmd: ToolCommand::new("pg_dump data.sql", &tools.pg_dump.path, source)
+                    .args(["--data-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
+                    .args(snapshot_args.clone()),
+                estimate: Some(estimate),
+            });
+        }
+        // the archive first among equals: it is the largest, and the later stages restore from it
+        dumps.insert(
+            0,
+            Dump {
+                file: "full.dump",
+                content: "everything with owners and privileges: pg_dump --format=custom",
+                cmd: ToolCommand::new("pg_dump full.dump", &tools.pg_dump.path, source)
+                    .args(["--format=custom", "--verbose", "--no-password", compress.as_str()])
+                    .args(snapshot_args),
+                estimate: Some(if self.options.compression == Compression::None { estimate } else { estimate / 3 }),
+            },
+        );
+        // --database: the database to connect to for the roles (default postgres), which the role
+        // may not be allowed to connect to
+        let mut roles_args = vec![
+            "--roles-only".to_string(),
+            "--verbose".into(),
+            "--no-password".into(),
+            format!("--database={}", self.source.dbname()),
+        ];
+        if !self.options.role_passwords {
+            roles_args.push("--no-role-passwords".into());
+        }
+        dumps.push(Dump {
+            file: "roles.sql",
+            content: if self.options.role_passwords {
+                "roles and memberships with password hashes: pg_dumpall --roles-only"
+            } else {
+                "roles and memberships, no passwords: pg_dumpall --roles-only --no-role-passwords"
+            },
+            cmd: ToolCommand::new("pg_dumpall roles.sql", &tools.pg_dumpall.path, source).args(roles_args),
+            estimate: None,
+        });
+        Ok(dumps)
+    }
+}
+
 impl Stage for BackupStage {
     fn id(&self) -> &'static str {
         "backup"
     }
 
     fn title(&self) -> &'static str {
-        "Backup: inventory, pg_dump schema/data/archive, roles, manifest"
+        "Backup: inventory, pg_dump archive and schema, roles, manifest"
     }
 
     fn preflight<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<(), UserError>> {
         Box::pin(async move {
-            self.find_tools(ctx).await?;
+            let tools = self.find_tools(ctx).await?;
+            self.compress_arg(&tools)?;
             for w in self.password_warnings().await? {
                 ctx.warning(w).await;
             }

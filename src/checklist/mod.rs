@@ -148,12 +148,13 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     .with_tablespaces(plan.target.tablespaces);
     let data =
         DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(plan.data.compressed_chunks);
-    let post = PostDataStage::new(target.clone(), &plan.tuning).with_tablespaces(plan.target.tablespaces);
+    let post = PostDataStage::new(source.clone(), target.clone(), &plan.tuning, plan.data.jobs)
+        .with_tablespaces(plan.target.tablespaces);
     let timescale =
         TimescaleStage::new(source.clone(), target.clone(), plan.tuning.compress_chunks, plan.hypertables.clone());
     let vectors = VectorStage::new(target.clone(), plan.vectors.clone(), plan.tuning.clone(), shm_bytes)
         .checked_against(source.clone());
-    let tuning = TuningStage::new(source.clone(), target.clone(), plan.tuning.clone());
+    let tuning = TuningStage::new(source.clone(), target.clone(), plan.tuning.clone()).with_sessions(plan.data.jobs);
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
     let target_user = target.config.get_user().unwrap_or("postgres").to_string();

@@ -92,6 +92,16 @@ impl Entry {
         Some(Entry { id, line: line.to_string(), kind: kind.to_string(), schema: schema.into(), rest: rest.into() })
     }
 
+    /// The object's identity on the source: (catalog OID, object OID), as the list prints them
+    /// (`1259 16390` for a relation); none for entries without one (`0 0`).
+    pub fn object(&self) -> Option<(u32, u32)> {
+        let (_, rest) = self.line.split_once("; ")?;
+        let mut fields = rest.split(' ');
+        let catalog = fields.next()?.parse().ok()?;
+        let oid = fields.next()?.parse().ok()?;
+        (catalog != 0).then_some((catalog, oid))
+    }
+
     /// In one of TimescaleDB's own schemas (chunks, catalog): recreated by TimescaleDB, not restored.
     pub fn is_timescaledb_internal(&self) -> bool {
         TS_SCHEMA_NAMES.contains(&self.schema.as_str())
@@ -183,8 +193,10 @@ mod tests {
             Entry::parse("4572; 2606 17401 FK CONSTRAINT energy devices devices_site_id_fkey pgshift_owner").unwrap();
         assert_eq!((e.id, e.kind.as_str(), e.schema.as_str()), (4572, "FK CONSTRAINT", "energy"));
         assert_eq!(e.describe(), "fk constraint energy.devices devices_site_id_fkey");
+        assert_eq!(e.object(), Some((2606, 17401)));
         let e = Entry::parse("4785; 0 0 ACL _timescaledb_internal TABLE _hyper_1_10_chunk postgres").unwrap();
         assert!(e.is_timescaledb_internal());
+        assert_eq!(e.object(), None);
         let e = Entry::parse("3; 2615 2200 SCHEMA - public pg_database_owner").unwrap();
         assert_eq!(e.schema, "-");
         let e = Entry::parse("5000; 0 16400 TABLE DATA energy sites postgres").unwrap();

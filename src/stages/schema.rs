@@ -20,6 +20,7 @@ use crate::catalog::tablespaces;
 use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{self, write_atomic, write_error};
+use crate::pgtools::build_phases;
 use crate::pgtools::manifest::Manifest;
 use crate::pgtools::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
 use crate::pgtools::toc::{self, Entry, FailureLog};
@@ -974,27 +975,71 @@ fn upgrades(
 
 /// Stage 5: what is built after the data — indexes, constraints, triggers, rules, policies, RLS,
 /// default privileges, materialized view contents — and the schema entries that failed before.
+/// Index builds and then foreign keys run in several sessions at once (`pgtools::build_phases`).
 pub struct PostDataStage {
+    /// Read for the tables' sizes, which order the builds.
+    source: ConnSpec,
     target: ConnSpec,
     /// `maintenance_work_mem` and parallel workers for the index builds.
-    build_options: String,
+    tuning: crate::plan::TuningPlan,
+    /// Target sessions building at once.
+    sessions: usize,
     tablespaces: Tablespaces,
 }
 
 impl PostDataStage {
-    pub fn new(target: ConnSpec, tuning: &crate::plan::TuningPlan) -> Self {
-        let build_options = format!(
-            "-c maintenance_work_mem={} -c max_parallel_maintenance_workers={}",
-            tuning.maintenance_work_mem.replace(' ', ""),
-            tuning.parallel_workers
-        );
-        Self { target, build_options, tablespaces: Tablespaces::Source }
+    pub fn new(source: ConnSpec, target: ConnSpec, tuning: &crate::plan::TuningPlan, sessions: usize) -> Self {
+        Self { source, target, tuning: tuning.clone(), sessions: sessions.max(1), tablespaces: Tablespaces::Source }
     }
 
     pub fn with_tablespaces(mut self, tablespaces: Tablespaces) -> Self {
         self.tablespaces = tablespaces;
         self
     }
+
+    /// PGOPTIONS for index builds when `sessions` run at once: the plan's maintenance_work_mem
+    /// shared out between them.
+    fn build_options(&self, sessions: usize) -> String {
+        format!(
+            "-c maintenance_work_mem={} -c max_parallel_maintenance_workers={}",
+            build_phases::share_memory(&self.tuning.maintenance_work_mem, sessions),
+            self.tuning.parallel_workers
+        )
+    }
+
+    /// The source's table sizes behind each index and constraint; none when they cannot be read
+    /// (then the builds keep the archive's order: the sizes only order them).
+    async fn sizes(&self, ctx: &StageContext) -> build_phases::Sizes {
+        let read = async {
+            let client = ctx.tagged(&self.source).connect().await.ok()?;
+            let rows = client.query(build_phases::SIZES_SQL, &[]).await.ok()?;
+            Some(
+                rows.iter()
+                    .map(|r| ((r.get::<_, i64>(0) as u32, r.get::<_, i64>(1) as u32), r.get::<_, i64>(2).max(0) as u64))
+                    .collect(),
+            )
+        };
+        read.await.unwrap_or_default()
+    }
+}
+
+/// One pg_restore per list of `bins`, all at once; the entries that failed, with their errors.
+async fn parallel_rounds(
+    ctx: &StageContext,
+    backup: &Backup,
+    target: &ConnSpec,
+    bins: &[Vec<Entry>],
+    what: &str,
+    pgoptions: &str,
+) -> Result<Vec<(Entry, String)>, StageError> {
+    let n = bins.len();
+    let rounds = bins.iter().enumerate().map(|(i, bin)| async move {
+        let refs: Vec<&Entry> = bin.iter().collect();
+        let label =
+            if n > 1 { format!("pg_restore {what} (session {}/{n})", i + 1) } else { format!("pg_restore {what}") };
+        restore_round(ctx, backup, target, &refs, &label, Some(pgoptions)).await
+    });
+    Ok(futures_util::future::try_join_all(rounds).await?.into_iter().flatten().collect())
 }
 
 impl Stage for PostDataStage {
@@ -1015,7 +1060,7 @@ impl Stage for PostDataStage {
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
-            let mut entries: Vec<Entry> = if earlier.is_empty() {
+            let retried: Vec<Entry> = if earlier.is_empty() {
                 Vec::new()
             } else {
                 restorable(list_section(ctx, &backup, "pre-data").await?, &BTreeSet::new())
@@ -1023,14 +1068,52 @@ impl Stage for PostDataStage {
                     .filter(|e| earlier.contains(&e.id))
                     .collect()
             };
-            entries.extend(restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new()));
-            let total = entries.len();
+            let post = restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new());
+            let total = retried.len() + post.len();
             // event triggers last, once everything else is built: a DDL guard would refuse the rest
-            let (event_triggers, entries): (Vec<Entry>, Vec<Entry>) =
-                entries.into_iter().partition(|e| e.is_on_event_trigger());
-            // indexes are built after the data, with parallel maintenance workers
-            let failed =
-                restore_with_retries(ctx, &backup, &target, entries, "post-data", Some(&self.build_options)).await?;
+            let (event_triggers, post): (Vec<Entry>, Vec<Entry>) =
+                post.into_iter().partition(|e| e.is_on_event_trigger());
+            let (retried_triggers, retried): (Vec<Entry>, Vec<Entry>) =
+                retried.into_iter().partition(|e| e.is_on_event_trigger());
+            let event_triggers: Vec<Entry> = retried_triggers.into_iter().chain(event_triggers).collect();
+
+            // the schema entries that failed before the data first: an index may need one
+            let mut failed = Vec::new();
+            if !retried.is_empty() {
+                let refs: Vec<&Entry> = retried.iter().collect();
+                let serial = self.build_options(1);
+                failed =
+                    restore_round(ctx, &backup, &target, &refs, "pg_restore earlier failures", Some(&serial)).await?;
+            }
+            let phases = build_phases::plan(post, &self.sizes(ctx).await, self.sessions);
+            let count = |bins: &[Vec<Entry>]| bins.iter().map(Vec::len).sum::<usize>();
+            ctx.info(
+                "post-data",
+                format!(
+                    "{} index builds in {} session(s), then {} foreign keys in {}, then {} other entries",
+                    count(&phases.indexes),
+                    phases.indexes.len(),
+                    count(&phases.foreign_keys),
+                    phases.foreign_keys.len(),
+                    phases.rest.len()
+                ),
+            )
+            .await;
+            // indexes are built after the data, several at once, with parallel maintenance workers
+            let options = self.build_options(phases.indexes.len().max(1));
+            failed.extend(parallel_rounds(ctx, &backup, &target, &phases.indexes, "indexes", &options).await?);
+            failed
+                .extend(parallel_rounds(ctx, &backup, &target, &phases.foreign_keys, "foreign keys", &options).await?);
+            // what failed in a parallel phase is tried again with the rest, in dependency order —
+            // except what TimescaleDB refuses with ONLY, which is made without it below
+            let (only, again): (Vec<_>, Vec<_>) =
+                failed.into_iter().partition(|(_, err)| err.contains("ONLY option not supported on hypertable"));
+            let rest: Vec<Entry> = phases.rest.into_iter().chain(again.into_iter().map(|(e, _)| e)).collect();
+            let mut failed = only;
+            if !rest.is_empty() {
+                let serial = self.build_options(1);
+                failed.extend(restore_with_retries(ctx, &backup, &target, rest, "post-data", Some(&serial)).await?);
+            }
             let mut failed = retry_on_hypertables(ctx, &backup, &target, failed).await?;
             if !event_triggers.is_empty() {
                 failed

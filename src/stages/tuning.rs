@@ -7,7 +7,7 @@
 use futures_util::future::BoxFuture;
 
 use crate::catalog;
-use crate::engine::{Stage, StageContext, StageError};
+use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::plan::TuningPlan;
 use crate::postgres::conn::ConnSpec;
 
@@ -15,7 +15,32 @@ pub struct TuningStage {
     source: ConnSpec,
     target: ConnSpec,
     tuning: TuningPlan,
+    /// Target sessions analyzing at once.
+    sessions: usize,
 }
+
+/// The target's tables and materialized views, each with the bytes it and its descendants hold,
+/// largest first: what a database-wide ANALYZE processes (TOAST and temporary tables not), less the
+/// partitions and chunks, which the ANALYZE of their partitioned table or hypertable processes.
+/// `{chunks}` is a condition on `c` that is true for a TimescaleDB chunk.
+fn tables_by_size_sql(chunks: &str) -> String {
+    format!(
+        "WITH RECURSIVE tree(root, rel) AS (
+             SELECT c.oid, c.oid FROM pg_class c WHERE c.relkind IN ('r', 'm', 'p')
+             UNION ALL
+             SELECT t.root, i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.rel
+         ), sizes AS (SELECT root, sum(pg_total_relation_size(rel)) AS bytes FROM tree GROUP BY root)
+         SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace JOIN sizes s ON s.root = c.oid
+          WHERE n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+            AND NOT c.relispartition AND NOT ({chunks})
+          ORDER BY s.bytes DESC, 1"
+    )
+}
+
+/// True for a TimescaleDB chunk, where the catalog is there.
+const IS_CHUNK: &str = "EXISTS (SELECT 1 FROM _timescaledb_catalog.chunk ch
+                                 WHERE ch.schema_name = n.nspname AND ch.table_name = c.relname)";
 
 impl TuningStage {
     /// Gives each event trigger the post-data stage held disabled the source's state — last, as
@@ -57,7 +82,51 @@ impl TuningStage {
     }
 
     pub fn new(source: ConnSpec, target: ConnSpec, tuning: TuningPlan) -> Self {
-        Self { source, target, tuning }
+        Self { source, target, tuning, sessions: 1 }
+    }
+
+    /// ANALYZE (or VACUUM) runs table by table in this many sessions at once.
+    pub fn with_sessions(mut self, sessions: usize) -> Self {
+        self.sessions = sessions.max(1);
+        self
+    }
+
+    /// `stats` (ANALYZE, or VACUUM (ANALYZE)) of every table, largest first, in `self.sessions`
+    /// sessions each taking the next table when it is done; returns how many tables.
+    async fn statistics(
+        &self,
+        ctx: &StageContext,
+        client: &tokio_postgres::Client,
+        stats: &str,
+    ) -> Result<u64, StageError> {
+        let fail = |what: &str, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(&self.target, what, &e, "connect to the target as a superuser"))
+        };
+        let timescaledb: bool = client
+            .query_one("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL", &[])
+            .await
+            .map_err(|e| fail("looking for TimescaleDB", e))?
+            .get(0);
+        let sql = tables_by_size_sql(if timescaledb { IS_CHUNK } else { "false" });
+        let tables: Vec<String> =
+            client.query(&sql, &[]).await.map_err(|e| fail("listing tables", e))?.iter().map(|r| r.get(0)).collect();
+        let total = tables.len() as u64;
+        let queue = std::sync::Mutex::new(tables.into_iter());
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let worker = || async {
+            let client = ctx.tagged(&self.target).connect().await?;
+            loop {
+                let Some(table) = queue.lock().expect("queue lock").next() else { return Ok::<_, StageError>(()) };
+                let sql = format!("{stats} {table}");
+                client.batch_execute(&sql).await.map_err(|e| fail(&sql, e))?;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let workers =
+            futures_util::future::try_join_all((0..self.sessions.min(total.max(1) as usize)).map(|_| worker()));
+        let read = || (done.load(std::sync::atomic::Ordering::Relaxed), Some(total));
+        ctx.metered("tables analyzed", Unit::Tables, read, workers).await?;
+        Ok(total)
     }
 }
 
@@ -82,8 +151,12 @@ impl Stage for TuningStage {
                 ))
             };
             let stats = if self.tuning.vacuum { "VACUUM (ANALYZE)" } else { "ANALYZE" };
-            ctx.info("tuning", format!("{stats} of the target database")).await;
-            target.batch_execute(stats).await.map_err(|e| fail(stats, e))?;
+            ctx.info(
+                "tuning",
+                format!("{stats} of the target database, table by table in {} session(s)", self.sessions),
+            )
+            .await;
+            let analyzed = self.statistics(ctx, &target, stats).await?;
             let mut reindexed = 0;
             if self.tuning.reindex {
                 let tables: Vec<String> = target
@@ -153,7 +226,7 @@ impl Stage for TuningStage {
                 .await;
             }
             Ok(format!(
-                "{stats} done, {applied} database propert(ies) set, {triggers} event trigger(s) given the source's state, \
+                "{stats} of {analyzed} table(s) done, {applied} database propert(ies) set, {triggers} event trigger(s) given the source's state, \
                  {reindexed} table(s) reindexed, {} index(es) never used on the source",
                 unused.len()
             ))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::status::StageStatus;
+use crate::engine::timeline::Span;
 use crate::files::write_atomic;
 
 pub const JOURNAL_FILE: &str = "journal.json";
@@ -14,6 +15,9 @@ pub const JOURNAL_FILE: &str = "journal.json";
 pub struct JournalEntry {
     pub stage: String,
     pub status: StageStatus,
+    /// When it last started running (absent for a stage skipped without running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -46,6 +50,11 @@ impl Journal {
         Ok(Self { path, data })
     }
 
+    /// The run directory the journal lives in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     pub fn data(&self) -> &JournalData {
         &self.data
     }
@@ -56,12 +65,10 @@ impl Journal {
 
     /// Records a stage's new status and writes the journal (write to a temporary file, then rename).
     pub fn record(&mut self, stage: &str, status: StageStatus, detail: Option<String>) -> Result<(), String> {
-        let entry = JournalEntry {
-            stage: stage.into(),
-            status,
-            updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            detail,
-        };
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let earlier = self.data.stages.iter().find(|e| e.stage == stage).and_then(|e| e.started_at.clone());
+        let started_at = if status == StageStatus::Running { Some(now.clone()) } else { earlier };
+        let entry = JournalEntry { stage: stage.into(), status, started_at, updated_at: now, detail };
         match self.data.stages.iter_mut().find(|e| e.stage == stage) {
             Some(e) => *e = entry,
             None => self.data.stages.push(entry),
@@ -76,6 +83,42 @@ impl Journal {
             other => other,
         }
         .map_err(|e| format!("journal not written to {}: {e}", self.path.display()))
+    }
+}
+
+impl JournalData {
+    /// `run.md`: each stage's status and what it said, then the timeline.
+    pub fn report_markdown(&self) -> String {
+        let mut out = String::from("# pgshift run\n\n| stage | status | result |\n|---|---|---|\n");
+        for e in &self.stages {
+            let detail = e.detail.as_deref().unwrap_or("").replace('|', "\\|").replace('\n', " ");
+            out.push_str(&format!("| {} | {} | {detail} |\n", e.stage, e.status.label()));
+        }
+        out.push('\n');
+        out.push_str(&crate::engine::timeline::markdown(&self.spans()));
+        out
+    }
+
+    /// The stages that ran, on the clock of the first one's start: a finished stage ends at its
+    /// last update, a running one has no end yet.
+    pub fn spans(&self) -> Vec<Span> {
+        let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&chrono::Utc));
+        let times: Vec<(&JournalEntry, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = self
+            .stages
+            .iter()
+            .filter_map(|e| Some((e, parse(e.started_at.as_deref()?)?, parse(&e.updated_at)?)))
+            .collect();
+        let Some(origin) = times.iter().map(|(_, s, _)| *s).min() else { return Vec::new() };
+        let offset = |t: chrono::DateTime<chrono::Utc>| (t - origin).to_std().unwrap_or_default();
+        times
+            .into_iter()
+            .map(|(e, start, end)| Span {
+                stage: e.stage.clone(),
+                status: e.status,
+                start: offset(start),
+                end: (e.status != StageStatus::Running).then(|| offset(end)),
+            })
+            .collect()
     }
 }
 

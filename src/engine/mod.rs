@@ -8,6 +8,7 @@ pub mod activity;
 pub mod journal;
 pub mod run_files;
 pub mod status;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -210,17 +211,23 @@ impl StageContext {
     ) -> T {
         tokio::pin!(work);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // nothing counted of nothing known: the work has not reached its counting yet (a gauge
+        // of 0 of 0 would say nothing, and stand still long enough to be called stalled)
+        let show =
+            |(done, total): (u64, Option<u64>)| (done > 0 || total.is_some_and(|t| t > 0)).then_some((done, total));
         let out = loop {
             tokio::select! {
                 out = &mut work => break out,
                 _ = tick.tick() => {
-                    let (done, total) = read();
-                    self.progress(item, done, total, unit).await;
+                    if let Some((done, total)) = show(read()) {
+                        self.progress(item, done, total, unit).await;
+                    }
                 }
             }
         };
-        let (done, total) = read();
-        self.progress(item, done, total, unit).await;
+        if let Some((done, total)) = show(read()) {
+            self.progress(item, done, total, unit).await;
+        }
         out
     }
 
@@ -403,6 +410,13 @@ impl Engine {
                 break;
             }
         }
+        if let Some(j) = journal.as_deref() {
+            let path = j.dir().join(run_files::RUN_REPORT);
+            if let Err(e) = crate::files::write_atomic(&path, j.data().report_markdown().as_bytes()) {
+                let ctx = StageContext::new("run", self.events.clone(), self.cancel.clone(), &self.run_id, None);
+                ctx.warning(format!("{} not written: {e}", path.display())).await;
+            }
+        }
         RunOutcome { statuses, error }
     }
 }
@@ -415,21 +429,29 @@ async fn run_cancellable(
     cancel: &CancellationToken,
 ) -> Result<String, StageError> {
     // the stage, and beside it what its server sessions do (dropped when the stage ends)
+    let open = activity::OpenItems::default();
     let work = async {
         tokio::select! {
             r = stage.run(ctx) => r,
-            never = activity::watch(ctx) => match never {},
+            never = activity::watch(ctx, &open) => match never {},
         }
     };
     tokio::pin!(work);
-    tokio::select! {
+    let result = tokio::select! {
         r = &mut work => r,
         _ = cancel.cancelled() => match tokio::time::timeout(CANCEL_GRACE, &mut work).await {
             Ok(Ok(summary)) => Ok(summary), // it finished before it saw the cancel: it is complete
             Err(_) => Err(StageError::Cancelled),
             Ok(Err(e)) => Err(match e { StageError::Failed(_) => StageError::Cancelled, c => c }),
         },
+    };
+    // the server gauges still open when the stage completed: their statements ended with it
+    let left: Vec<_> =
+        if result.is_ok() { open.lock().expect("open items lock").drain().collect() } else { Vec::new() };
+    for (item, last) in left {
+        activity::close(ctx, &item, last).await;
     }
+    result
 }
 
 fn finished(
@@ -538,6 +560,12 @@ mod tests {
         assert!(!collect(rx).iter().any(|e| matches!(e, Event::StageStarted { stage, .. } if stage == "a")));
         let reread = Journal::open(dir.path()).unwrap();
         assert_eq!(reread.status("c"), Some(StageStatus::Done));
+        // run.md: each stage's result and, for those that ran, their place on the timeline
+        let report = std::fs::read_to_string(dir.path().join(run_files::RUN_REPORT)).unwrap();
+        assert!(report.contains("| b | done | repaired |") && report.contains("## Timeline"), "{report}");
+        let spans = reread.data().spans();
+        assert_eq!(spans.iter().map(|s| s.stage.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(spans.windows(2).all(|w| w[0].start <= w[1].start && w[0].end.is_some()), "{spans:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

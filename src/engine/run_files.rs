@@ -16,3 +16,6 @@ pub const VERIFY_JSON: &str = "verify.json";
 pub const VERIFY_MARKDOWN: &str = "verify.md";
 /// Which source and target the run is for, checked before a later run resumes it.
 pub const RUN_FOR: &str = "run-for.json";
+/// The run's report: each stage's result and the timeline (start, end, overlap), rewritten when a
+/// run ends.
+pub const RUN_REPORT: &str = "run.md";

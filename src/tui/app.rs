@@ -261,6 +261,25 @@ impl App {
         }
     }
 
+    /// The stages that ran, on the clock of the first one's start (the plan view's timeline).
+    pub fn timeline(&self) -> Vec<crate::engine::timeline::Span> {
+        let Some(origin) = self.stages.iter().filter_map(|s| s.started).min() else { return Vec::new() };
+        self.stages
+            .iter()
+            .filter_map(|s| {
+                let start = s.started?.duration_since(origin);
+                let end = (s.status != StageStatus::Running).then(|| start + s.elapsed.unwrap_or_default());
+                Some(crate::engine::timeline::Span { stage: s.id.clone(), status: s.status, start, end })
+            })
+            .collect()
+    }
+
+    /// The run clock's now, on the timeline's origin.
+    pub fn timeline_now(&self) -> Duration {
+        let origin = self.stages.iter().filter_map(|s| s.started).min();
+        origin.map(|o| self.now().saturating_duration_since(o)).unwrap_or_default()
+    }
+
     /// Freezes the clock (tests): time moves only through [`App::advance`].
     pub fn freeze_clock(&mut self) {
         self.clock = Some(self.started);

@@ -9,6 +9,8 @@ use ratatui::Frame;
 
 use super::app::App;
 use super::style::{pad, status_mark, width};
+use super::text::fill;
+use crate::engine::timeline;
 
 pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let stage_width = app.stages.iter().map(|s| width(app.text.stage_name(&s.id)) + 2).max().unwrap_or(10);
@@ -32,9 +34,35 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
             ),
         ]));
     }
+    lines.extend(timeline_lines(app, key_width, area.width as usize));
     let text = Paragraph::new(lines)
         .wrap(Wrap { trim: false })
         .scroll((app.plan_scroll as u16, 0))
         .block(Block::bordered().title(app.text.plan));
     frame.render_widget(text.fg(Color::Reset), area);
+}
+
+/// The stages that ran, each a bar on the run's clock, under a line with the wall time and how
+/// much of it stages ran beside another.
+fn timeline_lines(app: &App, key_width: usize, area_width: usize) -> Vec<Line<'static>> {
+    let spans = app.timeline();
+    if spans.is_empty() {
+        return Vec::new();
+    }
+    let now = app.timeline_now();
+    let wall = timeline::wall(&spans, now);
+    let busy: std::time::Duration = spans.iter().map(|s| s.end.unwrap_or(now).saturating_sub(s.start)).sum();
+    let secs = |d: std::time::Duration| format!("{:.1} s", d.as_secs_f64());
+    let heading = fill(app.text.plan_timeline, &[("wall", &secs(wall)), ("beside", &secs(busy.saturating_sub(wall)))]);
+    let bar_width = area_width.saturating_sub(key_width + 6).clamp(10, 60);
+    let mut lines = vec![Line::raw(""), Line::styled(heading, Style::new().bold())];
+    for s in &spans {
+        let (_, color) = status_mark(s.status);
+        lines.push(Line::from(vec![
+            Span::raw("  "),
+            Span::raw(pad(app.text.stage_name(&s.stage), key_width)),
+            Span::styled(timeline::bar(s, &spans, now, bar_width), Style::new().fg(color)),
+        ]));
+    }
+    lines
 }

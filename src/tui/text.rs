@@ -131,6 +131,8 @@ pub struct Text {
     pub plan_rows: [&'static str; 9],
     /// The plan view's line naming what the move upgrades (found by the pre-flight).
     pub plan_upgrades: &'static str,
+    /// The plan view's timeline heading: {wall} and {beside} (time stages ran beside another).
+    pub plan_timeline: &'static str,
     pub plan_values: PlanValues,
     /// Progress units: rows, tables, steps, seconds.
     pub units: [&'static str; 4],
@@ -241,6 +243,7 @@ pub static EN: Text = Text {
     planned: "planned",
     plan: "Plan",
     plan_upgrades: "upgrades",
+    plan_timeline: "timeline: {wall} wall, {beside} of it beside another stage",
     plan_rows: [
         "source",
         "target",
@@ -402,6 +405,7 @@ pub static KO: Text = Text {
     planned: "계획됨",
     plan: "계획",
     plan_upgrades: "업그레이드",
+    plan_timeline: "타임라인: 전체 {wall}, 그중 {beside}는 다른 단계와 동시에 실행",
     plan_rows: [
         "원본",
         "대상",

@@ -17,6 +17,8 @@ const BASE_IMAGE: &str = "pgshift-test/timescaledb-pgvector:17";
 const SOURCE_DB: &str = "corpus_src";
 const LO_DB: &str = "corpus_lo";
 const BUSY_DB: &str = "corpus_busy";
+/// A source whose table carries a security label of the test servers' provider `pgshift_test`.
+const LABELLED_DB: &str = "corpus_labelled";
 const PASSWORD_IN_INPUT: &str = "s3cr3t-in-the-input";
 
 /// What must still hold after a case ran: nothing was written to the target.
@@ -116,6 +118,16 @@ impl Plans {
 
     /// A plan whose target is a container pgshift would build and run (never created by the case).
     fn container(&self, case: &'static str, container_extra: &str, extra: &str) -> (PathBuf, Vec<Check>, String) {
+        self.container_from(case, &self.source, container_extra, extra)
+    }
+
+    fn container_from(
+        &self,
+        case: &'static str,
+        source: &str,
+        container_extra: &str,
+        extra: &str,
+    ) -> (PathBuf, Vec<Check>, String) {
         let name = format!("pgshift-corpus-{case}");
         let dir = self.dir(case);
         let target = format!(
@@ -123,7 +135,7 @@ impl Plans {
              password_file = \"{}\"\ntimeout_seconds = 60\n{container_extra}",
             dir.join("target.pgpass").display()
         );
-        let plan = self.write(case, &self.source, &target, &self.backups(case), &self.bin_dir, extra);
+        let plan = self.write(case, source, &target, &self.backups(case), &self.bin_dir, extra);
         (plan, vec![Check::NoContainer(name.clone())], name)
     }
 }
@@ -326,6 +338,12 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
         .unwrap();
     let lo = lo.replacen("postgres@", "pgshift_corpus_reader@", 1);
     assert!(lo.contains("pgshift_corpus_reader@"), "{lo}");
+    let labelled = common::db_with(
+        &s.source,
+        LABELLED_DB,
+        "CREATE TABLE public.cases (id int); SECURITY LABEL FOR pgshift_test ON TABLE public.cases IS 'internal'",
+    )
+    .await;
     let busy = common::fresh_db(&s.target, BUSY_DB).await;
     common::connect(&busy).await.batch_execute("CREATE TABLE public.precious (id int)").await.unwrap();
 
@@ -664,6 +682,17 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
     );
     containers.push(name);
     cases.push(case("container-hypertable-missing-column", run(&plan), 2, "has no column measured_at", checks));
+    // a container loads no security label provider the plan does not name: refused before it is made
+    let (plan, checks, name) =
+        p.container_from("container-label-provider", &labelled, &format!("port = {}", free_port()), "");
+    containers.push(name);
+    cases.push(case(
+        "container-label-provider",
+        run(&plan),
+        2,
+        "the source's security labels need the provider pgshift_test, which the container pgshift makes would not load",
+        checks,
+    ));
     let build = p.dir("container-image-build-fails");
     std::fs::write(build.join("Dockerfile"), format!("FROM {BASE_IMAGE}\nRUN echo about to fail && false\n")).unwrap();
     let more = format!("port = {}\ndockerfile = \"{}\"", free_port(), build.join("Dockerfile").display());
@@ -763,6 +792,7 @@ async fn every_bad_input_is_refused_with_one_line_its_exit_code_and_nothing_writ
     tokio::join!(
         common::drop_db(&s.source, SOURCE_DB),
         common::drop_db(&s.source, LO_DB),
+        common::drop_db(&s.source, LABELLED_DB),
         common::drop_db(&s.target, BUSY_DB)
     );
 }

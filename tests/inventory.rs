@@ -181,6 +181,17 @@ async fn what_the_connecting_role_may_not_read_is_said_not_compared() {
         "{hidden}"
     );
     assert!(inv.not_compared.iter().any(|n| n.starts_with("role passwords")), "{:?}", inv.not_compared);
+    // verify against a side that reads them: named not compared, not reported as changed
+    let r = pgshift::verify::verify(
+        &common::spec("source", &as_reader),
+        &common::spec("target", &url),
+        &Default::default(),
+        pgshift::verify::VerifyOptions { checksums: false, workers: 1 },
+    )
+    .await
+    .expect("verify");
+    assert!(!r.differences.iter().any(|d| d.class == "user_mappings"), "{:#?}", r.differences);
+    assert!(r.not_compared.iter().any(|n| n.starts_with("source: user mappings' options")), "{:?}", r.not_compared);
 
     // as a superuser every option is read and nothing is said
     let inv = catalog::collect(&common::spec("database", &url), None, 1).await.expect("inventory");

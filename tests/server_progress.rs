@@ -10,7 +10,7 @@ use pgshift::engine::activity::{activity_sql, parse_progress};
 use pgshift::engine::Unit;
 
 /// Polls the activity query for `app` until `found` accepts a row (pid, statement, wait, blocker,
-/// progress, label) or `limit` passes.
+/// progress, label, is a COPY) or `limit` passes.
 async fn poll(
     watcher: &tokio_postgres::Client,
     app: &str,
@@ -83,7 +83,26 @@ async fn index_builds_copies_and_lock_waits_are_read_from_the_server() {
     let (_, total, unit) = parse_progress(&row.get::<_, String>(4)).unwrap();
     assert_eq!((total, unit), (None, Unit::Rows));
     assert!(row.get::<_, String>(1).starts_with("COPY (SELECT slow_key(id)"), "the statement");
+    assert!(row.get::<_, bool>(6), "told a COPY");
     assert!(copy.await.unwrap() > 0);
+
+    // a COPY whose text names a password: the text hidden, still told a COPY (the data stage
+    // meters its own and must not get a second gauge for it)
+    let app = "pgshift test-copy-secret";
+    let copier = session(&url, app).await;
+    let copy = tokio::spawn(async move {
+        let out = copier.copy_out("COPY (SELECT slow_key(id) AS password FROM items) TO STDOUT").await.unwrap();
+        futures_util::pin_mut!(out);
+        while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
+            chunk.unwrap();
+        }
+    });
+    let row = poll(&watcher, app, Duration::from_secs(20), |r| r.get::<_, Option<String>>(4).is_some())
+        .await
+        .expect("the COPY seen");
+    assert!(row.get::<_, String>(1).contains("naming a password, not shown"), "{:?}", row.get::<_, String>(1));
+    assert!(row.get::<_, bool>(6), "told a COPY although its text is hidden");
+    copy.await.unwrap();
 
     // a session held on a lock: the wait, and the session that holds it with its statement
     let holder = common::connect(&url).await;

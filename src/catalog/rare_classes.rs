@@ -97,7 +97,9 @@ pub fn query(class: Class) -> Option<String> {
                   || ' server ' || quote_ident(m.srvname),
                 CASE WHEN NOT (SELECT "#.to_string()
             + USER_MAPPING_READABLE
-            + r#") THEN 'options not readable'
+            + ") THEN '"
+            + OPTIONS_NOT_READABLE
+            + r#"'
                      WHEN m.umoptions IS NULL THEN 'no options'
                      ELSE 'options ' || array_to_string(ARRAY(
                        SELECT CASE WHEN split_part(o, '=', 1) IN ('password', 'passfile', 'password_required')
@@ -209,6 +211,9 @@ pub fn query(class: Class) -> Option<String> {
     };
     Some(q)
 }
+
+/// A user mapping's definition when the connecting role may not read its options.
+pub const OPTIONS_NOT_READABLE: &str = "options not readable";
 
 /// Whether the connecting role may read user mapping `m`'s options (server `s`): pg_user_mappings'
 /// own rule, so that a mapping it hides is said not compared instead of passing as "no options".

@@ -23,6 +23,9 @@ fn labels(select: &str, relevant_roles: bool) -> String {
            SELECT {select}
              FROM pg_seclabel l, LATERAL pg_identify_object(l.classoid, l.objoid, l.objsubid) o
             WHERE o.identity IS NOT NULL
+              -- objects initdb made (a provider such as sepgsql labels them all on each server),
+              -- except the public schema, which pg_dump carries
+              AND (l.objoid >= 16384 OR (l.classoid = 'pg_namespace'::regclass AND o.identity = 'public'))
               AND (o.schema IS NULL OR (o.schema !~ '^(pg_catalog|information_schema|pg_toast|pg_temp_)' AND o.schema !~ '{TS_SCHEMAS}'))
               AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = l.classoid AND xd.objid = l.objoid AND xd.deptype = 'e')
            UNION ALL

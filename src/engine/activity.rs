@@ -19,6 +19,11 @@ use crate::postgres::conn::ConnSpec;
 const POLL: Duration = Duration::from_secs(1);
 /// A wait that goes on is said again this often (the plain output's cadence).
 const REPEAT: Duration = Duration::from_secs(10);
+/// A wait shorter than this is a lock taken in passing, not news: it is said once it lasts.
+const WAIT_WORTH_SAYING: Duration = Duration::from_secs(3);
+
+/// The server gauges a watcher has shown and not yet seen end, by item: (done, total, unit).
+pub(super) type OpenItems = std::sync::Mutex<HashMap<String, (u64, Option<u64>, Unit)>>;
 
 /// A session of the stage that waits for another one (a lock, a buffer pin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +126,8 @@ pub fn activity_sql(version_num: i32) -> String {
                     -- asked only of a session that waits: pg_blocking_pids takes the lock manager's locks
                     WHERE a.wait_event_type = 'Lock' AND b.pid = (pg_blocking_pids(a.pid))[1]),
                   coalesce({progress})::text,
-                  coalesce({label})
+                  coalesce({label}),
+                  a.query ~* '^\s*copy\M'
              FROM pg_stat_activity a, bs
             WHERE a.application_name = $1 AND a.state = 'active' AND a.pid <> pg_backend_pid()"#
     )
@@ -152,15 +158,14 @@ impl Watched {
     }
 }
 
-/// Watches the stage's sessions until the stage ends (the caller drops this future then).
-pub(super) async fn watch(ctx: &StageContext) -> Infallible {
+/// Watches the stage's sessions until the stage ends (the caller drops this future then, and
+/// closes the gauges left in `open`).
+pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
     // off only for the benchmark that measures what watching costs (benches/progress_polling.sh)
     if std::env::var("PGSHIFT_SERVER_WATCH").is_ok_and(|v| v == "off") {
         return std::future::pending().await;
     }
     let mut servers: BTreeMap<(String, String), Watched> = BTreeMap::new();
-    // progress items seen on the last round: (done, total, unit), finished when they go
-    let mut items: HashMap<String, (u64, Option<u64>, Unit)> = HashMap::new();
     let mut waiting_since: HashMap<(String, i32), Instant> = HashMap::new();
     let mut said: (Vec<SessionWait>, Instant) = (Vec::new(), Instant::now());
     loop {
@@ -177,6 +182,7 @@ pub(super) async fn watch(ctx: &StageContext) -> Infallible {
         }
         let mut now_items: HashMap<String, (u64, Option<u64>, Unit)> = HashMap::new();
         let mut waits = Vec::new();
+        let mut still_waiting = Vec::new();
         for ((role, _), watched) in servers.iter_mut() {
             let Some((client, sql)) = watched.client().await else { continue };
             let rows = match client.query(sql.as_str(), &[&ctx.application_name()]).await {
@@ -193,6 +199,10 @@ pub(super) async fn watch(ctx: &StageContext) -> Infallible {
                 let statement: String = row.get::<_, Option<String>>(1).unwrap_or_default();
                 if let Some(wait) = row.get::<_, Option<String>>(2) {
                     let since = *waiting_since.entry((role.clone(), pid)).or_insert_with(Instant::now);
+                    still_waiting.push((role.clone(), pid));
+                    if since.elapsed() < WAIT_WORTH_SAYING {
+                        continue; // nor a gauge: a session that waits does not move
+                    }
                     waits.push(SessionWait {
                         server: role.clone(),
                         pid,
@@ -202,8 +212,9 @@ pub(super) async fn watch(ctx: &StageContext) -> Infallible {
                         blocker: row.get(3),
                     });
                 }
-                // the data stage meters its own COPY streams
-                if ctx.stage() == "data" && statement.to_uppercase().starts_with("COPY") {
+                // the data stage meters its own COPY streams (told by the statement itself, which
+                // the text shown may hide)
+                if ctx.stage() == "data" && row.get::<_, Option<bool>>(6).unwrap_or(false) {
                     continue;
                 }
                 if let Some(p) = row.get::<_, Option<String>>(4).and_then(|j| parse_progress(&j)) {
@@ -214,18 +225,18 @@ pub(super) async fn watch(ctx: &StageContext) -> Infallible {
                 }
             }
         }
-        waiting_since.retain(|(role, pid), _| waits.iter().any(|w| &w.server == role && w.pid == *pid));
+        waiting_since.retain(|key, _| still_waiting.contains(key));
         for (item, (done, total, unit)) in &now_items {
             ctx.progress(item, *done, *total, *unit).await;
         }
-        for (item, (done, total, unit)) in items.drain() {
-            if !now_items.contains_key(&item) {
-                // the statement ended: its gauge full
-                let end = total.unwrap_or(done).max(done);
-                ctx.progress(&item, end, Some(end), unit).await;
-            }
+        let ended: Vec<(String, (u64, Option<u64>, Unit))> = {
+            let mut items = open.lock().expect("open items lock");
+            let last = std::mem::replace(&mut *items, now_items.clone());
+            last.into_iter().filter(|(item, _)| !now_items.contains_key(item)).collect()
+        };
+        for (item, last) in ended {
+            close(ctx, &item, last).await;
         }
-        items = now_items;
         let key = |w: &[SessionWait]| -> Vec<(String, i32, String, Option<String>)> {
             // who waits for what and for whom: not the seconds, which move every round
             let holder = |b: &Option<String>| b.as_deref().map(|b| b.split(" (").next().unwrap_or(b).to_string());
@@ -237,6 +248,12 @@ pub(super) async fn watch(ctx: &StageContext) -> Infallible {
             said = (waits, Instant::now());
         }
     }
+}
+
+/// A gauge whose statement ended (or whose stage did): shown full.
+pub(super) async fn close(ctx: &StageContext, item: &str, (done, total, unit): (u64, Option<u64>, Unit)) {
+    let end = total.unwrap_or(done).max(done);
+    ctx.progress(item, end, Some(end), unit).await;
 }
 
 /// `[done, total|null, "bytes"|"rows"]` from the activity query.

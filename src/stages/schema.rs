@@ -339,6 +339,7 @@ impl SchemaStage {
                 // a container pgshift makes has only the built-in tablespaces
                 let builtin = ["pg_default".to_string(), "pg_global".to_string()].into();
                 self.check_tablespaces(&source, &builtin).await?;
+                self.check_container_label_providers(&source).await?;
                 return self.check_source(&source).await.map(|()| Preflight::default());
             }
             Err(e) => return Err(e),
@@ -495,8 +496,45 @@ impl SchemaStage {
         Ok(Preflight { upgrades, warnings: setting_warnings })
     }
 
-    /// The pre-flight checks the source alone decides: each planned conversion, every large object
-    /// readable.
+    /// Before a container is made: it loads no security label provider but those the plan's
+    /// `[target.settings] shared_preload_libraries` names, so a provider the source's labels need
+    /// and the plan does not name is refused now (the rest are checked once it runs).
+    async fn check_container_label_providers(&self, source: &tokio_postgres::Client) -> Result<(), UserError> {
+        let used: Vec<String> = source
+            .query(&security_labels::providers_used(), &[])
+            .await
+            .map_err(|e| {
+                UserError::new(
+                    format!("pre-flight query failed: {}", catalog::db_message(&e)),
+                    "connect as a superuser",
+                )
+            })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let preload = self
+            .target_settings
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("shared_preload_libraries"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        let loaded: BTreeSet<&str> =
+            preload.split(',').map(|l| l.trim().trim_matches('\'').trim_matches('"')).collect();
+        let missing: Vec<&String> = used.iter().filter(|p| !loaded.contains(p.as_str())).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(UserError::new(
+            format!(
+                "the source's security labels need the provider{} {}, which the container pgshift makes would not load",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            "name its module in the plan's [target.settings] shared_preload_libraries (the image must hold it), \
+             or migrate to an existing server that loads it",
+        ))
+    }
+
     /// Every tablespace the source database uses must exist on the target, unless the plan puts
     /// everything in the target's default tablespace.
     async fn check_tablespaces(
@@ -546,6 +584,8 @@ impl SchemaStage {
         ))
     }
 
+    /// The pre-flight checks the source alone decides: each planned conversion, every large object
+    /// readable.
     async fn check_source(&self, source: &tokio_postgres::Client) -> Result<(), UserError> {
         for h in &self.hypertables {
             check_conversion(source, h).await?;
@@ -1185,8 +1225,6 @@ async fn disabled_subscriptions(target: &ConnSpec, client: &tokio_postgres::Clie
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Can this plain source table become a hypertable? Its time column must exist and be NOT NULL
-/// and of a time or integer type, every unique key must include it, and it must not already be one.
 /// Every security label provider the source's labels need must be loaded on the target: its
 /// restore fails each label otherwise (after the data, in post-data's rounds).
 async fn check_label_providers(
@@ -1226,6 +1264,8 @@ async fn check_label_providers(
     ))
 }
 
+/// Can this plain source table become a hypertable? Its time column must exist and be NOT NULL
+/// and of a time or integer type, every unique key must include it, and it must not already be one.
 pub async fn check_conversion(source: &tokio_postgres::Client, h: &HypertablePlan) -> Result<(), UserError> {
     let what = format!("[[hypertables]] {}", h.table);
     let q = |e: tokio_postgres::Error| {

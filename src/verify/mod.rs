@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::rows::{HashForm, RowJob, RowMode, RowProgress};
 use crate::catalog::settings::{self, SettingDifference};
-use crate::catalog::{versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
+use crate::catalog::{rare_classes, versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::error::UserError;
 use crate::plan::allow::AllowList;
 use crate::postgres::conn::ConnSpec;
@@ -65,6 +65,24 @@ pub struct VerifyReport {
 impl VerifyReport {
     pub fn unexpected_differences(&self) -> impl Iterator<Item = &Difference> {
         self.differences.iter().filter(|d| d.allowed.is_none())
+    }
+}
+
+/// Gives both sides `placeholder` as the definition of each object of `class` that one side has
+/// as `placeholder` (could not read), so it is not reported as changed.
+fn unreadable_on_either(s: &mut Inventory, t: &mut Inventory, class: Class, placeholder: &str) {
+    let hidden: Vec<String> = [&*s, &*t]
+        .iter()
+        .flat_map(|inv| inv.class(class).iter().filter(|(_, d)| d.as_str() == placeholder).map(|(n, _)| n.clone()))
+        .collect();
+    for inv in [s, t] {
+        if let Some(defs) = inv.objects.get_mut(&class) {
+            for name in &hidden {
+                if let Some(d) = defs.get_mut(name) {
+                    *d = placeholder.to_string();
+                }
+            }
+        }
     }
 }
 
@@ -133,6 +151,9 @@ pub async fn verify_watched(
             t_inv.objects.remove(&class);
         }
     }
+    // a user mapping whose options one side may not read: its options compared on neither (the
+    // report names it as not compared), its presence still compared
+    unreadable_on_either(&mut s_inv, &mut t_inv, Class::UserMappings, rare_classes::OPTIONS_NOT_READABLE);
     let not_compared: Vec<String> = s_inv
         .not_compared
         .iter()

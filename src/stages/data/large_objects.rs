@@ -114,18 +114,23 @@ pub async fn copy(
     let meta = src
         .query(
             "SELECT m.oid, pg_get_userbyid(m.lomowner), m.lomacl IS NOT NULL,
-                    -- in the ACL's order (a grant option before what was granted with it), each by its
-                    -- grantor: a role other than the owner grants as itself (reset when the transaction ends)
-                    coalesce((SELECT string_agg(format('%sGRANT %s ON LARGE OBJECT %s TO %s%s;%s',
-                                   CASE WHEN a.grantor <> m.lomowner THEN format('SET ROLE %I;', pg_get_userbyid(a.grantor)) ELSE '' END,
+                    -- in the ACL's order (a grant option before what was granted with it): the owner's
+                    -- grants, then each other grantor's, made as that role (reset with the savepoint)
+                    coalesce((SELECT string_agg(format('GRANT %s ON LARGE OBJECT %s TO %s%s;',
                                    a.privilege_type, m.oid,
                                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
-                                   CASE WHEN a.grantor <> m.lomowner THEN 'RESET ROLE;' ELSE '' END), ' ' ORDER BY a.ord)
-                              FROM aclexplode(m.lomacl) WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, ord)), ''),
+                                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), ' ' ORDER BY a.ord)
+                              FROM aclexplode(m.lomacl) WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, ord)
+                             WHERE a.grantor = m.lomowner), ''),
                     obj_description(m.oid, 'pg_largeobject'),
                     coalesce((SELECT string_agg(format('SECURITY LABEL FOR %I ON LARGE OBJECT %s IS %L;', l.provider, m.oid, l.label), ' ')
-                              FROM pg_seclabel l WHERE l.classoid = 'pg_largeobject'::regclass AND l.objoid = m.oid), '')
+                              FROM pg_seclabel l WHERE l.classoid = 'pg_largeobject'::regclass AND l.objoid = m.oid), ''),
+                    coalesce((SELECT array_agg(format('SET ROLE %I; GRANT %s ON LARGE OBJECT %s TO %s%s;',
+                                   pg_get_userbyid(a.grantor), a.privilege_type, m.oid,
+                                   CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) ORDER BY a.ord)
+                              FROM aclexplode(m.lomacl) WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, ord)
+                             WHERE a.grantor <> m.lomowner), '{}')
                FROM pg_largeobject_metadata m WHERE m.oid = ANY($1) ORDER BY m.oid",
             &[&oids],
         )
@@ -177,6 +182,21 @@ pub async fn copy(
         sql.push_str(&row.get::<_, String>(5));
     }
     dst.batch_execute(&sql).await.map_err(tgt)?;
+    // a grant passed on by another role, made as that role: one that fails (the role cannot be
+    // set here) is a warning naming it, and the piece goes on (verify shows the grantor)
+    for row in &meta {
+        for grant in row.get::<_, Vec<String>>(6) {
+            let attempt = format!("SAVEPOINT pgshift_grant; {grant} RELEASE SAVEPOINT pgshift_grant; RESET ROLE;");
+            if let Err(e) = dst.batch_execute(&attempt).await {
+                dst.batch_execute("ROLLBACK TO SAVEPOINT pgshift_grant; RESET ROLE;").await.map_err(tgt)?;
+                ctx.warning(format!(
+                    "{grant}: {} (the grant is missing on the target)",
+                    crate::catalog::db_message(&e)
+                ))
+                .await;
+            }
+        }
+    }
     let so_far = {
         let mut c = copied.lock().expect("copied");
         let v = c.entry(NAME.to_string()).or_default();

@@ -22,8 +22,10 @@ const REPEAT: Duration = Duration::from_secs(10);
 /// A wait shorter than this is a lock taken in passing, not news: it is said once it lasts.
 const WAIT_WORTH_SAYING: Duration = Duration::from_secs(3);
 
-/// The server gauges a watcher has shown and not yet seen end, by item: (done, total, unit).
-pub(super) type OpenItems = std::sync::Mutex<HashMap<String, (u64, Option<u64>, Unit)>>;
+/// A server gauge's last figure: (done, total, unit).
+pub(super) type Gauge = (u64, Option<u64>, Unit);
+/// The server gauges a watcher has shown and not yet seen end, by item.
+pub(super) type OpenItems = std::sync::Mutex<HashMap<String, Gauge>>;
 
 /// A session of the stage that waits for another one (a lock, a buffer pin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,7 +182,7 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
                 tried: None,
             });
         }
-        let mut now_items: HashMap<String, (u64, Option<u64>, Unit)> = HashMap::new();
+        let mut now_items: HashMap<String, Gauge> = HashMap::new();
         let mut waits = Vec::new();
         let mut still_waiting = Vec::new();
         for ((role, _), watched) in servers.iter_mut() {
@@ -229,7 +231,7 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
         for (item, (done, total, unit)) in &now_items {
             ctx.progress(item, *done, *total, *unit).await;
         }
-        let ended: Vec<(String, (u64, Option<u64>, Unit))> = {
+        let ended: Vec<(String, Gauge)> = {
             let mut items = open.lock().expect("open items lock");
             let last = std::mem::replace(&mut *items, now_items.clone());
             last.into_iter().filter(|(item, _)| !now_items.contains_key(item)).collect()
@@ -251,7 +253,7 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
 }
 
 /// A gauge whose statement ended (or whose stage did): shown full.
-pub(super) async fn close(ctx: &StageContext, item: &str, (done, total, unit): (u64, Option<u64>, Unit)) {
+pub(super) async fn close(ctx: &StageContext, item: &str, (done, total, unit): Gauge) {
     let end = total.unwrap_or(done).max(done);
     ctx.progress(item, end, Some(end), unit).await;
 }

@@ -240,6 +240,75 @@ fn a_stage_held_on_a_lock_names_the_wait_and_the_session_holding_it() {
     assert!(!render(&app).contains("held by"));
 }
 
+/// Each kind of progress the stages show, in the pane of the stage that has it: pgshift's own
+/// counts (tables counted, pg_restore's entries per session, chunks compressed, tables analyzed,
+/// tables hashed), the servers' progress views (an index build, an ANALYZE, a VACUUM, a COPY),
+/// and a wait in Korean.
+#[test]
+fn every_kind_of_progress_shows_in_its_stage_pane() {
+    let mut app = app(Lang::En);
+    started(&mut app, "backup");
+    progress(&mut app, "backup", "tables counted", 31, 43, Unit::Tables);
+    progress(&mut app, "backup", "full.dump", 300 << 20, 900 << 20, Unit::Bytes);
+    let screen = render(&app);
+    assert!(screen.contains("tables counted") && screen.contains("31 tables / 43 tables"), "{screen}");
+    assert_snapshot!("progress_backup", screen);
+    finished(&mut app, "backup", StageStatus::Done, 9_000, Some("7 files"), None);
+
+    for stage in ["environment", "schema", "data"] {
+        started(&mut app, stage);
+        finished(&mut app, stage, StageStatus::Done, 1_000, Some("done"), None);
+    }
+    started(&mut app, "post-data");
+    progress(&mut app, "post-data", "pg_restore indexes (session 1/2)", 3, 5, Unit::Steps);
+    progress(&mut app, "post-data", "pg_restore indexes (session 2/2)", 5, 5, Unit::Steps);
+    progress(&mut app, "post-data", "target 4241: create index on energy.readings", 96 << 20, 160 << 20, Unit::Bytes);
+    progress(&mut app, "post-data", "target 4250: copy energy.staging", 120_000, 0, Unit::Rows);
+    let screen = render(&app);
+    assert!(screen.contains("pg_restore indexes (session 1/2)") && screen.contains("create index on"), "{screen}");
+    assert_snapshot!("progress_post_data", screen);
+    finished(&mut app, "post-data", StageStatus::Done, 4_000, Some("412 entries restored"), None);
+
+    started(&mut app, "timescaledb");
+    progress(&mut app, "timescaledb", "compressed chunks", 7, 12, Unit::Steps);
+    assert_snapshot!("progress_timescaledb", render(&app));
+    finished(&mut app, "timescaledb", StageStatus::Done, 3_000, Some("done"), None);
+    started(&mut app, "pgvector");
+    finished(&mut app, "pgvector", StageStatus::Done, 0, Some("nothing planned"), None);
+
+    started(&mut app, "tuning");
+    progress(&mut app, "tuning", "tables analyzed", 40, 139, Unit::Tables);
+    progress(&mut app, "tuning", "target 4301: analyze energy.readings", 24 << 20, 80 << 20, Unit::Bytes);
+    progress(&mut app, "tuning", "target 4302: vacuum energy.sites", 1 << 20, 4 << 20, Unit::Bytes);
+    let screen = render(&app);
+    assert!(screen.contains("analyze energy.readings") && screen.contains("vacuum energy.sites"), "{screen}");
+    assert_snapshot!("progress_tuning", screen);
+    finished(&mut app, "tuning", StageStatus::Done, 2_000, Some("done"), None);
+
+    started(&mut app, "verify");
+    progress(&mut app, "verify", "tables counted and hashed", 60, 86, Unit::Tables);
+    assert_snapshot!("progress_verify", render(&app));
+
+    // a wait, in Korean: the words are the console's, the statement and the holder the server's
+    let mut app = self::app(Lang::Ko);
+    started(&mut app, "post-data");
+    let wait = pgshift::engine::activity::SessionWait {
+        server: "target".into(),
+        pid: 4242,
+        statement: "CREATE INDEX readings_ts_idx ON energy.readings (ts);".into(),
+        wait: "Lock relation".into(),
+        seconds: 12,
+        blocker: Some(
+            "pid 4343 (psql, user dba, idle in transaction, transaction open 95 s: LOCK TABLE energy.readings)".into(),
+        ),
+    };
+    ev(&mut app, Event::Waits { stage: "post-data".into(), waits: vec![wait] });
+    let screen = render(&app);
+    assert!(screen.contains("12초째 대기 중 · Lock relation, 잡고 있는 세션: pid 4343"), "{screen}");
+    assert!(screen.contains("· 대상 pid"), "the server in Korean: {screen}");
+    assert_snapshot!("progress_wait_korean", screen);
+}
+
 #[test]
 fn a_gauge_that_stands_still_turns_amber_and_says_for_how_long() {
     let mut app = app(Lang::En);

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::journal::Journal;
-use crate::engine::{Engine, Event, Stage, StageError, StageStatus, Stream, Unit};
+use crate::engine::{Engine, Event, Stage, StageError, StageStatus, Stream, Unit, DEFAULT_STALL_AFTER};
 use crate::error::UserError;
 use crate::human::human_bytes;
 
@@ -112,10 +112,28 @@ fn cancel_on_signals(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Prints events until the channel closes; writes every event to `log` as text.
+/// Prints events until the channel closes; writes every event to `log` as text. In the plain
+/// output, a gauge that stood still for [`DEFAULT_STALL_AFTER`] says so, again as long as it does.
 pub async fn consume(mut events: mpsc::Receiver<Event>, mode: Mode, mut log: Option<std::fs::File>) {
     let mut last_progress: HashMap<String, (Instant, u64)> = HashMap::new();
-    while let Some(event) = events.recv().await {
+    let mut stalls = Stalls::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Mode::Text { .. } = mode {
+                    for text in stalls.due(Instant::now(), DEFAULT_STALL_AFTER) {
+                        let _ = writeln!(std::io::stderr(), "{text}");
+                    }
+                }
+                continue;
+            }
+        };
+        stalls.event(&event, Instant::now());
         if let Some(f) = log.as_mut() {
             if writeln!(f, "{}", line(&event)).is_err() {
                 log = None; // a full disk must not stop the run; the journal says how it ended
@@ -132,6 +150,48 @@ pub async fn consume(mut events: mpsc::Receiver<Event>, mode: Mode, mut log: Opt
                 }
             }
         }
+    }
+}
+
+/// The unfinished gauges of running stages: (stage, item) → (done, when it last moved, when its
+/// stall was last said).
+#[derive(Default)]
+struct Stalls(HashMap<(String, String), (u64, Instant, Option<Instant>)>);
+
+impl Stalls {
+    fn event(&mut self, event: &Event, now: Instant) {
+        match event {
+            Event::Progress { stage, item, done, total, .. } => {
+                let key = (stage.clone(), item.clone());
+                if total.is_some_and(|t| *done >= t) {
+                    self.0.remove(&key);
+                } else {
+                    let entry = self.0.entry(key).or_insert((*done, now, None));
+                    if entry.0 != *done {
+                        *entry = (*done, now, None);
+                    }
+                }
+            }
+            Event::StageFinished { stage, .. } => self.0.retain(|(s, _), _| s != stage),
+            _ => {}
+        }
+    }
+
+    /// The lines to print now: each gauge still for `after`, once per `after`.
+    fn due(&mut self, now: Instant, after: Duration) -> Vec<String> {
+        let mut lines = Vec::new();
+        for ((stage, item), (_, moved, said)) in self.0.iter_mut() {
+            let still = now.saturating_duration_since(*moved);
+            if still >= after && said.is_none_or(|s| now.saturating_duration_since(s) >= after) {
+                *said = Some(now);
+                lines.push(format!(
+                    "{stage}: {item}: no progress for {} s (nothing is cancelled; a wait, if any, is named above)",
+                    still.as_secs()
+                ));
+            }
+        }
+        lines.sort();
+        lines
     }
 }
 
@@ -229,6 +289,42 @@ fn progress(done: u64, total: Option<u64>, unit: Unit) -> String {
 mod tests {
     use super::*;
     use crate::engine::Unit;
+
+    #[test]
+    fn a_gauge_that_stands_still_is_said_stalled_once_per_period_until_it_moves_or_ends() {
+        let mut stalls = Stalls::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let ev = |item: &str, done: u64| Event::Progress {
+            stage: "post-data".into(),
+            item: item.into(),
+            done,
+            total: Some(10),
+            unit: Unit::Steps,
+        };
+        let after = Duration::from_secs(30);
+        stalls.event(&ev("pg_restore post-data", 3), at(0));
+        stalls.event(&ev("tables analyzed", 10), at(0)); // finished: never stalled
+        assert!(stalls.due(at(29), after).is_empty());
+        let lines = stalls.due(at(31), after);
+        assert_eq!(lines, vec!["post-data: pg_restore post-data: no progress for 31 s (nothing is cancelled; a wait, if any, is named above)"]);
+        assert!(stalls.due(at(45), after).is_empty(), "said once per period");
+        assert_eq!(stalls.due(at(62), after).len(), 1);
+        stalls.event(&ev("pg_restore post-data", 4), at(70)); // it moved
+        assert!(stalls.due(at(80), after).is_empty());
+        stalls.event(
+            &Event::StageFinished {
+                stage: "post-data".into(),
+                status: StageStatus::Done,
+                elapsed_ms: 0,
+                summary: None,
+                error: None,
+                fix: None,
+            },
+            at(81),
+        );
+        assert!(stalls.due(at(200), after).is_empty(), "its stage ended");
+    }
 
     #[test]
     fn plain_progress_prints_each_tenth_and_the_end_once() {

@@ -4,6 +4,10 @@
 //! Core: it may use `postgres` (to cancel queries), `files` and `error`; stages implement its
 //! `Stage`, the checklist and the console consume its events.
 
+/// An unfinished gauge that stood still this long is said to be stalled (the console's
+/// `--stall-after`, the plain output's line); nothing is cancelled for it.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
+
 pub mod activity;
 pub mod journal;
 pub mod run_files;

@@ -125,7 +125,7 @@ pub struct StageView {
 }
 
 /// An unfinished gauge still this long is said to be stalled (the console's `--stall-after`).
-pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
+pub const DEFAULT_STALL_AFTER: Duration = crate::engine::DEFAULT_STALL_AFTER;
 /// Progress items kept per stage (finished ones go first).
 const KEEP_PROGRESS: usize = 200;
 /// Log lines kept.

@@ -165,9 +165,23 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
     let [waits_area, inner] = Layout::vertical([Constraint::Length(height), Constraint::Min(0)]).areas(inner);
     let rows = Layout::vertical(vec![Constraint::Length(WAIT_ROWS as u16); shown]).split(waits_area);
     for (row, w) in rows.iter().zip(&s.waits) {
-        let held = w.blocker.as_deref().map(|b| format!(", held by {b}")).unwrap_or_default();
-        let text =
-            format!("{} {} s · {}{held} · {} pid {}: {}", t.waiting, w.seconds, w.wait, w.server, w.pid, w.statement);
+        let held = w.blocker.as_deref().map(|b| fill(t.held_by, &[("holder", &b)])).unwrap_or_default();
+        let server = match w.server.as_str() {
+            "source" => t.plan_rows[0],
+            "target" => t.plan_rows[1],
+            other => other,
+        };
+        let text = fill(
+            t.wait_line,
+            &[
+                ("seconds", &w.seconds),
+                ("wait", &w.wait),
+                ("held", &held),
+                ("server", &server),
+                ("pid", &w.pid),
+                ("statement", &w.statement),
+            ],
+        );
         frame.render_widget(Paragraph::new(text).fg(Color::Yellow).wrap(Wrap { trim: true }), *row);
     }
     // unfinished items first, the most recently moved first; then the finished ones

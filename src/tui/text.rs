@@ -73,8 +73,11 @@ pub struct Text {
     pub dropped_lines: &'static str,
     pub progress: &'static str,
     pub no_progress: &'static str,
-    /// Before a session's wait ("waiting: target pid 42 waits for Lock relation ...").
-    pub waiting: &'static str,
+    /// A session's wait: {seconds}, {wait} (the server's wait event), {held} (`held_by` or
+    /// nothing), {server} (source or target), {pid}, {statement}.
+    pub wait_line: &'static str,
+    /// The session holding what another waits for: {holder}.
+    pub held_by: &'static str,
     /// A gauge that has not moved for `--stall-after` seconds.
     pub no_progress_for: &'static str,
     pub eta: &'static str,
@@ -195,7 +198,8 @@ pub static EN: Text = Text {
     dropped_lines: "… {n} earlier lines dropped (the run's pgshift.log keeps them all)",
     progress: "Progress",
     no_progress: "nothing in progress",
-    waiting: "waiting",
+    wait_line: "waiting {seconds} s · {wait}{held} · {server} pid {pid}: {statement}",
+    held_by: ", held by {holder}",
     no_progress_for: "no progress for {n} s",
     eta: "ETA",
     log: "Log",
@@ -357,7 +361,8 @@ pub static KO: Text = Text {
     dropped_lines: "… 이전 {n}줄 생략 (전체는 실행 디렉터리의 pgshift.log에 있음)",
     progress: "진행률",
     no_progress: "진행 중인 작업 없음",
-    waiting: "대기 중",
+    wait_line: "{seconds}초째 대기 중 · {wait}{held} · {server} pid {pid}: {statement}",
+    held_by: ", 잡고 있는 세션: {holder}",
     no_progress_for: "{n}초째 진행 없음",
     eta: "남은 시간",
     log: "로그",

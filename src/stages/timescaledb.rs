@@ -117,6 +117,9 @@ impl TimescaleStage {
             .collect();
         let total = work.chunks.len() as u64;
         let (mut attached, mut again) = (0, 0);
+        if total > 0 {
+            ctx.progress("compressed chunks", 0, Some(total), Unit::Steps).await;
+        }
         for (i, c) in work.chunks.iter().enumerate() {
             let Some(&compressed) = states.get(&c.chunk) else {
                 return Err(UserError::new(
@@ -155,17 +158,46 @@ impl TimescaleStage {
         if self.compress_chunks {
             for table in &work.by_range {
                 let Some((_, until)) = f.compressed_until.iter().find(|(t, _)| t == table) else { continue };
-                let sql = format!(
-                    "SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks({}, older_than => {}::timestamptz) c",
-                    quote_literal(table),
-                    quote_literal(until)
-                );
-                let what =
-                    format!("compression of {table}'s chunks up to {until} (its chunks differ from the source's)");
-                self.execute(ctx, target, &[(what, sql)]).await?;
+                self.compress_up_to(ctx, target, table, until).await?;
             }
         }
         Ok((attached, again))
+    }
+
+    /// Compresses `table`'s chunks older than `until` (its chunks differ from the source's), one
+    /// chunk at a time so that the gauge moves.
+    async fn compress_up_to(
+        &self,
+        ctx: &StageContext,
+        target: &Client,
+        table: &str,
+        until: &str,
+    ) -> Result<(), UserError> {
+        let what = format!("compression of {table}'s chunks up to {until} (its chunks differ from the source's)");
+        let chunks: Vec<String> = target
+            .query(
+                "SELECT c::text FROM show_chunks($1::text::regclass, older_than => $2::text::timestamptz) c",
+                &[&table, &until],
+            )
+            .await
+            .map_err(self.fail(&what))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ctx.info("timescaledb", format!("{what}: {} chunk(s)", chunks.len())).await;
+        let item = format!("chunks of {table} compressed");
+        let total = chunks.len() as u64;
+        for (i, chunk) in chunks.iter().enumerate() {
+            ctx.progress(&item, i as u64, Some(total), Unit::Steps).await;
+            target
+                .execute("SELECT compress_chunk($1::text::regclass, if_not_compressed => true)", &[chunk])
+                .await
+                .map_err(self.fail(&format!("compression of {chunk}")))?;
+        }
+        if total > 0 {
+            ctx.progress(&item, total, Some(total), Unit::Steps).await;
+        }
+        Ok(())
     }
 
     /// The source aggregates' indexes on the target's materializations, and their refresh state.

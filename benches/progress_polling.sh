@@ -12,22 +12,8 @@ rows=${1:-500000}
 runs=${2:-3}
 bench_env bc jq
 
-psql17 -p "$SOURCE_PORT" -d postgres -c 'DROP DATABASE IF EXISTS bench_watch_src WITH (FORCE)' -c 'CREATE DATABASE bench_watch_src'
-psql17 -p "$SOURCE_PORT" -d bench_watch_src -c "
-    CREATE EXTENSION timescaledb;
-    CREATE TABLE devices (id int PRIMARY KEY, name text NOT NULL);
-    INSERT INTO devices SELECT i, 'device ' || i FROM generate_series(0, 499) i;
-    CREATE TABLE readings (ts timestamptz NOT NULL, device int NOT NULL REFERENCES devices, value double precision, note text);
-    SELECT create_hypertable('readings', 'ts', chunk_time_interval => INTERVAL '1 day');
-    INSERT INTO readings SELECT '2026-01-01'::timestamptz + make_interval(secs => i), i % 500, sin(i) * 1000,
-                                CASE WHEN i % 7 = 0 THEN 'check ' || i END FROM generate_series(1, $rows) AS i;
-    CREATE INDEX ON readings (device, ts);
-    CREATE TABLE wide AS SELECT i AS id, repeat(md5(i::text), 20) AS body, now() AS at FROM generate_series(1, $((rows / 20))) i;
-    ALTER TABLE wide ADD PRIMARY KEY (id);
-    CREATE INDEX ON wide (at, body);
-    DO \$\$ BEGIN FOR i IN 1..40 LOOP
-        EXECUTE format('CREATE TABLE small_%s AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 500) g', i);
-    END LOOP; END \$\$;" -c 'VACUUM ANALYZE'
+bench_source bench_watch_src "$rows"
+psql17 -p "$SOURCE_PORT" -d bench_watch_src -c 'CREATE INDEX ON wide (at, body)' -c 'ANALYZE wide'
 
 work=$(mktemp -d /tmp/pgshift-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -52,7 +38,6 @@ PLAN
         || { grep -v '"output"' "$work/events-$1.jsonl" | tail -5; die "pgshift run failed"; }
     echo "$(now) - $start" | bc
 }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 : > "$work/on"; : > "$work/off"
 for i in $(seq 1 "$runs"); do

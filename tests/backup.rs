@@ -93,7 +93,8 @@ async fn backup_is_complete_checksummed_and_restores_to_a_clean_verify() {
     let manifest = Manifest::load(&dir).unwrap();
     assert!(manifest.complete);
     let names: BTreeSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
-    let expected = ["after-data.sql", "data.sql", "full.dump", "inventory.json", "roles.sql", "schema.sql"];
+    let expected =
+        ["after-data.sql", "data.sql", "full.dump", "inventory.json", "roles.sql", "schema.dump", "schema.sql"];
     assert_eq!(names, expected.into_iter().collect());
     for f in &manifest.files {
         let path = dir.join(&f.name);

@@ -38,6 +38,12 @@ async fn a_rich_source_migrates_with_zero_differences() {
         );
     }
     assert!(!stdout.contains(&s.password));
+    // the backup released the next stages once its schema archive was written and went on
+    // dumping the rows beside them; post-data waited for it to be complete
+    let at = |needle: &str| stdout.find(needle).unwrap_or_else(|| panic!("{needle}: {stdout}"));
+    let backup_done = at("\"event\":\"stage_finished\",\"stage\":\"backup\"");
+    assert!(at("\"event\":\"stage_started\",\"stage\":\"environment\"") < backup_done, "{stdout}");
+    assert!(backup_done < at("\"event\":\"stage_started\",\"stage\":\"post-data\""), "{stdout}");
     // the steps pgshift meters itself end full: rows counted, entries restored, tables hashed
     let mut last: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
     for e in stdout.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
@@ -110,6 +116,10 @@ async fn a_rich_source_migrates_with_zero_differences() {
     let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
     assert!(names.contains(&"full.dump") && names.contains(&"schema.sql"), "{names:?}");
     assert!(!names.contains(&"data.sql") && !run_dir.join("data.sql").exists(), "{names:?}");
+    assert!(manifest.complete && names.contains(&"schema.dump"), "{names:?}");
+    // run.md: each stage's result and the timeline, the backup beside the stages after it
+    let report = std::fs::read_to_string(run_dir.join("run.md")).unwrap();
+    assert!(report.contains("## Timeline") && report.contains("| backup | done |"), "{report}");
     tokio::join!(common::drop_db(&s.source, "run_rich"), common::drop_db(&s.target, "run_rich_target"));
 }
 
@@ -307,7 +317,7 @@ async fn a_subscription_arrives_disabled_said_so_and_its_password_appears_nowher
             continue;
         }
         let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if ["full.dump", "schema.sql"].contains(&name.as_str()) {
+        if ["full.dump", "schema.dump", "schema.sql"].contains(&name.as_str()) {
             continue; // the backup: the database as pg_dump writes it
         }
         assert!(!String::from_utf8_lossy(&std::fs::read(&p).unwrap()).contains(secret), "{}", p.display());

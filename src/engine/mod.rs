@@ -129,6 +129,12 @@ pub trait Stage: Send + Sync {
     }
     /// Does the work; returns a one-line summary.
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>>;
+    /// A stage whose later part may run beside the stages after it, up to the stage of this id,
+    /// which starts only once this one is complete. The stage says when the next may start with
+    /// [`StageContext::release`].
+    fn beside_until(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// What a running stage gets: where to send events, the cancellation signal, and a tag for the
@@ -140,6 +146,8 @@ pub struct StageContext {
     application_name: String,
     servers: Mutex<Vec<ConnSpec>>,
     run_dir: Option<PathBuf>,
+    /// Told when the stages after this one may start (see [`Stage::beside_until`]).
+    release: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl StageContext {
@@ -157,7 +165,22 @@ impl StageContext {
             application_name: format!("pgshift {stage} {run_id}"),
             servers: Mutex::new(Vec::new()),
             run_dir,
+            release: Mutex::new(None),
         }
+    }
+
+    /// The stages after this one may start now; this one goes on beside them. Nothing happens
+    /// unless the engine runs a stage after it.
+    pub fn release(&self) {
+        if let Some(tx) = self.release.lock().expect("release lock").take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn on_release(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.release.lock().expect("release lock") = Some(tx);
+        rx
     }
 
     pub fn stage(&self) -> &'static str {
@@ -309,8 +332,10 @@ impl RunOutcome {
         self.statuses.iter().all(|(_, s)| matches!(s, StageStatus::Done | StageStatus::Skipped))
     }
 
+    /// Cancelled, and not because a stage failed (a stage beside a failed one is cancelled too).
     pub fn cancelled(&self) -> bool {
         self.statuses.iter().any(|(_, s)| *s == StageStatus::Cancelled)
+            && !self.statuses.iter().any(|(_, s)| *s == StageStatus::Failed)
     }
 }
 
@@ -358,12 +383,26 @@ impl Engine {
     }
 
     /// Runs the stages in order, skipping those the journal records as done or skipped; stops at the first
-    /// stage that fails or is cancelled (the rest stay pending).
+    /// stage that fails or is cancelled (the rest stay pending). A stage with
+    /// [`Stage::beside_until`] that releases goes on beside the next stages; should it fail, the
+    /// stage running beside it is cancelled, and should that one fail, it is still awaited.
     pub async fn run(&self, stages: &[&dyn Stage], mut journal: Option<&mut Journal>) -> RunOutcome {
         let mut statuses: Vec<(&'static str, StageStatus)> =
             stages.iter().map(|s| (s.id(), StageStatus::Pending)).collect();
         let mut error = None;
+        let mut beside: Option<Beside<'_>> = None;
         for (i, stage) in stages.iter().enumerate() {
+            // the stage that waits for the one running beside
+            if beside.as_ref().is_some_and(|b| b.until == stage.id()) {
+                let b = beside.take().expect("checked");
+                let result = b.work.await;
+                let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, result, &mut journal).await;
+                statuses[b.index].1 = status;
+                if status != StageStatus::Done {
+                    error = error.or(err);
+                    break;
+                }
+            }
             let ctx = self.context(*stage);
             let recorded = journal.as_ref().and_then(|j| j.status(stage.id()));
             if matches!(recorded, Some(StageStatus::Done | StageStatus::Skipped)) {
@@ -386,32 +425,71 @@ impl Engine {
                     ctx.warning(e).await;
                 }
             }
+            // beside another stage, this one is cancelled should that one fail
+            let token = if beside.is_some() { self.cancel.child_token() } else { self.cancel.clone() };
+            let ctx = std::sync::Arc::new(StageContext::new(
+                stage.id(),
+                self.events.clone(),
+                token.clone(),
+                &self.run_id,
+                self.run_dir.clone(),
+            ));
+            let until = stage.beside_until().filter(|_| beside.is_none() && i + 1 < stages.len());
+            let mut released = until.map(|_| ctx.on_release());
             let started = Instant::now();
-            let result = run_cancellable(*stage, &ctx, &self.cancel).await;
-            let (status, summary, err) = match result {
-                Ok(summary) => (StageStatus::Done, Some(summary), None),
-                Err(StageError::Cancelled) => {
-                    ctx.end_server_sessions().await;
-                    (StageStatus::Cancelled, None, Some(UserError::new("cancelled", "run it again")))
-                }
-                Err(StageError::Failed(e)) => {
-                    ctx.end_server_sessions().await;
-                    (StageStatus::Failed, None, Some(e))
+            let mut work: Work<'_> = Box::pin(run_owned(*stage, ctx.clone(), token.clone()));
+            let result = loop {
+                let step = tokio::select! {
+                    r = &mut work => Step::Done(r),
+                    r = async {
+                        match released.as_mut() {
+                            Some(rx) => rx.await.is_ok(),
+                            None => std::future::pending().await,
+                        }
+                    } => Step::Released(r),
+                    r = async {
+                        match beside.as_mut() {
+                            Some(b) => (&mut b.work).await,
+                            None => std::future::pending().await,
+                        }
+                    } => Step::Beside(r),
+                };
+                match step {
+                    Step::Done(r) => break Some(r),
+                    Step::Released(true) => break None,
+                    Step::Released(false) => released = None, // it ended without releasing
+                    Step::Beside(r) => {
+                        let b = beside.take().expect("polled");
+                        let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, r, &mut journal).await;
+                        statuses[b.index].1 = status;
+                        if status != StageStatus::Done {
+                            error = error.or(err);
+                            token.cancel();
+                        }
+                    }
                 }
             };
+            let Some(result) = result else {
+                statuses[i].1 = StageStatus::Running;
+                beside = Some(Beside { index: i, until: until.expect("released"), ctx, started, work });
+                continue;
+            };
+            let (status, err) = self.finish(*stage, &ctx, started, result, &mut journal).await;
             statuses[i].1 = status;
-            if let Some(j) = journal.as_deref_mut() {
-                let detail = summary.clone().or_else(|| err.as_ref().map(|e| e.to_string()));
-                if let Err(e) = j.record(stage.id(), status, detail) {
-                    ctx.warning(e).await;
-                }
-            }
-            ctx.send(finished(stage.id(), status, started.elapsed(), summary, err.as_ref())).await;
             if status != StageStatus::Done {
                 if status == StageStatus::Failed {
                     error = err;
                 }
                 break;
+            }
+        }
+        // a stage still beside the last one (or the one that stopped): complete it
+        if let Some(b) = beside.take() {
+            let result = b.work.await;
+            let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, result, &mut journal).await;
+            statuses[b.index].1 = status;
+            if status == StageStatus::Failed && error.is_none() {
+                error = err;
             }
         }
         if let Some(j) = journal.as_deref() {
@@ -423,6 +501,66 @@ impl Engine {
         }
         RunOutcome { statuses, error }
     }
+
+    /// Records how a stage ended (journal, event; its server sessions ended unless it is done).
+    async fn finish(
+        &self,
+        stage: &dyn Stage,
+        ctx: &StageContext,
+        started: Instant,
+        result: Result<String, StageError>,
+        journal: &mut Option<&mut Journal>,
+    ) -> (StageStatus, Option<UserError>) {
+        let (status, summary, err) = match result {
+            Ok(summary) => (StageStatus::Done, Some(summary), None),
+            Err(StageError::Cancelled) => {
+                ctx.end_server_sessions().await;
+                (StageStatus::Cancelled, None, Some(UserError::new("cancelled", "run it again")))
+            }
+            Err(StageError::Failed(e)) => {
+                ctx.end_server_sessions().await;
+                (StageStatus::Failed, None, Some(e))
+            }
+        };
+        if let Some(j) = journal.as_deref_mut() {
+            let detail = summary.clone().or_else(|| err.as_ref().map(|e| e.to_string()));
+            if let Err(e) = j.record(stage.id(), status, detail) {
+                ctx.warning(e).await;
+            }
+        }
+        ctx.send(finished(stage.id(), status, started.elapsed(), summary, err.as_ref())).await;
+        (status, err)
+    }
+}
+
+/// A stage's work, owning its context.
+type Work<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, StageError>> + Send + 'a>>;
+
+/// A stage that released the ones after it and goes on beside them.
+struct Beside<'a> {
+    index: usize,
+    /// The stage that may not start before this one is complete.
+    until: &'static str,
+    ctx: std::sync::Arc<StageContext>,
+    started: Instant,
+    work: Work<'a>,
+}
+
+/// What happened first while a stage ran.
+enum Step {
+    Done(Result<String, StageError>),
+    /// The stage released the next (true), or ended its chance to (false).
+    Released(bool),
+    /// The stage running beside it ended.
+    Beside(Result<String, StageError>),
+}
+
+fn run_owned(
+    stage: &dyn Stage,
+    ctx: std::sync::Arc<StageContext>,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = Result<String, StageError>> + Send + '_ {
+    async move { run_cancellable(stage, &ctx, &cancel).await }
 }
 
 /// Runs a stage; on cancellation it gets a grace period to stop its children, then is dropped
@@ -525,6 +663,99 @@ mod tests {
                 Ok("slept".into())
             })
         }
+    }
+
+    /// Releases the stages after it at once, then works `ms` more and ends with `result`.
+    struct Releasing(u64, Result<&'static str, &'static str>);
+
+    impl Stage for Releasing {
+        fn id(&self) -> &'static str {
+            "early"
+        }
+        fn title(&self) -> &'static str {
+            "releases"
+        }
+        fn beside_until(&self) -> Option<&'static str> {
+            Some("gate")
+        }
+        fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+            Box::pin(async move {
+                ctx.release();
+                tokio::time::sleep(Duration::from_millis(self.0)).await;
+                self.1.map(String::from).map_err(|e| StageError::Failed(UserError::new(e, "fix it")))
+            })
+        }
+    }
+
+    /// Works until cancelled (or `ms` passed).
+    struct Busy(&'static str, u64);
+
+    impl Stage for Busy {
+        fn id(&self) -> &'static str {
+            self.0
+        }
+        fn title(&self) -> &'static str {
+            "busy"
+        }
+        fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
+            Box::pin(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(self.1)) => Ok("worked".into()),
+                    _ = ctx.cancel_token().cancelled() => Err(StageError::Cancelled),
+                }
+            })
+        }
+    }
+
+    /// (stage, started or the status it finished with), in the order the engine said them.
+    fn changes(events: &[Event]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StageStarted { stage, .. } => Some((stage.clone(), "started".into())),
+                Event::StageFinished { stage, status, .. } => Some((stage.clone(), status.label().into())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_releases_runs_beside_the_next_and_the_gate_waits_for_it() {
+        let (tx, rx) = mpsc::channel(100);
+        let engine = Engine::new(tx, CancellationToken::new());
+        let (early, next, gate) = (Releasing(300, Ok("archived")), Busy("next", 50), Fixed("gate", Ok("fine")));
+        let out = engine.run(&[&early, &next, &gate], None).await;
+        assert!(out.succeeded(), "{out:?}");
+        let order = changes(&collect(rx));
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(
+            order,
+            pairs(&[
+                ("early", "started"),
+                ("next", "started"),
+                ("next", "done"),
+                ("early", "done"),
+                ("gate", "started"),
+                ("gate", "done")
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_stage_beside_another_cancels_it_and_the_run_fails() {
+        let (tx, rx) = mpsc::channel(100);
+        let engine = Engine::new(tx, CancellationToken::new());
+        let (early, next, gate) = (Releasing(100, Err("dump failed")), Busy("next", 60_000), Fixed("gate", Ok("fine")));
+        let started = Instant::now();
+        let out = engine.run(&[&early, &next, &gate], None).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "the stage beside it was stopped");
+        assert_eq!(
+            out.statuses,
+            vec![("early", StageStatus::Failed), ("next", StageStatus::Cancelled), ("gate", StageStatus::Pending)]
+        );
+        assert!(!out.succeeded() && !out.cancelled(), "failed, not cancelled by the user");
+        assert_eq!(out.error.unwrap().message, "dump failed");
+        assert!(!changes(&collect(rx)).iter().any(|(s, _)| s == "gate"));
     }
 
     fn collect(mut rx: mpsc::Receiver<Event>) -> Vec<Event> {

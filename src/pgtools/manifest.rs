@@ -1,6 +1,8 @@
 //! `manifest.json`: the record that a backup is complete — every file with its size and sha256,
-//! the tools and server versions, the snapshot, and the times. Written last, atomically: a backup
-//! directory without it is not complete.
+//! the tools and server versions, the snapshot, and the times. Written atomically twice: once the
+//! schema archive, the roles and the inventory are there (`complete: false`: what the schema stage
+//! may restore from while the rows are dumped), and last with every file (`complete: true`). A
+//! backup directory without a complete one is not a complete backup.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +15,11 @@ use crate::files::sha256_file;
 use crate::pgtools::tools::Tool;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The archive of everything, rows included (`pg_dump --format=custom`): what post-data restores from.
+pub const FULL_ARCHIVE: &str = "full.dump";
+/// The archive of the schema alone, written first: what the schema stage restores from while
+/// `full.dump` is still being written.
+pub const SCHEMA_ARCHIVE: &str = "schema.dump";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManifestFile {
@@ -68,8 +75,13 @@ impl Manifest {
 
     /// Re-reads every file and returns one line per file whose size or sha256 differs.
     pub fn check(&self, dir: &Path) -> Vec<String> {
+        self.check_only(dir, |_| true)
+    }
+
+    /// [`Manifest::check`] for the files `wanted` accepts (a missing one is a problem too).
+    pub fn check_only(&self, dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         let mut problems = Vec::new();
-        for f in &self.files {
+        for f in self.files.iter().filter(|f| wanted(&f.name)) {
             match sha256_file(&dir.join(&f.name)) {
                 Ok((bytes, sum)) if bytes == f.bytes && sum == f.sha256 => {}
                 Ok((bytes, sum)) => problems.push(format!(

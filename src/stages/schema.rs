@@ -1,9 +1,10 @@
 //! Stage 3 — roles and schema before the data; and stage 5 — indexes, constraints, triggers,
 //! policies, privileges and materialized views after it.
 //!
-//! Roles come from `roles.sql` through psql. The schema comes from the backup's full archive
-//! (`full.dump`, owners and privileges kept) through pg_restore, entry by entry from its table of
-//! contents: TimescaleDB's internals (chunks, catalog) are left out and hypertables are recreated
+//! Roles come from `roles.sql` through psql. The schema comes from the backup's schema archive
+//! (`schema.dump`, written first, while the backup goes on dumping the rows), what follows the data
+//! from its full archive (`full.dump`, complete by then), owners and privileges kept, through
+//! pg_restore, entry by entry from their table of contents: TimescaleDB's internals (chunks, catalog) are left out and hypertables are recreated
 //! with `create_hypertable` instead, so nothing depends on the TimescaleDB version. pg_restore
 //! reports each failing entry; failed entries are retried after the rest (dependency order: a view
 //! over a view, a policy whose function comes later), and what still fails is reported with a hint.
@@ -21,7 +22,7 @@ use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{self, write_atomic, write_error};
 use crate::pgtools::build_phases;
-use crate::pgtools::manifest::Manifest;
+use crate::pgtools::manifest::{Manifest, FULL_ARCHIVE, SCHEMA_ARCHIVE};
 use crate::pgtools::process::{libpq_env, run_tool, run_tool_status, Collect, Discard, LineClass, ToolCommand};
 use crate::pgtools::toc::{self, Entry, FailureLog};
 use crate::plan::{HypertablePlan, Tablespaces};
@@ -31,23 +32,54 @@ use crate::timescaledb;
 
 const MAX_ROUNDS: usize = 5;
 
+/// What a stage restores from the backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// The schema before the data, and the roles: `schema.dump` (written first; the backup may
+    /// still be dumping the rows), or `full.dump` in a backup made before it existed.
+    Schema,
+    /// Everything after the data: `full.dump`, from a complete backup.
+    Everything,
+}
+
 /// The backup files this stage restores from, found in the run directory.
 struct Backup {
     dir: PathBuf,
     pg_restore: PathBuf,
     psql: PathBuf,
+    /// The archive pg_restore reads.
+    archive: PathBuf,
     /// `[target] tablespaces = "default"`: every entry restored with `--no-tablespaces`.
     no_tablespaces: bool,
 }
 
 impl Backup {
-    fn open(ctx: &StageContext) -> Result<Self, UserError> {
+    fn open(ctx: &StageContext, need: Need) -> Result<Self, UserError> {
         let dir = ctx.run_dir().ok_or_else(|| UserError::new("no run directory", "run through pgshift run"))?;
         let manifest = Manifest::load(dir)?;
-        let problems = manifest.check(dir);
+        if need == Need::Everything && !manifest.complete {
+            return Err(UserError::new(
+                format!("the backup in {} is not complete (its rows were still being dumped)", dir.display()),
+                "run again: the backup stage runs again first",
+            ));
+        }
+        let has = |name: &str| manifest.files.iter().any(|f| f.name == name);
+        let archive = if need == Need::Schema && has(SCHEMA_ARCHIVE) { SCHEMA_ARCHIVE } else { FULL_ARCHIVE };
+        // an early manifest vouches for what was written first; a complete one for everything
+        let problems = if manifest.complete {
+            manifest.check(dir)
+        } else {
+            manifest.check_only(dir, |name| name == archive || name == "roles.sql")
+        };
         if !problems.is_empty() {
             return Err(UserError::new(
                 format!("the backup in {} does not match its manifest: {}", dir.display(), problems.join("; ")),
+                "run again with --restart to take a new backup",
+            ));
+        }
+        if !has(archive) {
+            return Err(UserError::new(
+                format!("the backup in {} holds no {archive}", dir.display()),
                 "run again with --restart to take a new backup",
             ));
         }
@@ -64,7 +96,7 @@ impl Backup {
                 "install the PostgreSQL client package completely (psql comes with pg_restore)",
             ));
         }
-        Ok(Self { dir: dir.to_path_buf(), pg_restore, psql, no_tablespaces: false })
+        Ok(Self { dir: dir.to_path_buf(), pg_restore, psql, archive: dir.join(archive), no_tablespaces: false })
     }
 
     fn placing(mut self, tablespaces: Tablespaces) -> Self {
@@ -82,7 +114,7 @@ impl Backup {
     }
 
     fn archive(&self) -> PathBuf {
-        self.dir.join("full.dump")
+        self.archive.clone()
     }
 }
 
@@ -947,7 +979,7 @@ impl Stage for SchemaStage {
                     ctx.warning(w).await;
                 }
             }
-            let backup = Backup::open(ctx)?.placing(self.tablespaces);
+            let backup = Backup::open(ctx, Need::Schema)?.placing(self.tablespaces);
             self.restore_roles(ctx, &backup).await?;
             self.create_database(ctx).await?;
             let target = ctx.tagged(&self.target);
@@ -957,9 +989,11 @@ impl Stage for SchemaStage {
             let (later, entries): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| on_aggregate(e, &caggs));
             let failed = restore_with_retries(ctx, &backup, &target, entries, "schema", None).await?;
             // what still fails may work once post-data objects exist: the post-data stage retries it
-            let ids: Vec<u32> = failed.iter().map(|(e, _)| e.id).chain(later.iter().map(|e| e.id)).collect();
+            // by identity, not entry number: post-data reads them in full.dump, numbered its own way
+            let left: Vec<&str> =
+                failed.iter().map(|(e, _)| e.identity()).chain(later.iter().map(|e| e.identity())).collect();
             let path = backup.dir.join(crate::engine::run_files::SCHEMA_FAILURES);
-            write_atomic(&path, serde_json::to_string(&ids).expect("ids").as_bytes())
+            write_atomic(&path, serde_json::to_string(&left).expect("identities").as_bytes())
                 .map_err(|e| write_error(&path, &e))?;
             let hypertables = self.create_hypertables(ctx).await?;
             let aggregates = self.create_aggregates(ctx).await?;
@@ -1093,19 +1127,23 @@ impl Stage for PostDataStage {
 
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            let backup = Backup::open(ctx)?.placing(self.tablespaces);
+            let backup = Backup::open(ctx, Need::Everything)?.placing(self.tablespaces);
             let target = ctx.tagged(&self.target);
-            let earlier: BTreeSet<u32> =
+            // identities; a run directory of an earlier pgshift holds entry numbers (of full.dump)
+            let earlier: Vec<serde_json::Value> =
                 std::fs::read_to_string(backup.dir.join(crate::engine::run_files::SCHEMA_FAILURES))
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
+            let was_left = |e: &Entry| {
+                earlier.iter().any(|v| v.as_str() == Some(e.identity()) || v.as_u64() == Some(u64::from(e.id)))
+            };
             let retried: Vec<Entry> = if earlier.is_empty() {
                 Vec::new()
             } else {
                 restorable(list_section(ctx, &backup, "pre-data").await?, &BTreeSet::new())
                     .into_iter()
-                    .filter(|e| earlier.contains(&e.id))
+                    .filter(|e| was_left(e))
                     .collect()
             };
             let post = restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new());

@@ -30,7 +30,7 @@ use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{self, partial_path, write_atomic, write_error};
 use crate::human::human_bytes;
-use crate::pgtools::manifest::{Manifest, ManifestFile, SourceInfo, MANIFEST_FILE};
+use crate::pgtools::manifest::{Manifest, ManifestFile, SourceInfo, FULL_ARCHIVE, MANIFEST_FILE, SCHEMA_ARCHIVE};
 use crate::pgtools::process::{run_tool, Collect, LineClass, Sink, ToolCommand};
 use crate::pgtools::tools::{find_tools, Tool};
 use crate::plan::Compression;
@@ -171,13 +171,29 @@ impl BackupStage {
             .map(|t| t.name.replace('"', ""))
             .collect();
         let has_timescaledb = inv.timescaledb.is_some();
-        let dumps = self.dumps(&tools, &source, snapshot.as_deref(), estimate)?;
+        let (head, tail) = self.dumps(&tools, &source, snapshot.as_deref(), estimate)?;
         let table_count = user_tables.len() as u64;
-        let dumping = futures_util::stream::iter(dumps)
-            .map(|d| run_dump(ctx, dir, d, &user_tables, table_count, has_timescaledb))
-            .buffer_unordered(self.options.jobs.max(1))
-            .try_collect::<Vec<ManifestFile>>();
-        // the inventory's row counts read at the same snapshot, beside the dumps
+        let dump_all = |dumps: Vec<Dump>| {
+            futures_util::stream::iter(dumps)
+                .map(|d| run_dump(ctx, dir, d, &user_tables, table_count, has_timescaledb))
+                .buffer_unordered(self.options.jobs.max(1))
+                .try_collect::<Vec<ManifestFile>>()
+        };
+        // first what the later stages need: the schema archive, the roles, the inventory; then a
+        // manifest of what is here so far, and the next stages may start while the rows are dumped
+        let mut written = dump_all(head).await?;
+        let inventory_path = dir.join(crate::engine::run_files::INVENTORY);
+        let write_inventory = |inv: &Inventory| {
+            let json = serde_json::to_string_pretty(inv).expect("inventory serializes");
+            write_atomic(&inventory_path, json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))
+        };
+        write_inventory(&inv)?;
+        let mut so_far = written.clone();
+        so_far.push(file_entry(dir, crate::engine::run_files::INVENTORY, INVENTORY_CONTENT, None)?);
+        self.write_manifest(dir, &inv, &tools, snapshot.clone(), so_far, None)?;
+        ctx.release();
+
+        // the inventory's row counts read at the same snapshot, beside the dumps of the rows
         let counting = async {
             if !self.options.row_counts {
                 return Ok(None);
@@ -200,9 +216,11 @@ impl BackupStage {
                 _ = ctx.cancel_token().cancelled() => Err(StageError::Cancelled),
             }
         };
-        let (written, counts) = tokio::join!(dumping, counting);
-        let mut written = written?;
-        if let Some(counts) = counts? {
+        let (rows_written, counts) = tokio::join!(dump_all(tail), counting);
+        written.extend(rows_written?);
+        let counts = counts?;
+        let counted = counts.is_some();
+        if let Some(counts) = counts {
             inv.apply_rows(&counts);
         }
         let objects: usize = inv.objects.values().map(|d| d.len()).sum();
@@ -216,14 +234,14 @@ impl BackupStage {
             ),
         )
         .await;
-        let inventory_json = serde_json::to_string_pretty(&inv).expect("inventory serializes");
-        let inventory_path = dir.join(crate::engine::run_files::INVENTORY);
-        write_atomic(&inventory_path, inventory_json.as_bytes()).map_err(|e| write_error(&inventory_path, &e))?;
+        if counted {
+            write_inventory(&inv)?;
+        }
         session.close().await;
 
         // after-data.sql: owners (read above at the snapshot), and the archive's privilege and
         // materialized view entries, chosen from its table of contents and printed by pg_restore
-        let archive = dir.join("full.dump");
+        let archive = dir.join(FULL_ARCHIVE);
         let mut toc = Collect::default();
         let list_cmd = restore_command(&tools.pg_restore, &archive, ["--list"]);
         run_tool(ctx, &list_cmd, &mut toc, &mut |_| LineClass::Plain).await?;
@@ -248,19 +266,30 @@ impl BackupStage {
         )
         .await;
 
-        for (name, content, command) in [
-            (
-                "after-data.sql",
-                "owners, privileges, materialized view refreshes from full.dump; run after the data",
-                Some(cmd.display()),
-            ),
-            ("inventory.json", "the source inventory: every object with its definition, row counts", None),
-        ] {
-            let (bytes, sha256) = files::sha256_file(&dir.join(name)).map_err(|e| write_error(&dir.join(name), &e))?;
-            written.push(ManifestFile { name: name.into(), content: content.into(), bytes, sha256, command });
-        }
-        written.sort_by(|a, b| a.name.cmp(&b.name));
+        written.push(file_entry(
+            dir,
+            "after-data.sql",
+            "owners, privileges, materialized view refreshes from full.dump; run after the data",
+            Some(cmd.display()),
+        )?);
+        written.push(file_entry(dir, crate::engine::run_files::INVENTORY, INVENTORY_CONTENT, None)?);
+        let manifest = self.write_manifest(dir, &inv, &tools, snapshot, written, Some((started_at, started)))?;
+        let total: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+        Ok(format!("{} files, {} in {}", manifest.files.len() + 1, human_bytes(total), dir.display()))
+    }
 
+    /// Writes `manifest.json` listing `files`: complete when `timing` (the backup's start) is
+    /// given, else the early one the later stages read while the rows are still being dumped.
+    fn write_manifest(
+        &self,
+        dir: &Path,
+        inv: &Inventory,
+        tools: &Tools,
+        snapshot: Option<String>,
+        mut files: Vec<ManifestFile>,
+        timing: Option<(chrono::DateTime<chrono::Utc>, Instant)>,
+    ) -> Result<Manifest, UserError> {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
         let extensions: BTreeMap<String, String> = inv
             .class(Class::Extensions)
             .iter()
@@ -269,12 +298,17 @@ impl BackupStage {
                 (name.clone(), version.to_string())
             })
             .collect();
+        let now = chrono::Utc::now();
+        let (started_at, duration_ms) = match timing {
+            Some((at, started)) => (at, started.elapsed().as_millis() as u64),
+            None => (now, 0),
+        };
         let manifest = Manifest {
             pgshift_version: env!("CARGO_PKG_VERSION").into(),
-            complete: true,
+            complete: timing.is_some(),
             started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            duration_ms: started.elapsed().as_millis() as u64,
+            finished_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            duration_ms,
             source: SourceInfo {
                 connection: self.source.label(),
                 database: inv.server.database.clone(),
@@ -285,15 +319,23 @@ impl BackupStage {
             },
             snapshot,
             role_passwords: self.options.role_passwords,
-            tools: vec![tools.pg_dump, tools.pg_dumpall, tools.pg_restore],
-            files: written,
+            tools: vec![tools.pg_dump.clone(), tools.pg_dumpall.clone(), tools.pg_restore.clone()],
+            files,
         };
-        let total: u64 = manifest.files.iter().map(|f| f.bytes).sum();
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
         write_atomic(&manifest_path, text.as_bytes()).map_err(|e| write_error(&manifest_path, &e))?;
-        Ok(format!("{} files, {} in {}", manifest.files.len() + 1, human_bytes(total), dir.display()))
+        Ok(manifest)
     }
+}
+
+const INVENTORY_CONTENT: &str = "the source inventory: every object with its definition, row counts";
+
+/// A file of the backup as the manifest lists it: its size and sha256 read back from the disk.
+fn file_entry(dir: &Path, name: &str, content: &str, command: Option<String>) -> Result<ManifestFile, UserError> {
+    let path = dir.join(name);
+    let (bytes, sha256) = files::sha256_file(&path).map_err(|e| write_error(&path, &e))?;
+    Ok(ManifestFile { name: name.into(), content: content.into(), bytes, sha256, command })
 }
 
 impl BackupStage {
@@ -305,20 +347,29 @@ impl BackupStage {
             .map_err(|e| UserError::new(e, "set [backup] compression = \"auto\" (or install pg_dump 16 or later)"))
     }
 
-    /// The dumps the plan asks for, all reading `snapshot`: `full.dump` always, `roles.sql`
-    /// always, the split `schema.sql` and `data.sql` as `[backup]` says.
+    /// The dumps the plan asks for, all reading `snapshot`: first (head) what the later stages need
+    /// — `schema.dump`, `roles.sql` and the split `schema.sql` when asked — then (tail) the rows:
+    /// `full.dump`, and `data.sql` when asked.
     fn dumps(
         &self,
         tools: &Tools,
         source: &ConnSpec,
         snapshot: Option<&str>,
         estimate: u64,
-    ) -> Result<Vec<Dump>, UserError> {
+    ) -> Result<(Vec<Dump>, Vec<Dump>), UserError> {
         let snapshot_args: Vec<String> = snapshot.iter().map(|s| format!("--snapshot={s}")).collect();
         let compress = self.compress_arg(tools)?;
-        let mut dumps = Vec::new();
+        let mut head = vec![Dump {
+            file: SCHEMA_ARCHIVE,
+            content: "the schema with owners and privileges: pg_dump --format=custom --schema-only (the schema \
+                      stage restores from it while full.dump is written)",
+            cmd: ToolCommand::new("pg_dump schema.dump", &tools.pg_dump.path, source)
+                .args(["--format=custom", "--schema-only", "--verbose", "--no-password"])
+                .args(snapshot_args.clone()),
+            estimate: None,
+        }];
         if self.options.schema_sql {
-            dumps.push(Dump {
+            head.push(Dump {
                 file: "schema.sql",
                 content: "schema: pg_dump --schema-only --no-owner --no-privileges",
                 cmd: ToolCommand::new("pg_dump schema.sql", &tools.pg_dump.path, source)
@@ -327,28 +378,6 @@ impl BackupStage {
                 estimate: None,
             });
         }
-        if self.options.data_sql {
-            dumps.push(Dump {
-                file: "data.sql",
-                content: "data: pg_dump --data-only --no-owner --no-privileges",
-                cmd: ToolCommand::new("pg_dump data.sql", &tools.pg_dump.path, source)
-                    .args(["--data-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
-                    .args(snapshot_args.clone()),
-                estimate: Some(estimate),
-            });
-        }
-        // the archive first among equals: it is the largest, and the later stages restore from it
-        dumps.insert(
-            0,
-            Dump {
-                file: "full.dump",
-                content: "everything with owners and privileges: pg_dump --format=custom",
-                cmd: ToolCommand::new("pg_dump full.dump", &tools.pg_dump.path, source)
-                    .args(["--format=custom", "--verbose", "--no-password", compress.as_str()])
-                    .args(snapshot_args),
-                estimate: Some(if self.options.compression == Compression::None { estimate } else { estimate / 3 }),
-            },
-        );
         // --database: the database to connect to for the roles (default postgres), which the role
         // may not be allowed to connect to
         let mut roles_args = vec![
@@ -360,7 +389,7 @@ impl BackupStage {
         if !self.options.role_passwords {
             roles_args.push("--no-role-passwords".into());
         }
-        dumps.push(Dump {
+        head.push(Dump {
             file: "roles.sql",
             content: if self.options.role_passwords {
                 "roles and memberships with password hashes: pg_dumpall --roles-only"
@@ -370,13 +399,37 @@ impl BackupStage {
             cmd: ToolCommand::new("pg_dumpall roles.sql", &tools.pg_dumpall.path, source).args(roles_args),
             estimate: None,
         });
-        Ok(dumps)
+        let mut tail = vec![Dump {
+            file: FULL_ARCHIVE,
+            content: "everything with owners and privileges: pg_dump --format=custom",
+            cmd: ToolCommand::new("pg_dump full.dump", &tools.pg_dump.path, source)
+                .args(["--format=custom", "--verbose", "--no-password", compress.as_str()])
+                .args(snapshot_args.clone()),
+            estimate: Some(if self.options.compression == Compression::None { estimate } else { estimate / 3 }),
+        }];
+        if self.options.data_sql {
+            tail.push(Dump {
+                file: "data.sql",
+                content: "data: pg_dump --data-only --no-owner --no-privileges",
+                cmd: ToolCommand::new("pg_dump data.sql", &tools.pg_dump.path, source)
+                    .args(["--data-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
+                    .args(snapshot_args),
+                estimate: Some(estimate),
+            });
+        }
+        Ok((head, tail))
     }
 }
 
 impl Stage for BackupStage {
     fn id(&self) -> &'static str {
         "backup"
+    }
+
+    /// Once the schema archive, the roles and the inventory are written, the stages up to the data
+    /// run while the rows are dumped; post-data starts only once the backup is complete.
+    fn beside_until(&self) -> Option<&'static str> {
+        Some("post-data")
     }
 
     fn title(&self) -> &'static str {
@@ -593,8 +646,12 @@ fn restore_command<'a>(tool: &Tool, archive: &Path, args: impl IntoIterator<Item
     }
 }
 
-/// Removes the `.partial` files of a failed or cancelled backup (they could pass for complete).
+/// Removes the `.partial` files of a failed or cancelled backup (they could pass for complete), and
+/// the early manifest it may have written.
 fn remove_partials(dir: &Path) {
+    if Manifest::load(dir).is_ok_and(|m| !m.complete) {
+        let _ = std::fs::remove_file(dir.join(MANIFEST_FILE));
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().ends_with(".partial") {

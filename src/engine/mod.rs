@@ -555,12 +555,12 @@ enum Step {
     Beside(Result<String, StageError>),
 }
 
-fn run_owned(
+async fn run_owned(
     stage: &dyn Stage,
     ctx: std::sync::Arc<StageContext>,
     cancel: CancellationToken,
-) -> impl std::future::Future<Output = Result<String, StageError>> + Send + '_ {
-    async move { run_cancellable(stage, &ctx, &cancel).await }
+) -> Result<String, StageError> {
+    run_cancellable(stage, &ctx, &cancel).await
 }
 
 /// Runs a stage; on cancellation it gets a grace period to stop its children, then is dropped

@@ -10,7 +10,7 @@ use pgshift::engine::activity::{activity_sql, parse_progress};
 use pgshift::engine::Unit;
 
 /// Polls the activity query for `app` until `found` accepts a row (pid, statement, wait, blocker,
-/// progress, label, is a COPY) or `limit` passes.
+/// progress, label, is a COPY, seconds running) or `limit` passes.
 async fn poll(
     watcher: &tokio_postgres::Client,
     app: &str,
@@ -103,6 +103,18 @@ async fn index_builds_copies_and_lock_waits_are_read_from_the_server() {
     assert!(row.get::<_, String>(1).contains("naming a password, not shown"), "{:?}", row.get::<_, String>(1));
     assert!(row.get::<_, bool>(6), "told a COPY although its text is hidden");
     copy.await.unwrap();
+
+    // a statement no progress view covers: how long it has run, which the watcher shows once it
+    // passes 2 s
+    let app = "pgshift test-plain";
+    let sleeper = session(&url, app).await;
+    let sleep = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(4)").await });
+    let row = poll(&watcher, app, Duration::from_secs(20), |r| r.get::<_, Option<i64>>(7).is_some_and(|s| s >= 2))
+        .await
+        .expect("the statement seen running for 2 s");
+    assert!(row.get::<_, Option<String>>(4).is_none(), "no progress view covers it");
+    assert!(row.get::<_, String>(1).starts_with("SELECT pg_sleep(4)"), "{}", row.get::<_, String>(1));
+    sleep.await.unwrap().unwrap();
 
     // a session held on a lock: the wait, and the session that holds it with its statement
     let holder = common::connect(&url).await;

@@ -19,6 +19,9 @@ use crate::postgres::conn::ConnSpec;
 const POLL: Duration = Duration::from_secs(1);
 /// A wait that goes on is said again this often (the plain output's cadence).
 const REPEAT: Duration = Duration::from_secs(10);
+/// A statement no progress view covers gets a gauge of the seconds it has run once it has run
+/// this long (a step of more than 2 s always has a moving figure).
+const RUNNING_WORTH_SAYING: i64 = 2;
 /// A wait shorter than this is a lock taken in passing, not news: it is said once it lasts.
 const WAIT_WORTH_SAYING: Duration = Duration::from_secs(3);
 
@@ -129,7 +132,8 @@ pub fn activity_sql(version_num: i32) -> String {
                     WHERE a.wait_event_type = 'Lock' AND b.pid = (pg_blocking_pids(a.pid))[1]),
                   coalesce({progress})::text,
                   coalesce({label}),
-                  a.query ~* '^\s*copy\M'
+                  a.query ~* '^\s*copy\M',
+                  extract(epoch FROM now() - a.query_start)::bigint
              FROM pg_stat_activity a, bs
             WHERE a.application_name = $1 AND a.state = 'active' AND a.pid <> pg_backend_pid()"#
     )
@@ -224,6 +228,12 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
                     // view names no relation here; the pid tells apart two builds on one table
                     let what = row.get::<_, Option<String>>(5).filter(|l| l.contains(' ') && !l.ends_with(' '));
                     now_items.insert(format!("{role} {pid}: {}", what.unwrap_or(statement)), p);
+                } else if let Some(secs) = row.get::<_, Option<i64>>(7).filter(|s| *s >= RUNNING_WORTH_SAYING) {
+                    // no view covers it (a foreign key validated, a view materialized, a chunk
+                    // compressed): how long it has run, the statement named; a wait is said above
+                    if row.get::<_, Option<String>>(2).is_none() {
+                        now_items.insert(format!("{role} {pid}: {statement}"), (secs as u64, None, Unit::Seconds));
+                    }
                 }
             }
         }

@@ -8,6 +8,9 @@
 /// `--stall-after`, the plain output's line); nothing is cancelled for it.
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
+/// For [`Stage::beside_until`]: no later stage waits; the run's end does.
+pub const RUN_END: &str = "(the end of the run)";
+
 pub mod activity;
 pub mod journal;
 pub mod run_files;
@@ -130,7 +133,7 @@ pub trait Stage: Send + Sync {
     /// Does the work; returns a one-line summary.
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>>;
     /// A stage whose later part may run beside the stages after it, up to the stage of this id,
-    /// which starts only once this one is complete. The stage says when the next may start with
+    /// which starts only once this one is complete ([`RUN_END`]: the run's end). The stage says when the next may start with
     /// [`StageContext::release`].
     fn beside_until(&self) -> Option<&'static str> {
         None

@@ -1,8 +1,10 @@
 //! Stage 8 — Tuning: fresh planner statistics on the target (ANALYZE, or VACUUM ANALYZE when the
 //! plan asks), optional `REINDEX ... CONCURRENTLY`, and advice: the indexes the source never used
 //! (`pg_stat_user_indexes.idx_scan = 0`, not unique), which cost writes on the new server too.
-//! Last, the database's own properties and the event triggers' states (held disabled since
-//! post-data), which could stop the stages before.
+//! Then the database's own properties and the event triggers' states (held disabled since
+//! post-data), which could stop the stages before — the sessions that analyze are opened first,
+//! so that no setting of the source's reaches them — and last the statistics, table by table in
+//! several sessions, while verify runs beside them (the statistics are not compared).
 
 use futures_util::future::BoxFuture;
 
@@ -91,14 +93,14 @@ impl TuningStage {
         self
     }
 
-    /// `stats` (ANALYZE, or VACUUM (ANALYZE)) of every table, largest first, in `self.sessions`
-    /// sessions each taking the next table when it is done; returns how many tables.
-    async fn statistics(
+    /// The tables to analyze, largest first, and the sessions that will: opened now, before the
+    /// database's own settings are given (a `statement_timeout` or `default_transaction_read_only`
+    /// of the source's would reach a session opened after).
+    async fn statistics_sessions(
         &self,
         ctx: &StageContext,
         client: &tokio_postgres::Client,
-        stats: &str,
-    ) -> Result<u64, StageError> {
+    ) -> Result<(Vec<String>, Vec<tokio_postgres::Client>), StageError> {
         let fail = |what: &str, e: tokio_postgres::Error| {
             StageError::Failed(catalog::failed_query(&self.target, what, &e, "connect to the target as a superuser"))
         };
@@ -110,11 +112,30 @@ impl TuningStage {
         let sql = tables_by_size_sql(if timescaledb { IS_CHUNK } else { "false" });
         let tables: Vec<String> =
             client.query(&sql, &[]).await.map_err(|e| fail("listing tables", e))?.iter().map(|r| r.get(0)).collect();
+        let mut sessions = Vec::new();
+        for _ in 0..self.sessions.min(tables.len().max(1)) {
+            sessions.push(ctx.tagged(&self.target).connect().await?);
+        }
+        Ok((tables, sessions))
+    }
+
+    /// `stats` (ANALYZE, or VACUUM (ANALYZE)) of every table in `tables` (largest first), each
+    /// session taking the next table when it is done; returns how many tables.
+    async fn statistics(
+        &self,
+        ctx: &StageContext,
+        sessions: Vec<tokio_postgres::Client>,
+        tables: Vec<String>,
+        stats: &str,
+    ) -> Result<u64, StageError> {
+        let fail = |what: &str, e: tokio_postgres::Error| {
+            StageError::Failed(catalog::failed_query(&self.target, what, &e, "connect to the target as a superuser"))
+        };
         let total = tables.len() as u64;
         let queue = std::sync::Mutex::new(tables.into_iter());
         let done = std::sync::atomic::AtomicU64::new(0);
-        let worker = || async {
-            let client = ctx.tagged(&self.target).connect().await?;
+        let worker = |client: tokio_postgres::Client| async {
+            let client = client;
             loop {
                 let Some(table) = queue.lock().expect("queue lock").next() else { return Ok::<_, StageError>(()) };
                 let sql = format!("{stats} {table}");
@@ -122,8 +143,7 @@ impl TuningStage {
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         };
-        let workers =
-            futures_util::future::try_join_all((0..self.sessions.min(total.max(1) as usize)).map(|_| worker()));
+        let workers = futures_util::future::try_join_all(sessions.into_iter().map(worker));
         let read = || (done.load(std::sync::atomic::Ordering::Relaxed), Some(total));
         ctx.metered("tables analyzed", Unit::Tables, read, workers).await?;
         Ok(total)
@@ -139,6 +159,13 @@ impl Stage for TuningStage {
         "Tuning: ANALYZE, optional VACUUM and REINDEX, unused-index advice"
     }
 
+    /// Once the database's properties and the event triggers are given, nothing this stage does
+    /// changes what verify compares (unless it reindexes: REINDEX CONCURRENTLY makes `_ccnew`
+    /// indexes for a while), so verify runs beside the ANALYZE.
+    fn beside_until(&self) -> Option<&'static str> {
+        (!self.tuning.reindex).then_some(crate::engine::RUN_END)
+    }
+
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             let target = ctx.tagged(&self.target).connect().await?;
@@ -151,12 +178,10 @@ impl Stage for TuningStage {
                 ))
             };
             let stats = if self.tuning.vacuum { "VACUUM (ANALYZE)" } else { "ANALYZE" };
-            ctx.info(
-                "tuning",
-                format!("{stats} of the target database, table by table in {} session(s)", self.sessions),
-            )
-            .await;
-            let analyzed = self.statistics(ctx, &target, stats).await?;
+            // the sessions for the statistics first, then the database's own properties (which a
+            // session opened later would take)
+            let (tables, sessions) = self.statistics_sessions(ctx, &target).await?;
+            // REINDEX before the event triggers are given their state (a DDL guard would refuse it)
             let mut reindexed = 0;
             if self.tuning.reindex {
                 let tables: Vec<String> = target
@@ -225,6 +250,14 @@ impl Stage for TuningStage {
                 )
                 .await;
             }
+            // nothing below changes what verify compares: it may start
+            ctx.release();
+            ctx.info(
+                "tuning",
+                format!("{stats} of the target database, table by table in {} session(s)", sessions.len()),
+            )
+            .await;
+            let analyzed = self.statistics(ctx, sessions, tables, stats).await?;
             Ok(format!(
                 "{stats} of {analyzed} table(s) done, {applied} database propert(ies) set, {triggers} event trigger(s) given the source's state, \
                  {reindexed} table(s) reindexed, {} index(es) never used on the source",

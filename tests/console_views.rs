@@ -208,9 +208,17 @@ fn stages_view_before_anything_ran() {
 fn stages_view_while_data_streams_with_progress_and_eta() {
     let mut app = app(Lang::En);
     mid_run(&mut app);
+    ev(&mut app, Event::Sessions { stage: "data".into(), busy: 4 });
     let screen = render(&app);
     assert!(screen.contains("ETA"), "a moving item shows its time left");
+    // how many server sessions work, the rate and a sparkline of the last minute
+    assert!(screen.contains("Progress · 4 server session(s) busy · 80000 rows/s"), "{screen}");
+    assert!(screen.contains('█'), "{screen}");
     assert_snapshot!(screen);
+    // once the stage is done, neither is shown
+    finished(&mut app, "data", StageStatus::Done, 14_000, Some("43 tables"), None);
+    press(&mut app, "4");
+    assert!(!render(&app).contains("session(s) busy"));
 }
 
 #[test]

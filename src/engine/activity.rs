@@ -174,6 +174,7 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
     let mut servers: BTreeMap<(String, String), Watched> = BTreeMap::new();
     let mut waiting_since: HashMap<(String, i32), Instant> = HashMap::new();
     let mut said: (Vec<SessionWait>, Instant) = (Vec::new(), Instant::now());
+    let mut busy_said: Option<u32> = None;
     loop {
         tokio::time::sleep(POLL).await;
         let specs: Vec<ConnSpec> = ctx.servers.lock().expect("servers lock").clone();
@@ -189,10 +190,16 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
         let mut now_items: HashMap<String, Gauge> = HashMap::new();
         let mut waits = Vec::new();
         let mut still_waiting = Vec::new();
+        let mut busy = 0u32;
+        let mut asked = false;
         for ((role, _), watched) in servers.iter_mut() {
             let Some((client, sql)) = watched.client().await else { continue };
             let rows = match client.query(sql.as_str(), &[&ctx.application_name()]).await {
-                Ok(rows) => rows,
+                Ok(rows) => {
+                    asked = true;
+                    busy += rows.len() as u32;
+                    rows
+                }
                 Err(_) => {
                     // the server went away or refuses the query: connect again, not before 10 s
                     watched.client = None;
@@ -238,6 +245,10 @@ pub(super) async fn watch(ctx: &StageContext, open: &OpenItems) -> Infallible {
             }
         }
         waiting_since.retain(|key, _| still_waiting.contains(key));
+        if asked && busy_said != Some(busy) {
+            ctx.send(Event::Sessions { stage: ctx.stage().into(), busy }).await;
+            busy_said = Some(busy);
+        }
         for (item, (done, total, unit)) in &now_items {
             ctx.progress(item, *done, *total, *unit).await;
         }

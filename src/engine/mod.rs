@@ -86,6 +86,12 @@ pub enum Event {
         stage: String,
         waits: Vec<activity::SessionWait>,
     },
+    /// How many of the stage's server sessions run a statement now, as the watcher counted them
+    /// (sent when the count changes).
+    Sessions {
+        stage: String,
+        busy: u32,
+    },
     /// What the move upgrades, found by a pre-flight: the server's major, or an extension the
     /// target installs at a newer version (`what` = `PostgreSQL`, `timescaledb`, ...).
     Upgrade {

@@ -121,7 +121,67 @@ pub struct StageView {
     pub progress: Vec<ProgressItem>,
     /// Its server sessions that wait for another session, as the last report said.
     pub waits: Vec<crate::engine::activity::SessionWait>,
+    /// How many of its server sessions run a statement, as the watcher last counted.
+    pub busy: Option<u32>,
+    /// Bytes and rows its gauges moved, second by second.
+    pub throughput: Throughput,
     pub runs: u32,
+}
+
+/// How much a stage's gauges moved in each of its last seconds, in bytes and in rows (other units
+/// are not throughput): the progress pane's rate and sparkline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Throughput {
+    /// (second since the stage started, bytes, rows), oldest first, at most [`THROUGHPUT_SECONDS`].
+    seconds: std::collections::VecDeque<(u64, u64, u64)>,
+}
+
+/// Seconds of throughput kept (the sparkline's width).
+pub const THROUGHPUT_SECONDS: u64 = 60;
+
+impl Throughput {
+    fn add(&mut self, unit: crate::engine::Unit, second: u64, amount: u64) {
+        use crate::engine::Unit;
+        if amount == 0 || !matches!(unit, Unit::Bytes | Unit::Rows) {
+            return;
+        }
+        if self.seconds.back().is_none_or(|(s, _, _)| *s < second) {
+            self.seconds.push_back((second, 0, 0));
+        }
+        let last = self.seconds.back_mut().expect("pushed");
+        match unit {
+            Unit::Bytes => last.1 += amount,
+            _ => last.2 += amount,
+        }
+        while self.seconds.front().is_some_and(|(s, _, _)| s + THROUGHPUT_SECONDS <= second) {
+            self.seconds.pop_front();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seconds.is_empty()
+    }
+
+    /// Per second up to `now_second` (the last [`THROUGHPUT_SECONDS`], zeros where nothing moved),
+    /// in bytes when any moved, else rows; and which.
+    pub fn per_second(&self, now_second: u64) -> Option<(Vec<u64>, crate::engine::Unit)> {
+        use crate::engine::Unit;
+        let bytes = self.seconds.iter().any(|(_, b, _)| *b > 0);
+        if !bytes && !self.seconds.iter().any(|(_, _, r)| *r > 0) {
+            return None;
+        }
+        let from = (now_second + 1).saturating_sub(THROUGHPUT_SECONDS);
+        let values = (from..=now_second)
+            .map(|sec| {
+                self.seconds
+                    .iter()
+                    .find(|(s, _, _)| *s == sec)
+                    .map(|(_, b, r)| if bytes { *b } else { *r })
+                    .unwrap_or(0)
+            })
+            .collect();
+        Some((values, if bytes { Unit::Bytes } else { Unit::Rows }))
+    }
 }
 
 /// An unfinished gauge still this long is said to be stalled (the console's `--stall-after`).
@@ -222,6 +282,8 @@ impl App {
                 output: OutputBuffer::new(),
                 progress: Vec::new(),
                 waits: Vec::new(),
+                busy: None,
+                throughput: Throughput::default(),
                 runs: 0,
             })
             .collect();
@@ -413,7 +475,11 @@ impl App {
                     }
                 }
             }
-            Event::Output { .. } | Event::Progress { .. } | Event::Upgrade { .. } | Event::Waits { .. } => {}
+            Event::Output { .. }
+            | Event::Progress { .. }
+            | Event::Upgrade { .. }
+            | Event::Waits { .. }
+            | Event::Sessions { .. } => {}
         }
     }
 
@@ -438,6 +504,8 @@ impl App {
                 }
                 s.progress.clear();
                 s.waits.clear();
+                s.busy = None;
+                s.throughput = Throughput::default();
                 if self.follow_stage {
                     self.selected = i;
                 }
@@ -451,12 +519,15 @@ impl App {
             }
             Event::Progress { stage, item, done, total, unit } => {
                 let Some(i) = self.stage_index(&stage) else { return };
-                let list = &mut self.stages[i].progress;
+                let second = self.stages[i].started.map(|t| now.saturating_duration_since(t).as_secs()).unwrap_or(0);
+                let view = &mut self.stages[i];
+                let list = &mut view.progress;
                 match list.iter_mut().find(|p| p.item == item) {
                     Some(p) => {
                         if p.done != done {
                             p.moved = now;
                         }
+                        view.throughput.add(unit, second, done.saturating_sub(p.done));
                         p.done = done;
                         p.total = total;
                         p.updated = now;
@@ -484,6 +555,11 @@ impl App {
                     self.stages[i].waits = waits;
                 }
             }
+            Event::Sessions { stage, busy } => {
+                if let Some(i) = self.stage_index(&stage) {
+                    self.stages[i].busy = Some(busy);
+                }
+            }
             Event::Warning { stage, message } => {
                 let name = self.text.stage_name(&stage).to_string();
                 let line = fill(self.text.msg_warning, &[("stage", &name), ("message", &message)]);
@@ -502,6 +578,7 @@ impl App {
             Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
                 let Some(i) = self.stage_index(&stage) else { return };
                 self.stages[i].waits.clear();
+                self.stages[i].busy = None;
                 let finished = matches!(self.stages[i].status, StageStatus::Done | StageStatus::Skipped);
                 if status == StageStatus::Skipped && self.stages[i].status == StageStatus::Done {
                     return; // a rerun passes over what an earlier run finished: it stays done
@@ -909,5 +986,27 @@ fn step(i: usize, down: bool, len: usize) -> usize {
         (i + 1).min(len.saturating_sub(1))
     } else {
         i.saturating_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_keeps_the_last_minute_in_bytes_when_any_moved() {
+        use crate::engine::Unit;
+        let mut t = Throughput::default();
+        assert!(t.per_second(0).is_none());
+        t.add(Unit::Rows, 0, 500);
+        t.add(Unit::Tables, 0, 3); // not throughput
+        t.add(Unit::Rows, 2, 700);
+        let (v, unit) = t.per_second(2).unwrap();
+        assert_eq!(unit, Unit::Rows);
+        assert_eq!(&v[v.len() - 3..], &[500, 0, 700]);
+        t.add(Unit::Bytes, 70, 4096); // a minute later: bytes, and the old seconds dropped
+        let (v, unit) = t.per_second(70).unwrap();
+        assert_eq!((unit, v.len(), *v.last().unwrap()), (Unit::Bytes, 60, 4096));
+        assert_eq!(v.iter().sum::<u64>(), 4096);
     }
 }

@@ -4,7 +4,7 @@
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Gauge, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::widgets::{Block, Gauge, List, ListItem, ListState, Paragraph, Sparkline, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, ProgressItem};
@@ -21,7 +21,9 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
     draw_checklist(frame, app, list, name_width);
 
     let stage = &app.stages[app.selected];
-    let lines = stage.waits.len().min(2) * WAIT_ROWS + stage.progress.len().min(4);
+    // a running stage whose gauges move in bytes or rows gets a sparkline row too
+    let spark = usize::from(stage.status == StageStatus::Running && !stage.throughput.is_empty());
+    let lines = stage.waits.len().min(2) * WAIT_ROWS + stage.progress.len().min(4) + spark;
     let progress_rows = if lines == 0 { 3 } else { (lines + 2) as u16 };
     // the error and its fix in full (wrapped), however long the error is
     let inner = right.width.saturating_sub(2).max(1) as usize;
@@ -152,13 +154,35 @@ const WAIT_ROWS: usize = 3;
 fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
     let s = &app.stages[app.selected];
     let t = app.text;
-    let block = Block::bordered().title(t.progress);
+    // the title: how many server sessions are busy, and the rate over the last 10 s
+    let now_second = s.started.map(|at| app.now().saturating_duration_since(at).as_secs()).unwrap_or(0);
+    let rate = s.throughput.per_second(now_second).filter(|_| s.status == StageStatus::Running);
+    let mut title = t.progress.to_string();
+    if let Some(n) = s.busy.filter(|_| s.status == StageStatus::Running) {
+        title.push_str(&format!(" · {}", fill(t.busy_sessions, &[("n", &n)])));
+    }
+    if let Some((values, unit)) = &rate {
+        let recent = &values[values.len().saturating_sub(10)..];
+        let per_second = recent.iter().sum::<u64>() / recent.len().max(1) as u64;
+        title.push_str(&format!(" · {}/s", amount(t, per_second, None, *unit)));
+    }
+    let block = Block::bordered().title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
     if s.progress.is_empty() && s.waits.is_empty() {
         frame.render_widget(Paragraph::new(t.no_progress).fg(Color::DarkGray), inner);
         return;
     }
+    // a sparkline of the last minute's throughput, on the pane's first row
+    let inner = match &rate {
+        Some((values, _)) if inner.height > 1 => {
+            let [spark, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+            let shown = &values[values.len().saturating_sub(spark.width as usize)..];
+            frame.render_widget(Sparkline::default().data(shown).style(Style::new().fg(Color::Cyan)), spark);
+            rest
+        }
+        _ => inner,
+    };
     // a session that waits for another comes first, in amber: for how long, for whom, then what
     let shown = s.waits.len().min(2);
     let height = ((shown * WAIT_ROWS) as u16).min(inner.height);

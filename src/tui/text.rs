@@ -78,6 +78,8 @@ pub struct Text {
     pub wait_line: &'static str,
     /// The session holding what another waits for: {holder}.
     pub held_by: &'static str,
+    /// The progress pane's title beside "Progress": {n} server sessions running a statement.
+    pub busy_sessions: &'static str,
     /// A gauge that has not moved for `--stall-after` seconds.
     pub no_progress_for: &'static str,
     pub eta: &'static str,
@@ -200,6 +202,7 @@ pub static EN: Text = Text {
     no_progress: "nothing in progress",
     wait_line: "waiting {seconds} s · {wait}{held} · {server} pid {pid}: {statement}",
     held_by: ", held by {holder}",
+    busy_sessions: "{n} server session(s) busy",
     no_progress_for: "no progress for {n} s",
     eta: "ETA",
     log: "Log",
@@ -363,6 +366,7 @@ pub static KO: Text = Text {
     no_progress: "진행 중인 작업 없음",
     wait_line: "{seconds}초째 대기 중 · {wait}{held} · {server} pid {pid}: {statement}",
     held_by: ", 잡고 있는 세션: {holder}",
+    busy_sessions: "서버 세션 {n}개 작업 중",
     no_progress_for: "{n}초째 진행 없음",
     eta: "남은 시간",
     log: "로그",

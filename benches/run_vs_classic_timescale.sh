@@ -9,7 +9,7 @@
 # only, proves nothing). pgshift: backup, schema, data (compressed chunks copied as they are),
 # post-data, TimescaleDB (attach, aggregates' state, jobs), tuning, verify with checksums.
 # Prints both times, the ratio, each stage's time, the timescaledb stage beside the time it takes
-# to copy the aggregates' materialized rows, and pgshift's peak memory.
+# to copy the aggregates' materialized rows, the timeline (stages beside each other) and pgshift's peak memory.
 # Usage: bash benches/run_vs_classic_timescale.sh [ROWS]   (default 2,000,000)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -98,6 +98,7 @@ PLAN
     echo "ratio pgshift run / classic:        $(echo "scale=2; $total / $classic" | bc)"
     jq -r 'select(.event == "stage_finished") | "  \(.stage):\t\(.elapsed_ms / 1000)s\t\(.summary // "" | .[0:150])"' "$work/events.jsonl"
     echo "pgshift peak memory (max RSS):      $(( $(cat "$work/rss") / 1024 )) MiB"
+    sed -n '/^Wall time/,$p' "$work"/backups/*/run.md
 }
 
 # what copying the aggregates' materialized rows alone costs: COPY out of the source's

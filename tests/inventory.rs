@@ -222,3 +222,28 @@ async fn a_security_label_provider_the_target_has_not_loaded_is_named() {
     assert!(inv.objects.contains_key(&Class::SecurityLabels), "security labels listed");
     common::drop_db(&s.source, "inv_labels").await;
 }
+
+/// A session can read at another's exported snapshot while that one's transaction is open (the
+/// data stage at the backup's), and takes its own once it has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_reads_at_another_sessions_snapshot_while_it_is_held() {
+    let s = common::servers();
+    let url = common::db_with(&s.source, "inv_snapshot", "CREATE TABLE t (i int); INSERT INTO t VALUES (1)").await;
+    let spec = common::spec("source", &url);
+    let holder = catalog::Session::open(&spec).await.expect("the exporting session");
+    let id = holder.snapshot().expect("exported").to_string();
+    // a row written after the snapshot: not seen at it
+    common::connect(&url).await.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    let count = "SELECT count(*)::text FROM public.t";
+    let (at, shared) = catalog::Session::open_at(&spec, Some(&id)).await.expect("open at the snapshot");
+    assert!(shared);
+    assert_eq!(at.strings("rows", count).await.unwrap(), vec!["1".to_string()]);
+    assert!(at.snapshot().is_some(), "and exports it again for its own readers");
+    holder.close().await;
+    at.close().await;
+    let (own, shared) = catalog::Session::open_at(&spec, Some(&id)).await.expect("open, on its own");
+    assert!(!shared, "the exporting transaction ended");
+    assert_eq!(own.strings("rows", count).await.unwrap(), vec!["2".to_string()]);
+    own.close().await;
+    common::drop_db(&s.source, "inv_snapshot").await;
+}

@@ -233,6 +233,12 @@ pub struct Session {
 
 impl Session {
     pub async fn open(spec: &ConnSpec) -> Result<Self, UserError> {
+        Ok(Self::open_at(spec, None).await?.0)
+    }
+
+    /// [`Session::open`] at `snapshot` (another session's exported snapshot) when its transaction
+    /// is still open; returns whether it was taken (else the session has a snapshot of its own).
+    pub async fn open_at(spec: &ConnSpec, snapshot: Option<&str>) -> Result<(Self, bool), UserError> {
         let client = spec.connect().await?;
         let fail = |e: tokio_postgres::Error| {
             UserError::new(
@@ -245,6 +251,18 @@ impl Session {
         // loaded target) their estimates passed jit_above_cost: compiling one took 0.8 s
         client.batch_execute("SET jit = off").await.map_err(fail)?;
         client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(fail)?;
+        let mut imported = false;
+        if let Some(id) = snapshot {
+            let set = format!("SET TRANSACTION SNAPSHOT {}", crate::postgres::sql::quote_literal(id));
+            imported = client.batch_execute(&set).await.is_ok();
+            if !imported {
+                // its exporting transaction ended: a snapshot of this session's own
+                client
+                    .batch_execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(fail)?;
+            }
+        }
         // A standby cannot export snapshots before PostgreSQL 10; then readers take their own.
         let snapshot = match client.query_one("SELECT pg_export_snapshot()", &[]).await {
             Ok(row) => Some(row.get::<_, String>(0)),
@@ -256,7 +274,7 @@ impl Session {
                 None
             }
         };
-        Ok(Self { spec: spec.clone(), client, snapshot })
+        Ok((Self { spec: spec.clone(), client, snapshot }, imported))
     }
 
     /// The database's own properties (settings, privileges, comment, connection limit, locale).

@@ -196,7 +196,20 @@ impl Stage for DataStage {
                     .await;
             }
 
-            let session = Session::open(&source).await?;
+            // the backup's snapshot while the backup still holds it (it dumps the rows beside
+            // this stage): the archive and the copy then show the same moment of the source
+            let backup_snapshot = crate::pgtools::manifest::Manifest::load(dir).ok().and_then(|m| m.snapshot);
+            let (session, shared) = Session::open_at(&source, backup_snapshot.as_deref()).await?;
+            if shared {
+                ctx.info("data", "reading at the backup's snapshot: the archive and the copy show the same moment")
+                    .await;
+            } else if backup_snapshot.is_some() {
+                ctx.info(
+                    "data",
+                    "reading at a snapshot of its own (the backup had ended): the source must not change between them",
+                )
+                .await;
+            }
             lock_chunks(&session, inv.timescaledb.is_some()).await?;
             let snapshot = session.snapshot().map(str::to_string);
             let planner = open_writer(&target).await?;

@@ -360,9 +360,7 @@ impl SchemaStage {
     /// container target does not run yet).
     async fn check_target(&self) -> Result<Preflight, UserError> {
         let source = self.source.connect().await?;
-        let q = |e: tokio_postgres::Error| {
-            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
-        };
+        let q = preflight_failed;
         let admin = self.target.with_dbname("postgres");
         let server = match admin.connect().await {
             Ok(c) => c,
@@ -535,12 +533,7 @@ impl SchemaStage {
         let used: Vec<String> = source
             .query(&security_labels::providers_used(), &[])
             .await
-            .map_err(|e| {
-                UserError::new(
-                    format!("pre-flight query failed: {}", catalog::db_message(&e)),
-                    "connect as a superuser",
-                )
-            })?
+            .map_err(preflight_failed)?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -577,9 +570,7 @@ impl SchemaStage {
         if self.tablespaces == Tablespaces::Default {
             return Ok(());
         }
-        let q = |e: tokio_postgres::Error| {
-            UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
-        };
+        let q = preflight_failed;
         let mut used: Vec<(String, String)> = source
             .query(&tablespaces::used_sql(), &[])
             .await
@@ -635,12 +626,7 @@ impl SchemaStage {
                 &[],
             )
             .await
-            .map_err(|e| {
-                UserError::new(
-                    format!("pre-flight query failed: {}", catalog::db_message(&e)),
-                    "connect as a superuser",
-                )
-            })?
+            .map_err(preflight_failed)?
             .get(0);
         if unreadable > 0 {
             return Err(UserError::new(
@@ -1263,15 +1249,18 @@ async fn disabled_subscriptions(target: &ConnSpec, client: &tokio_postgres::Clie
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// A pre-flight query the server refused.
+fn preflight_failed(e: tokio_postgres::Error) -> UserError {
+    UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
+}
+
 /// Every security label provider the source's labels need must be loaded on the target: its
 /// restore fails each label otherwise (after the data, in post-data's rounds).
 async fn check_label_providers(
     source: &tokio_postgres::Client,
     server: &tokio_postgres::Client,
 ) -> Result<(), UserError> {
-    let q = |e: tokio_postgres::Error| {
-        UserError::new(format!("pre-flight query failed: {}", catalog::db_message(&e)), "connect as a superuser")
-    };
+    let q = preflight_failed;
     let used: Vec<(String, i64)> = source
         .query(&security_labels::providers_used(), &[])
         .await

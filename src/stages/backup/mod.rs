@@ -368,15 +368,22 @@ impl BackupStage {
                 .args(snapshot_args.clone()),
             estimate: None,
         }];
+        // the classic runbook's split dumps: `pg_dump ONLY --no-owner --no-privileges`
+        let split = |file: &'static str, only: &str, content: &'static str, estimate: Option<u64>| Dump {
+            file,
+            content,
+            cmd: ToolCommand::new(format!("pg_dump {file}"), &tools.pg_dump.path, source)
+                .args([only, "--no-owner", "--no-privileges", "--verbose", "--no-password"])
+                .args(snapshot_args.clone()),
+            estimate,
+        };
         if self.options.schema_sql {
-            head.push(Dump {
-                file: "schema.sql",
-                content: "schema: pg_dump --schema-only --no-owner --no-privileges",
-                cmd: ToolCommand::new("pg_dump schema.sql", &tools.pg_dump.path, source)
-                    .args(["--schema-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
-                    .args(snapshot_args.clone()),
-                estimate: None,
-            });
+            head.push(split(
+                "schema.sql",
+                "--schema-only",
+                "schema: pg_dump --schema-only --no-owner --no-privileges",
+                None,
+            ));
         }
         // --database: the database to connect to for the roles (default postgres), which the role
         // may not be allowed to connect to
@@ -408,14 +415,12 @@ impl BackupStage {
             estimate: Some(if self.options.compression == Compression::None { estimate } else { estimate / 3 }),
         }];
         if self.options.data_sql {
-            tail.push(Dump {
-                file: "data.sql",
-                content: "data: pg_dump --data-only --no-owner --no-privileges",
-                cmd: ToolCommand::new("pg_dump data.sql", &tools.pg_dump.path, source)
-                    .args(["--data-only", "--no-owner", "--no-privileges", "--verbose", "--no-password"])
-                    .args(snapshot_args),
-                estimate: Some(estimate),
-            });
+            tail.push(split(
+                "data.sql",
+                "--data-only",
+                "data: pg_dump --data-only --no-owner --no-privileges",
+                Some(estimate),
+            ));
         }
         Ok((head, tail))
     }

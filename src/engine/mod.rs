@@ -403,12 +403,9 @@ impl Engine {
         for (i, stage) in stages.iter().enumerate() {
             // the stage that waits for the one running beside
             if beside.as_ref().is_some_and(|b| b.until == stage.id()) {
-                let b = beside.take().expect("checked");
-                let result = b.work.await;
-                let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, result, &mut journal).await;
-                statuses[b.index].1 = status;
-                if status != StageStatus::Done {
-                    error = error.or(err);
+                let mut b = beside.take().expect("checked");
+                let result = (&mut b.work).await;
+                if !self.settle(stages, b, result, &mut statuses, &mut error, &mut journal).await {
                     break;
                 }
             }
@@ -469,10 +466,7 @@ impl Engine {
                     Step::Released(false) => released = None, // it ended without releasing
                     Step::Beside(r) => {
                         let b = beside.take().expect("polled");
-                        let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, r, &mut journal).await;
-                        statuses[b.index].1 = status;
-                        if status != StageStatus::Done {
-                            error = error.or(err);
+                        if !self.settle(stages, b, r, &mut statuses, &mut error, &mut journal).await {
                             token.cancel();
                         }
                     }
@@ -493,13 +487,9 @@ impl Engine {
             }
         }
         // a stage still beside the last one (or the one that stopped): complete it
-        if let Some(b) = beside.take() {
-            let result = b.work.await;
-            let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, result, &mut journal).await;
-            statuses[b.index].1 = status;
-            if status == StageStatus::Failed && error.is_none() {
-                error = err;
-            }
+        if let Some(mut b) = beside.take() {
+            let result = (&mut b.work).await;
+            self.settle(stages, b, result, &mut statuses, &mut error, &mut journal).await;
         }
         if let Some(j) = journal.as_deref() {
             let path = j.dir().join(run_files::RUN_REPORT);
@@ -509,6 +499,25 @@ impl Engine {
             }
         }
         RunOutcome { statuses, error }
+    }
+
+    /// Records how the stage that ran beside the others ended, its status in `statuses` and its
+    /// error in `error` (unless a failure came first); true when it is done.
+    async fn settle(
+        &self,
+        stages: &[&dyn Stage],
+        b: Beside<'_>,
+        result: Result<String, StageError>,
+        statuses: &mut [(&'static str, StageStatus)],
+        error: &mut Option<UserError>,
+        journal: &mut Option<&mut Journal>,
+    ) -> bool {
+        let (status, err) = self.finish(stages[b.index], &b.ctx, b.started, result, journal).await;
+        statuses[b.index].1 = status;
+        if status == StageStatus::Failed && error.is_none() {
+            *error = err;
+        }
+        status == StageStatus::Done
     }
 
     /// Records how a stage ended (journal, event; its server sessions ended unless it is done).

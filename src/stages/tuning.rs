@@ -93,6 +93,11 @@ impl TuningStage {
         self
     }
 
+    /// A query on the target that failed.
+    fn target_failed(&self, what: &str, e: tokio_postgres::Error) -> StageError {
+        StageError::Failed(catalog::failed_query(&self.target, what, &e, "connect to the target as a superuser"))
+    }
+
     /// The tables to analyze, largest first, and the sessions that will: opened now, before the
     /// database's own settings are given (a `statement_timeout` or `default_transaction_read_only`
     /// of the source's would reach a session opened after).
@@ -101,9 +106,7 @@ impl TuningStage {
         ctx: &StageContext,
         client: &tokio_postgres::Client,
     ) -> Result<(Vec<String>, Vec<tokio_postgres::Client>), StageError> {
-        let fail = |what: &str, e: tokio_postgres::Error| {
-            StageError::Failed(catalog::failed_query(&self.target, what, &e, "connect to the target as a superuser"))
-        };
+        let fail = |what: &str, e| self.target_failed(what, e);
         let timescaledb: bool = client
             .query_one("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL", &[])
             .await
@@ -128,9 +131,7 @@ impl TuningStage {
         tables: Vec<String>,
         stats: &str,
     ) -> Result<u64, StageError> {
-        let fail = |what: &str, e: tokio_postgres::Error| {
-            StageError::Failed(catalog::failed_query(&self.target, what, &e, "connect to the target as a superuser"))
-        };
+        let fail = |what: &str, e| self.target_failed(what, e);
         let total = tables.len() as u64;
         let queue = std::sync::Mutex::new(tables.into_iter());
         let done = std::sync::atomic::AtomicU64::new(0);
@@ -169,14 +170,7 @@ impl Stage for TuningStage {
     fn run<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             let target = ctx.tagged(&self.target).connect().await?;
-            let fail = |what: &str, e: tokio_postgres::Error| {
-                StageError::Failed(catalog::failed_query(
-                    &self.target,
-                    what,
-                    &e,
-                    "connect to the target as a superuser",
-                ))
-            };
+            let fail = |what: &str, e| self.target_failed(what, e);
             let stats = if self.tuning.vacuum { "VACUUM (ANALYZE)" } else { "ANALYZE" };
             // the sessions for the statistics first, then the database's own properties (which a
             // session opened later would take)

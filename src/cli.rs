@@ -208,6 +208,10 @@ pub enum Command {
         /// Start a new run instead of resuming the latest unfinished one.
         #[arg(long)]
         restart: bool,
+        /// Online migration (as `[online] enabled = true`): copy while the application writes, catch
+        /// up through logical replication, and cut over once writes stopped.
+        #[arg(long)]
+        online: bool,
         #[arg(long)]
         json: bool,
         #[arg(short, long)]
@@ -235,6 +239,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Online migration's housekeeping.
+    Online {
+        #[command(subcommand)]
+        action: OnlineAction,
+    },
     /// Write a commented plan from the source's inventory.
     Plan {
         #[command(subcommand)]
@@ -245,6 +254,17 @@ pub enum Command {
     Env {
         #[command(subcommand)]
         action: EnvAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OnlineAction {
+    /// Drop the slot and publication an online migration left on the source (and its position
+    /// table on the target): a slot keeps WAL on the source until it is dropped.
+    Abort {
+        /// The plan (its source and target).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
     },
 }
 
@@ -509,12 +529,12 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
         }
         Command::Console { plan, restart, view } => {
             let options = view.options()?;
-            let prepared = crate::checklist::prepare(&plan, restart)?;
+            let prepared = crate::checklist::prepare(&plan, restart, false)?;
             crate::tui::open(prepared, &plan, options).await
         }
-        Command::Run { plan, yes, restart, json, verbose } => {
+        Command::Run { plan, yes, restart, online, json, verbose } => {
             let mode = if json { headless::Mode::Json } else { headless::Mode::Text { verbose } };
-            crate::commands::run::run(&plan, yes, restart, mode).await
+            crate::commands::run::run(&plan, yes, restart, online, mode).await
         }
         Command::Copy { source, target, jobs, dir, range_mib, json } => {
             use crate::plan::CompressedChunks;
@@ -538,6 +558,7 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
                 headless::Ended::Cancelled => Ok(EXIT_CANCELLED),
             }
         }
+        Command::Online { action: OnlineAction::Abort { plan } } => crate::commands::online::abort(&plan).await,
         Command::Plan { action: PlanAction::Init { source, out, overwrite } } => {
             crate::commands::plan_init::init(&source, &out, overwrite).await
         }

@@ -2,7 +2,7 @@
 //! was lost. The library holds everything; `main.rs` only parses the command line.
 //!
 //! Floors, top to bottom (a module imports only from floors below it):
-//! `cli` → `commands` → `tui` → `checklist` → `stages` → `verify`, `timescaledb`, `pgtools` →
+//! `cli` → `commands` → `tui` → `checklist` → `stages` → `verify`, `timescaledb`, `pgtools`, `online` →
 //! `catalog` → `engine`, `plan` → `postgres`, `docker`, `files`, `error`, `human`.
 
 pub mod catalog;
@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod human;
+pub mod online;
 pub mod pgtools;
 pub mod plan;
 pub mod postgres;

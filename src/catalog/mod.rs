@@ -11,6 +11,7 @@ pub mod queries;
 pub mod rare_classes;
 pub mod rows;
 pub mod security_labels;
+pub mod sequences;
 pub mod server;
 pub mod settings;
 pub mod tablespaces;
@@ -234,6 +235,21 @@ pub struct Session {
 impl Session {
     pub async fn open(spec: &ConnSpec) -> Result<Self, UserError> {
         Ok(Self::open_at(spec, None).await?.0)
+    }
+
+    /// [`Session::open`] at exactly `snapshot` (an online slot's): an error if it cannot be taken.
+    pub async fn open_exactly_at(spec: &ConnSpec, snapshot: &str) -> Result<Self, UserError> {
+        match Self::open_at(spec, Some(snapshot)).await? {
+            (session, true) => Ok(session),
+            (_, false) => Err(UserError::new(
+                format!(
+                    "{} {}: the online slot's snapshot {snapshot} can no longer be imported",
+                    spec.role,
+                    spec.label()
+                ),
+                "start the migration again: pgshift online abort --plan FILE, then pgshift run --online --restart",
+            )),
+        }
     }
 
     /// [`Session::open`] at `snapshot` (another session's exported snapshot) when its transaction

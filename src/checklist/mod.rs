@@ -10,11 +10,13 @@ use crate::engine::journal::{Journal, JOURNAL_FILE};
 use crate::engine::{Stage, StageStatus};
 use crate::error::UserError;
 use crate::files;
+use crate::online::slot::SlotHolder;
 use crate::plan::container::ensure_password;
 use crate::plan::Plan;
 use crate::stages::backup::{BackupOptions, BackupStage};
 use crate::stages::data::DataStage;
 use crate::stages::environment::{ContainerStage, ExistingServerStage};
+use crate::stages::online::{CatchUpStage, CutoverStage};
 use crate::stages::schema::{PostDataStage, SchemaStage};
 use crate::stages::timescaledb::TimescaleStage;
 use crate::stages::tuning::TuningStage;
@@ -24,6 +26,18 @@ use crate::verify::VerifyOptions;
 
 const STAGES: [&str; 9] =
     ["backup", "environment", "schema", "data", "post-data", "timescaledb", "pgvector", "tuning", "verify"];
+/// An online migration's stages, between tuning and verify.
+const ONLINE_STAGES: [&str; 2] = ["catch-up", "cutover"];
+
+/// The checklist's stage ids for a plan, in order.
+fn stage_ids(online: bool) -> Vec<&'static str> {
+    let mut ids = STAGES.to_vec();
+    if online {
+        let at = ids.len() - 1;
+        ids.splice(at..at, ONLINE_STAGES);
+    }
+    ids
+}
 
 /// Which run directory a run uses.
 enum RunDir {
@@ -34,7 +48,7 @@ enum RunDir {
     Complete(PathBuf),
 }
 
-fn run_dir(base: &Path, restart: bool) -> Result<RunDir, UserError> {
+fn run_dir(base: &Path, restart: bool, ids: &[&str]) -> Result<RunDir, UserError> {
     if !restart {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(base)
             .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.join(JOURNAL_FILE).exists()).collect())
@@ -43,7 +57,7 @@ fn run_dir(base: &Path, restart: bool) -> Result<RunDir, UserError> {
         if let Some(last) = dirs.pop() {
             let journal = Journal::open(&last).map_err(|m| UserError::new(m, "run with --restart"))?;
             let all_done =
-                STAGES.iter().all(|s| matches!(journal.status(s), Some(StageStatus::Done | StageStatus::Skipped)));
+                ids.iter().all(|s| matches!(journal.status(s), Some(StageStatus::Done | StageStatus::Skipped)));
             return Ok(if all_done { RunDir::Complete(last) } else { RunDir::Resume(last) });
         }
     }
@@ -98,9 +112,12 @@ pub struct Prepared {
     pub log: std::fs::File,
 }
 
-/// Reads the plan, picks the run directory (new, resumed or complete) and builds the stages.
-pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
-    let plan = Plan::load(plan_path)?;
+/// Reads the plan, picks the run directory (new, resumed or complete) and builds the stages;
+/// `online` turns the plan's `[online]` on.
+pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared, UserError> {
+    let mut plan = Plan::load(plan_path)?;
+    plan.online.enabled |= online;
+    let ids = stage_ids(plan.online.enabled);
     let source = plan.source()?;
     let container = plan.container_options();
     let shm_bytes = container.as_ref().map(|o| o.shm_size);
@@ -108,7 +125,7 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         ensure_password(&o.password_file)?; // the container is created with it; later stages connect with it
     }
     let target = plan.target(&source)?;
-    let (dir, resuming, complete) = match run_dir(&plan.backup.dir, restart)? {
+    let (dir, resuming, complete) = match run_dir(&plan.backup.dir, restart, &ids)? {
         RunDir::New(d) => (d, false, false),
         RunDir::Resume(d) => (d, true, false),
         RunDir::Complete(d) => (d, true, true),
@@ -117,6 +134,7 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     check_run_for(&dir, resuming, &for_this)?;
     let schema_started = resuming && Journal::open(&dir).ok().and_then(|j| j.status("schema")).is_some();
 
+    let online = plan.online.enabled.then(|| std::sync::Arc::new(SlotHolder::new(source.clone())));
     let backup = BackupStage::new(
         source.clone(),
         BackupOptions {
@@ -129,6 +147,10 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
             compression: plan.backup.compression,
         },
     );
+    let backup = match &online {
+        Some(slot) => backup.with_online(slot.clone()),
+        None => backup,
+    };
     let environment: Box<dyn Stage> = match container {
         Some(o) => Box::new(ContainerStage::new(o).with_settings(plan.target.settings.clone())),
         None => Box::new(
@@ -146,8 +168,11 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     )
     .with_target_settings(plan.target.settings.clone())
     .with_tablespaces(plan.target.tablespaces);
-    let data =
+    let mut data =
         DataStage::new(source.clone(), target.clone(), plan.data.jobs).with_compressed(plan.data.compressed_chunks);
+    if let Some(slot) = &online {
+        data = data.with_online(slot.clone());
+    }
     let post = PostDataStage::new(source.clone(), target.clone(), &plan.tuning, plan.data.jobs)
         .with_tablespaces(plan.target.tablespaces);
     let timescale =
@@ -158,8 +183,20 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
     let target_user = target.config.get_user().unwrap_or("postgres").to_string();
+    let online_stages: Vec<Box<dyn Stage>> = match &online {
+        Some(slot) => vec![
+            Box::new(CatchUpStage::new(
+                source.clone(),
+                target.clone(),
+                std::time::Duration::from_secs(plan.online.quiet_seconds),
+                slot.clone(),
+            )),
+            Box::new(CutoverStage::new(source.clone(), target.clone())),
+        ],
+        None => Vec::new(),
+    };
     let verify = VerifyStage::new(source, target, planned_differences(&plan, &target_user)?, options);
-    let stages: Vec<Box<dyn Stage>> = vec![
+    let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(backup),
         environment,
         Box::new(schema),
@@ -168,9 +205,10 @@ pub fn prepare(plan_path: &Path, restart: bool) -> Result<Prepared, UserError> {
         Box::new(timescale),
         Box::new(vectors),
         Box::new(tuning),
-        Box::new(verify),
     ];
-    debug_assert_eq!(stages.iter().map(|s| s.id()).collect::<Vec<_>>(), STAGES);
+    stages.extend(online_stages);
+    stages.push(Box::new(verify));
+    debug_assert_eq!(stages.iter().map(|s| s.id()).collect::<Vec<_>>(), ids);
 
     let log = std::fs::OpenOptions::new()
         .create(true)

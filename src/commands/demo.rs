@@ -93,9 +93,9 @@ async fn walk(
         eprintln!("pgshift demo: reusing {} (--reset starts over)", plan_path.display());
     }
     if o.headless {
-        return crate::commands::run::run(&plan_path, true, false, Mode::Text { verbose: false }).await;
+        return crate::commands::run::run(&plan_path, true, false, false, Mode::Text { verbose: false }).await;
     }
-    let prepared = crate::checklist::prepare(&plan_path, false)?;
+    let prepared = crate::checklist::prepare(&plan_path, false, false)?;
     crate::tui::open(prepared, &plan_path, console).await
 }
 

@@ -10,7 +10,7 @@ use crate::engine::Stage;
 use crate::error::{UserError, EXIT_CANCELLED, EXIT_DIFFERENCES, EXIT_STAGE_FAILED};
 use crate::plan::Plan;
 
-pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Result<i32, UserError> {
+pub async fn run(plan_path: &Path, yes: bool, restart: bool, online: bool, mode: Mode) -> Result<i32, UserError> {
     if !yes {
         Plan::load(plan_path)?; // a broken plan is the first thing to hear about
         return Err(UserError::new(
@@ -21,7 +21,7 @@ pub async fn run(plan_path: &Path, yes: bool, restart: bool, mode: Mode) -> Resu
             ),
         ));
     }
-    let Prepared { dir, resuming, complete, stages, log, .. } = prepare(plan_path, restart)?;
+    let Prepared { dir, resuming, complete, stages, log, .. } = prepare(plan_path, restart, online)?;
     if complete {
         println!(
             "the run in {} completed every stage; nothing to redo (--restart starts a new migration)",

@@ -114,6 +114,12 @@ impl Entry {
         TS_SCHEMA_NAMES.contains(&self.schema.as_str())
     }
 
+    /// An online migration's own publication (or a table or schema in it): made on the source for
+    /// the catch-up, dropped at cutover, never restored on the target.
+    pub fn is_online_publication(&self) -> bool {
+        self.kind.starts_with("PUBLICATION") && self.rest.starts_with(crate::online::slot::PREFIX)
+    }
+
     /// Data, large objects included: copied by the data stage, never restored from the archive.
     pub fn is_data(&self) -> bool {
         matches!(self.kind.as_str(), "TABLE DATA" | "SEQUENCE SET" | "BLOBS" | "BLOB" | "BLOB METADATA")
@@ -210,6 +216,14 @@ mod tests {
         let e = Entry::parse("5000; 0 16400 TABLE DATA energy sites postgres").unwrap();
         assert!(e.is_data());
         assert!(Entry::parse("; Archive created at").is_none());
+        for line in [
+            "3380; 6104 16500 PUBLICATION - pgshift_20261207t054248z postgres",
+            "3381; 6106 16501 PUBLICATION TABLE public pgshift_20261207t054248z accounts",
+            "3382; 6237 16502 PUBLICATION TABLES IN SCHEMA - pgshift_20261207t054248z _timescaledb_internal",
+        ] {
+            assert!(Entry::parse(line).unwrap().is_online_publication(), "{line}");
+        }
+        assert!(!Entry::parse("3380; 6104 16500 PUBLICATION - app_feed postgres").unwrap().is_online_publication());
         // large objects, as pg_dump 17 (metadata) and 16 (one entry each) list them, with their
         // grants and comments: all carried by the data stage
         for line in [

@@ -31,6 +31,8 @@ pub struct Plan {
     #[serde(default)]
     pub tuning: TuningPlan,
     #[serde(default)]
+    pub online: OnlinePlan,
+    #[serde(default)]
     pub hypertables: Vec<HypertablePlan>,
     #[serde(default)]
     pub vectors: Vec<VectorPlan>,
@@ -221,6 +223,27 @@ impl Default for DataPlan {
 pub struct VerifyPlan {
     #[serde(default = "yes")]
     pub checksums: bool,
+}
+
+/// `[online]`: copy while the application writes, then catch up through logical replication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlinePlan {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds without a write on the source after which the catch-up takes writes as stopped.
+    #[serde(default = "default_quiet_seconds")]
+    pub quiet_seconds: u64,
+}
+
+fn default_quiet_seconds() -> u64 {
+    10
+}
+
+impl Default for OnlinePlan {
+    fn default() -> Self {
+        Self { enabled: false, quiet_seconds: default_quiet_seconds() }
+    }
 }
 
 fn yes() -> bool {

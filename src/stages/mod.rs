@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod data;
 pub mod environment;
+pub mod online;
 pub mod schema;
 pub mod timescaledb;
 pub mod tuning;

@@ -132,11 +132,12 @@ async fn list_section(ctx: &StageContext, backup: &Backup, section: &str) -> Res
 }
 
 /// Entries pgshift restores from the archive: not data, not TimescaleDB's internals, not the views
-/// of continuous aggregates (the TimescaleDB stage creates those through TimescaleDB's API).
+/// of continuous aggregates (the TimescaleDB stage creates those through TimescaleDB's API), not
+/// an online migration's own publication.
 fn restorable(entries: Vec<Entry>, caggs: &BTreeSet<String>) -> Vec<Entry> {
     entries
         .into_iter()
-        .filter(|e| !e.is_data() && !e.is_timescaledb_internal())
+        .filter(|e| !e.is_data() && !e.is_timescaledb_internal() && !e.is_online_publication())
         .filter(|e| {
             let name = e.rest.rsplit_once(' ').map(|(n, _)| n).unwrap_or(&e.rest);
             !(e.kind == "VIEW" && caggs.contains(&format!("{}.{name}", e.schema)))

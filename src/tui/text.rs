@@ -308,6 +308,8 @@ pub static EN: Text = Text {
         ("timescaledb", "TimescaleDB"),
         ("pgvector", "pgvector"),
         ("tuning", "Tuning"),
+        ("catch-up", "Catch-up"),
+        ("cutover", "Cutover"),
         ("verify", "Verify"),
     ],
     bar: &[
@@ -472,6 +474,8 @@ pub static KO: Text = Text {
         ("timescaledb", "TimescaleDB"),
         ("pgvector", "pgvector"),
         ("tuning", "튜닝"),
+        ("catch-up", "따라잡기"),
+        ("cutover", "전환"),
         ("verify", "검증"),
     ],
     bar: &[

@@ -117,10 +117,21 @@ shared_preload_libraries = 'timescaledb,pgshift_test_label'
 CONF
         labels_added=true
     fi
-    if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1 && $labels_added; then
+    # logical decoding for the online migration's slots (a restart if the server runs)
+    wal_added=false
+    if ! grep -q '^# pgshift test logical decoding' "$ROOT$data/postgresql.conf"; then
+        cat >> "$ROOT$data/postgresql.conf" <<CONF
+# pgshift test logical decoding: the online migration's slots
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+CONF
+        wal_added=true
+    fi
+    if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1 && { $labels_added || $wal_added; }; then
         as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -m fast -w -t 60 restart >/dev/null \
             || { tail -n 20 "$ROOT$data/server.log" >&2; die "$name server did not restart"; }
-        log "$name restarted with the test security label provider"
+        log "$name restarted (security label provider or logical decoding added)"
     fi
     if as_postgres "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
         log "$name already running on 127.0.0.1:$port"

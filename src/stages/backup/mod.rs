@@ -78,11 +78,19 @@ pub struct BackupStage {
     source: ConnSpec,
     options: BackupOptions,
     tools: Mutex<Option<Tools>>,
+    /// An online migration's slot, whose snapshot the backup reads at.
+    online: Option<crate::online::OnlineSlot>,
 }
 
 impl BackupStage {
     pub fn new(source: ConnSpec, options: BackupOptions) -> Self {
-        Self { source, options, tools: Mutex::new(None) }
+        Self { source, options, tools: Mutex::new(None), online: None }
+    }
+
+    /// Reads at the online migration's slot snapshot (made by the first reader).
+    pub fn with_online(mut self, slot: crate::online::OnlineSlot) -> Self {
+        self.online = Some(slot);
+        self
     }
 
     async fn find_tools(&self, ctx: &StageContext) -> Result<Tools, UserError> {
@@ -129,7 +137,15 @@ impl BackupStage {
 
         let read = async {
             ctx.info("inventory", "reading the source catalog at one snapshot (the dumps share it)").await;
-            let session = Session::open(&source).await?;
+            let session = match &self.online {
+                Some(slot) => {
+                    let snapshot = slot.snapshot(dir).await?;
+                    ctx.info("inventory", "reading at the online slot's snapshot: the changes after it are streamed")
+                        .await;
+                    Session::open_exactly_at(&source, &snapshot).await?
+                }
+                None => Session::open(&source).await?,
+            };
             let inv = session.inventory().await?;
             let owners = session.strings("owners", &after_data::owner_statements_sql()).await?;
             Ok::<_, UserError>((session, inv, owners))

@@ -56,11 +56,20 @@ pub struct DataStage {
     jobs: usize,
     range_bytes: i64,
     compressed: CompressedChunks,
+    /// An online migration's slot, whose snapshot the copy reads at.
+    online: Option<crate::online::OnlineSlot>,
 }
 
 impl DataStage {
     pub fn new(source: ConnSpec, target: ConnSpec, jobs: usize) -> Self {
-        Self { source, target, jobs: jobs.max(1), range_bytes: RANGE_BYTES, compressed: CompressedChunks::AsIs }
+        Self {
+            source,
+            target,
+            jobs: jobs.max(1),
+            range_bytes: RANGE_BYTES,
+            compressed: CompressedChunks::AsIs,
+            online: None,
+        }
     }
 
     /// Plain tables larger than twice `bytes` are copied in block ranges of about `bytes`; 0 copies
@@ -73,6 +82,12 @@ impl DataStage {
     /// How compressed chunks travel.
     pub fn with_compressed(mut self, mode: CompressedChunks) -> Self {
         self.compressed = mode;
+        self
+    }
+
+    /// Reads at the online migration's slot snapshot, and lets it go once the copy holds it.
+    pub fn with_online(mut self, slot: crate::online::OnlineSlot) -> Self {
+        self.online = Some(slot);
         self
     }
 }
@@ -199,11 +214,23 @@ impl Stage for DataStage {
             // the backup's snapshot while the backup still holds it (it dumps the rows beside
             // this stage): the archive and the copy then show the same moment of the source
             let backup_snapshot = crate::pgtools::manifest::Manifest::load(dir).ok().and_then(|m| m.snapshot);
-            let (session, shared) = Session::open_at(&source, backup_snapshot.as_deref()).await?;
+            let (session, shared) = match &self.online {
+                Some(slot) => {
+                    let snapshot = slot.snapshot(dir).await?;
+                    let session = Session::open_exactly_at(&source, &snapshot).await?;
+                    ctx.info("data", "reading at the online slot's snapshot: the changes after it are streamed").await;
+                    (session, false)
+                }
+                None => Session::open_at(&source, backup_snapshot.as_deref()).await?,
+            };
+            if let Some(slot) = &self.online {
+                // this session holds the snapshot now (its workers import this session's own)
+                slot.release().await;
+            }
             if shared {
                 ctx.info("data", "reading at the backup's snapshot: the archive and the copy show the same moment")
                     .await;
-            } else if backup_snapshot.is_some() {
+            } else if backup_snapshot.is_some() && self.online.is_none() {
                 ctx.info(
                     "data",
                     "reading at a snapshot of its own (the backup had ended): the source must not change between them",
@@ -334,20 +361,7 @@ impl Stage for DataStage {
 
 /// Sets every user sequence of the target to the source's value at the snapshot.
 async fn set_sequences(ctx: &StageContext, session: &Session, target: &ConnSpec) -> Result<usize, StageError> {
-    let values = session
-        .strings(
-            "sequences",
-            &format!(
-                // the sequence's own row: pg_sequences hides last_value when is_called is false
-                "SELECT format('SELECT pg_catalog.setval(%L, %s, %s)', seq, v.last_value, v.is_called)
-                 FROM (SELECT format('%I.%I', schemaname, sequencename) AS seq FROM pg_sequences s WHERE {}) q,
-                 LATERAL (SELECT (xpath('/row/last_value/text()', x))[1]::text AS last_value,
-                                 (xpath('/row/is_called/text()', x))[1]::text AS is_called
-                          FROM query_to_xml(format('SELECT last_value, is_called FROM %s', q.seq), false, true, '') x) v",
-                catalog::queries::user_ns_name("s.schemaname")
-            ),
-        )
-        .await?;
+    let values = catalog::sequences::setvals(session).await?;
     let dst = target.connect().await?;
     for sql in &values {
         dst.batch_execute(sql).await.map_err(|e| copy_error("target", &target.label(), &e))?;

@@ -1,0 +1,41 @@
+//! `pgshift online abort --plan FILE`: drops what an online migration made on the source (every
+//! pgshift slot and publication in the source database) and its position table on the target, so
+//! that no forgotten slot keeps WAL on the source.
+
+use std::path::Path;
+
+use crate::error::UserError;
+use crate::online::apply::POSITION_SCHEMA;
+use crate::online::slot;
+use crate::plan::Plan;
+use crate::postgres::sql::quote_ident;
+
+pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
+    let plan = Plan::load(plan_path)?;
+    let source = plan.source()?;
+    let (slots, publications) = slot::leftovers(&source).await?;
+    for s in &slots {
+        slot::drop_slot(&source, s, s).await?;
+        println!("slot {s} dropped on the source");
+    }
+    for p in publications.iter().filter(|p| !slots.contains(p)) {
+        slot::drop_slot(&source, p, p).await?;
+        println!("publication {p} dropped on the source");
+    }
+    // the target may not exist yet (the run stopped before its environment): nothing to drop then
+    if let Ok(target) = plan.target(&source) {
+        if let Ok(client) = target.connect().await {
+            if client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(POSITION_SCHEMA)))
+                .await
+                .is_ok()
+            {
+                println!("schema {POSITION_SCHEMA} (the catch-up's position) dropped on the target, if it was there");
+            }
+        }
+    }
+    if slots.is_empty() && publications.is_empty() {
+        println!("no pgshift slot or publication in the source database");
+    }
+    Ok(0)
+}

@@ -1,0 +1,13 @@
+//! Online migration: a logical replication slot made with an exported snapshot that the backup and
+//! the copy read at (no gap, no overlap), then the source's changes after that snapshot applied to
+//! the target in commit order while the application writes, so that only the cutover sits inside
+//! the window. `slot` is the source's side, `stream` follows the slot, `apply` writes the target,
+//! `preflight` checks the source before anything is made.
+
+pub mod apply;
+pub mod preflight;
+pub mod slot;
+pub mod stream;
+
+/// The slot holder the backup, the copy and the catch-up share in one run.
+pub type OnlineSlot = std::sync::Arc<slot::SlotHolder>;

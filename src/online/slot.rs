@@ -1,0 +1,337 @@
+//! The source's side of an online migration: the publication and the logical replication slot,
+//! made over a replication connection that exports the slot's snapshot; the holder that keeps that
+//! connection idle (the snapshot lives as long as it does) until the backup and the copy have
+//! imported it; and dropping both at cutover or on abort. The run directory's `online.json` says
+//! which slot a run made.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, SslMode as WireSsl, TlsConfig};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::config::Host;
+
+use crate::catalog::{db_message, queries};
+use crate::error::UserError;
+use crate::files;
+use crate::postgres::conn::ConnSpec;
+use crate::postgres::sql::{quote_ident, quote_literal};
+use crate::postgres::tls::{RootCert, SslMode};
+
+/// The run-directory file naming the slot, the publication and the snapshot's position.
+pub const ONLINE_STATE: &str = "online.json";
+
+/// Prefix of every slot and publication pgshift makes.
+pub const PREFIX: &str = "pgshift_";
+
+/// Session settings of the replication connection, so that values decode as the target reads them.
+const DECODE_OPTIONS: &str =
+    "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex";
+
+/// What a run's online migration made on the source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OnlineState {
+    pub slot: String,
+    pub publication: String,
+    /// Where the slot's snapshot stands: every change after it is streamed.
+    pub consistent_lsn: String,
+    /// When the catch-up saw the last write (RFC 3339), once writes stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_stopped_at: Option<String>,
+}
+
+impl OnlineState {
+    pub fn load(dir: &Path) -> Option<Self> {
+        std::fs::read_to_string(dir.join(ONLINE_STATE)).ok().and_then(|t| serde_json::from_str(&t).ok())
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), UserError> {
+        let path = dir.join(ONLINE_STATE);
+        let text = serde_json::to_string_pretty(self).expect("online state json");
+        files::write_atomic(&path, text.as_bytes()).map_err(|e| files::write_error(&path, &e))
+    }
+}
+
+/// The slot's (and publication's) name for a run directory: `pgshift_` and the directory's name in
+/// the letters a slot name may hold.
+pub fn name_for(dir: &Path) -> String {
+    let base: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut name = format!("{PREFIX}{base}");
+    name.truncate(63);
+    name
+}
+
+/// A replication connection's settings from a pgshift connection (same host, port, user, password,
+/// database and TLS rules).
+pub fn replication_config(spec: &ConnSpec, slot: &str, publication: &str) -> Result<ReplicationConfig, UserError> {
+    let c = &spec.config;
+    let user = c.get_user().unwrap_or("postgres").to_string();
+    let password = c.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let host = match c.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let tls = if host.starts_with('/') {
+        TlsConfig::disabled()
+    } else {
+        let root = match &spec.tls.root {
+            Some(RootCert::File(p)) => Some(p.clone()),
+            Some(RootCert::System) => {
+                return Err(UserError::new(
+                    format!("{}: the replication connection cannot use sslrootcert=system", spec.role),
+                    "give the CA file: sslrootcert=FILE",
+                ))
+            }
+            None => None,
+        };
+        let mut t = match spec.tls.mode {
+            SslMode::Disable => TlsConfig::disabled(),
+            SslMode::Prefer => TlsConfig { mode: WireSsl::Prefer, ..TlsConfig::require() },
+            SslMode::Require => TlsConfig::require(),
+            SslMode::VerifyCa => TlsConfig::verify_ca(root),
+            SslMode::VerifyFull => TlsConfig::verify_full(root),
+        };
+        if t.mode == WireSsl::Prefer {
+            t.ca_pem_path = None;
+        }
+        t
+    };
+    let config = if host.starts_with('/') {
+        ReplicationConfig::unix(host, port, user, password, spec.dbname(), slot, publication)
+    } else {
+        ReplicationConfig::new(host, user, password, spec.dbname(), slot, publication).with_port(port).with_tls(tls)
+    };
+    Ok(config
+        .with_options(DECODE_OPTIONS)
+        .with_application_name("pgshift online")
+        .with_status_interval(Duration::from_secs(1)))
+}
+
+fn repl_error(spec: &ConnSpec, what: &str, e: &pgwire_replication::PgWireError) -> UserError {
+    UserError::new(
+        format!(
+            "source {}: {what} failed on the replication connection ({})",
+            spec.label(),
+            crate::postgres::conn::scrub(&e.to_string())
+        ),
+        "check that the source's pg_hba.conf allows replication connections for this role and that it has REPLICATION",
+    )
+}
+
+/// The tables the publication names: every user table the migration copies (partitioned ones by
+/// their root, whose partitions follow), and TimescaleDB's chunk schema where hypertables exist.
+pub const PUBLISHED_TABLES: &str = "published tables";
+
+fn published_tables_sql() -> String {
+    format!(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition AND {} AND {} \
+         ORDER BY 1",
+        queries::user_ns("n"),
+        queries::not_ext("pg_class", "c.oid")
+    )
+}
+
+/// Makes the publication and the slot, exporting the slot's snapshot on a connection held open.
+pub struct SlotHolder {
+    spec: ConnSpec,
+    held: tokio::sync::Mutex<Held>,
+}
+
+enum Held {
+    Nothing,
+    Holding { client: ReplicationClient, snapshot: String },
+    Released,
+}
+
+impl SlotHolder {
+    pub fn new(spec: ConnSpec) -> Self {
+        Self { spec, held: tokio::sync::Mutex::new(Held::Nothing) }
+    }
+
+    /// The slot's exported snapshot, making the publication and the slot on the first call.
+    pub async fn snapshot(&self, dir: &Path) -> Result<String, UserError> {
+        let mut held = self.held.lock().await;
+        match &*held {
+            Held::Holding { snapshot, .. } => return Ok(snapshot.clone()),
+            Held::Released => {
+                return Err(UserError::new(
+                    "online: the slot's snapshot was already let go",
+                    "start the migration again: pgshift online abort --plan FILE, then pgshift run --restart",
+                ))
+            }
+            Held::Nothing => {}
+        }
+        if let Some(earlier) = OnlineState::load(dir) {
+            return Err(UserError::new(
+                format!(
+                    "online: the run stopped before its copy was done, and slot {}'s snapshot ended with it: \
+                     the copy cannot resume without a gap",
+                    earlier.slot
+                ),
+                "drop it with pgshift online abort --plan FILE, then start again with pgshift run --online --restart",
+            ));
+        }
+        let name = name_for(dir);
+        let source = self.spec.connect().await?;
+        let tables = source.query(&published_tables_sql(), &[]).await.map_err(|e| {
+            UserError::new(
+                format!("source: reading the {PUBLISHED_TABLES} failed ({})", db_message(&e)),
+                "check the source",
+            )
+        })?;
+        let mut members: Vec<String> = tables.iter().map(|r| format!("TABLE {}", r.get::<_, String>(0))).collect();
+        let chunks: bool = source
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = '_timescaledb_internal')",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if chunks {
+            // new chunks made during the catch-up are in it too
+            members.push("TABLES IN SCHEMA _timescaledb_internal".into());
+        }
+        if members.is_empty() {
+            return Err(UserError::new("online: the source has no table to replicate", "run without --online"));
+        }
+        source
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR {} WITH (publish_via_partition_root = true)",
+                quote_ident(&name),
+                members.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                UserError::new(
+                    format!("source {}: CREATE PUBLICATION failed ({})", self.spec.label(), db_message(&e)),
+                    "connect to the source as a superuser or as the owner of every table",
+                )
+            })?;
+        let config = replication_config(&self.spec, &name, &name)?;
+        let made = async {
+            let mut client =
+                ReplicationClient::connect_gated(config).await.map_err(|e| repl_error(&self.spec, "connecting", &e))?;
+            let rows = client
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                    quote_ident(&name)
+                ))
+                .await
+                .map_err(|e| repl_error(&self.spec, "CREATE_REPLICATION_SLOT", &e))?;
+            let text = |i: usize| {
+                rows.first()
+                    .and_then(|r| r.get(i))
+                    .and_then(|v| v.as_ref())
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            Ok::<_, UserError>((client, text(1), text(2)))
+        }
+        .await;
+        let (client, lsn, snapshot) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = source.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&name))).await;
+                return Err(e);
+            }
+        };
+        OnlineState { slot: name.clone(), publication: name, consistent_lsn: lsn, writes_stopped_at: None }
+            .save(dir)?;
+        *held = Held::Holding { client, snapshot: snapshot.clone() };
+        Ok(snapshot)
+    }
+
+    /// Closes the exporting connection: every reader has imported the snapshot (the slot stays).
+    pub async fn release(&self) {
+        let mut held = self.held.lock().await;
+        if let Held::Holding { client, .. } = &mut *held {
+            client.abort();
+        }
+        if !matches!(*held, Held::Nothing) {
+            *held = Held::Released;
+        }
+    }
+}
+
+/// Drops the slot and the publication, waiting a little for a walsender that is still ending.
+pub async fn drop_slot(spec: &ConnSpec, slot: &str, publication: &str) -> Result<(), UserError> {
+    let c = spec.connect().await?;
+    for attempt in 0.. {
+        let r = c
+            .batch_execute(&format!(
+                "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = {}",
+                quote_literal(slot)
+            ))
+            .await;
+        match r {
+            Ok(()) => break,
+            Err(e) if attempt < 50 && db_message(&e).contains("is active") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(UserError::new(
+                    format!("source {}: dropping slot {slot} failed ({})", spec.label(), db_message(&e)),
+                    format!("drop it by hand: SELECT pg_drop_replication_slot('{slot}')"),
+                ))
+            }
+        }
+    }
+    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication))).await.map_err(|e| {
+        UserError::new(
+            format!("source {}: dropping publication {publication} failed ({})", spec.label(), db_message(&e)),
+            format!("drop it by hand: DROP PUBLICATION {publication}"),
+        )
+    })
+}
+
+/// The slots and publications pgshift left in the source database (any run's).
+pub async fn leftovers(spec: &ConnSpec) -> Result<(Vec<String>, Vec<String>), UserError> {
+    let c = spec.connect().await?;
+    let q = |sql: &'static str| {
+        let c = &c;
+        async move {
+            c.query(sql, &[]).await.map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()).map_err(
+                |e| {
+                    UserError::new(
+                        format!("source {}: reading slots failed ({})", spec.label(), db_message(&e)),
+                        "check the source",
+                    )
+                },
+            )
+        }
+    };
+    let slots = q("SELECT slot_name::text FROM pg_catalog.pg_replication_slots \
+                   WHERE slot_name LIKE 'pgshift\\_%' AND database = current_database() ORDER BY 1")
+    .await?;
+    let pubs =
+        q("SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname LIKE 'pgshift\\_%' ORDER BY 1").await?;
+    Ok((slots, pubs))
+}
+
+/// Parses an LSN as the server prints it (`16/B374D848`).
+pub fn parse_lsn(text: &str) -> Option<Lsn> {
+    Lsn::parse(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_name_is_made_of_the_run_directory_in_slot_letters() {
+        assert_eq!(name_for(Path::new("/b/2026-12-07T05-27-00Z")), "pgshift_2026_12_07t05_27_00z");
+        assert!(name_for(Path::new(&"x".repeat(100))).len() <= 63);
+    }
+}

@@ -1,0 +1,409 @@
+//! Following the slot: the replication stream decoded (pgoutput) and applied in source commit
+//! order, until the source has been quiet for a while (the catch-up) or until a marker written now
+//! has come through (the cutover's drain). Chunks' changes go to their hypertable; what TimescaleDB
+//! writes between its compression markers, and its compressed and materialized tables, are not
+//! replayed. A relation whose shape no longer matches the target stops the stream with its fix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio_postgres::Client;
+
+use crate::catalog::db_message;
+use crate::engine::{StageContext, StageError, Unit};
+use crate::error::UserError;
+use crate::human::human_bytes;
+use crate::online::apply::{Applier, Column, Route};
+use crate::online::slot::{replication_config, OnlineState};
+use crate::postgres::conn::ConnSpec;
+use crate::postgres::sql::quote_ident;
+
+/// Changes applied in one target transaction, at most (a source transaction is never split).
+const GROUP_CHANGES: u64 = 20_000;
+/// Retained WAL past which the console and the run warn.
+const RETAINED_WARNING: i64 = 1 << 30;
+/// The prefix of pgshift's own marker messages.
+const SYNC_PREFIX: &str = "pgshift-sync";
+
+/// When following stops.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// No write for this long, and a marker written then has come through: writes stopped.
+    Quiet(Duration),
+    /// A marker written at the start has come through: every change before it is applied.
+    Drained,
+}
+
+/// What a follow applied.
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub changes: u64,
+    pub transactions: u64,
+    /// When the last applied change was received (writes stopped then).
+    pub last_write: Option<SystemTime>,
+    /// The source position stored as applied.
+    pub position: String,
+}
+
+fn stream_error(source: &ConnSpec, e: &pgwire_replication::PgWireError) -> UserError {
+    UserError::new(
+        format!(
+            "source {}: the replication stream failed ({})",
+            source.label(),
+            crate::postgres::conn::scrub(&e.to_string())
+        ),
+        "run again: the catch-up resumes from the last position stored on the target (the slot is kept)",
+    )
+}
+
+/// A source relation as its Relation message describes it.
+struct Described<'a> {
+    id: u32,
+    namespace: &'a str,
+    name: &'a str,
+    columns: &'a [pg_walstream::ColumnInfo],
+}
+
+/// Where source relations' changes go, learnt from their Relation messages.
+struct Routes {
+    by_id: HashMap<u32, Option<Arc<Route>>>,
+    types: HashMap<u32, Vec<u32>>,
+    timescaledb: bool,
+}
+
+impl Routes {
+    async fn learn(
+        &mut self,
+        ctx: &StageContext,
+        catalog: &Client,
+        applier: &Applier,
+        relation: Described<'_>,
+    ) -> Result<(), UserError> {
+        let Described { id, namespace, name, columns } = relation;
+        let source = format!("{namespace}.{name}");
+        let types: Vec<u32> = columns.iter().map(|c| c.type_id).collect();
+        if let Some(before) = self.types.get(&id) {
+            if *before != types {
+                return Err(shape_error(&source, "a column's type changed"));
+            }
+        }
+        self.types.insert(id, types);
+        let mut target = format!("{}.{}", quote_ident(namespace), quote_ident(name));
+        if self.timescaledb && namespace == "_timescaledb_internal" {
+            let row = catalog
+                .query_opt(
+                    "SELECT format('%I.%I', h.schema_name, h.table_name), h.compression_state = 2 \
+                            OR EXISTS (SELECT 1 FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id) \
+                     FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
+                     WHERE c.schema_name = $1 AND c.table_name = $2",
+                    &[&namespace, &name],
+                )
+                .await
+                .map_err(|e| UserError::new(format!("source: looking up chunk {source} failed ({})", db_message(&e)), "check the source"))?;
+            match row {
+                // a compressed chunk's batches and an aggregate's materialization are TimescaleDB's own
+                Some(r) if r.get::<_, bool>(1) => {
+                    self.by_id.insert(id, None);
+                    return Ok(());
+                }
+                Some(r) => target = r.get(0),
+                None => {
+                    ctx.warning(format!(
+                        "catch-up: chunk {source} is no longer on the source; its changes are not applied"
+                    ))
+                    .await;
+                    self.by_id.insert(id, None);
+                    return Ok(());
+                }
+            }
+        }
+        let Some(on_target) = applier.target_columns(&target).await? else {
+            return Err(UserError::new(
+                format!("catch-up: the source's table {source} is not on the target (made during the catch-up?)"),
+                format!("create {target} on the target as on the source, then run again (the slot is kept)"),
+            ));
+        };
+        let mut cols = Vec::with_capacity(columns.len());
+        for c in columns {
+            let Some(type_sql) = on_target.get(&*c.name) else {
+                return Err(shape_error(&source, &format!("column {} is not on the target", c.name)));
+            };
+            cols.push(Column { name: quote_ident(&c.name), type_sql: type_sql.clone(), key: c.is_key() });
+        }
+        self.by_id.insert(id, Some(Arc::new(Route { source, target, columns: cols })));
+        Ok(())
+    }
+
+    fn get(&self, id: u32) -> Result<Option<Arc<Route>>, UserError> {
+        match self.by_id.get(&id) {
+            Some(r) => Ok(r.clone()),
+            None => Err(UserError::new(
+                format!("catch-up: a change for relation {id} came before its description"),
+                "run again: the stream restarts from the last stored position",
+            )),
+        }
+    }
+}
+
+fn shape_error(table: &str, what: &str) -> UserError {
+    UserError::new(
+        format!("catch-up stopped: the source's table {table} changed shape during the catch-up ({what})"),
+        format!("apply the same ALTER TABLE to {table} on the target, then run again: the slot is kept and the catch-up goes on"),
+    )
+}
+
+/// Streams from `start` and applies every change after the stored position, until `until`.
+pub async fn follow(
+    ctx: &StageContext,
+    source: &ConnSpec,
+    state: &OnlineState,
+    applier: &mut Applier,
+    start: Lsn,
+    until: Until,
+) -> Result<Followed, StageError> {
+    let config = replication_config(source, &state.slot, &state.publication)?.with_start_lsn(start);
+    let catalog = ctx.tagged(source).connect().await?;
+    let timescaledb = catalog
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')", &[])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
+    let mut client = ReplicationClient::connect(config).await.map_err(|e| stream_error(source, &e))?;
+    let mut parser = LogicalReplicationParser::with_protocol_version(1);
+    let mut routes = Routes { by_id: HashMap::new(), types: HashMap::new(), timescaledb };
+    let mut done = Followed { position: start.to_pg_string(), ..Default::default() };
+
+    let mut skip_tx = false;
+    let mut in_tx = false;
+    let mut in_marker = 0u32;
+    let mut pending: Option<Lsn> = None;
+    let mut last_change = Instant::now();
+    // (marker's sequence number, changes applied when it was written)
+    let mut marker: Option<(u64, u64)> = None;
+    let mut markers = 0u64;
+    let mut last_report = Instant::now();
+    let mut warned = false;
+    let mut applied = start;
+
+    let send_marker = |seq: u64| {
+        let token = format!("{}:{seq}", state.slot);
+        let c = &catalog;
+        async move {
+            c.execute("SELECT pg_catalog.pg_logical_emit_message(false, $1, $2)", &[&SYNC_PREFIX, &token])
+                .await
+                .map_err(|e| {
+                    UserError::new(
+                        format!("source: writing the catch-up's marker failed ({})", db_message(&e)),
+                        "connect to the source as a role with REPLICATION (or a superuser)",
+                    )
+                })
+        }
+    };
+    if matches!(until, Until::Drained) {
+        markers += 1;
+        send_marker(markers).await?;
+        marker = Some((markers, 0));
+    }
+
+    loop {
+        if ctx.is_cancelled() {
+            client.abort();
+            return Err(StageError::Cancelled);
+        }
+        let event = match tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
+            Err(_) => None,
+            Ok(Ok(Some(ev))) => Some(ev),
+            Ok(Ok(None)) => {
+                return Err(UserError::new(
+                    format!("source {}: the replication stream ended", source.label()),
+                    "run again: the catch-up resumes from the last position stored on the target",
+                )
+                .into())
+            }
+            Ok(Err(e)) => return Err(stream_error(source, &e).into()),
+        };
+        match event {
+            Some(ReplicationEvent::Begin { final_lsn, .. }) => {
+                in_tx = true;
+                // committed and stored by an earlier run: applied once already
+                skip_tx = final_lsn < start;
+                in_marker = 0;
+            }
+            Some(ReplicationEvent::XLogData { data, .. }) if !skip_tx => {
+                let msg = parser.parse_wal_message(&data).map_err(|e| {
+                    UserError::new(
+                        format!("catch-up: a change could not be decoded ({e})"),
+                        "report this with the source's version; the slot is kept",
+                    )
+                })?;
+                match msg.message {
+                    LogicalReplicationMessage::Relation { relation_id, namespace, relation_name, columns, .. } => {
+                        let described = Described {
+                            id: relation_id,
+                            namespace: &namespace,
+                            name: &relation_name,
+                            columns: &columns,
+                        };
+                        routes.learn(ctx, &catalog, applier, described).await?;
+                    }
+                    _ if in_marker > 0 => {}
+                    LogicalReplicationMessage::Insert { relation_id, tuple } => {
+                        if let Some(r) = routes.get(relation_id)? {
+                            applier.insert(&r, &tuple).await?;
+                            done.changes += 1;
+                        }
+                    }
+                    LogicalReplicationMessage::Update { relation_id, old_tuple, new_tuple, key_type } => {
+                        if let Some(r) = routes.get(relation_id)? {
+                            let old = old_tuple.as_ref().map(|t| (t, key_type.unwrap_or('K')));
+                            applier.update(&r, old, &new_tuple).await?;
+                            done.changes += 1;
+                        }
+                    }
+                    LogicalReplicationMessage::Delete { relation_id, old_tuple, key_type } => {
+                        if let Some(r) = routes.get(relation_id)? {
+                            applier.delete(&r, &old_tuple, key_type).await?;
+                            done.changes += 1;
+                        }
+                    }
+                    LogicalReplicationMessage::Truncate { relation_ids, .. } => {
+                        let mut targets = Vec::new();
+                        for id in relation_ids {
+                            if let Some(r) = routes.get(id)? {
+                                if r.source.starts_with("_timescaledb_internal.") {
+                                    return Err(UserError::new(
+                                        format!("catch-up stopped: chunk {} was truncated on the source", r.source),
+                                        "truncating a hypertable's chunks is not replicated: start the migration again with --restart",
+                                    )
+                                    .into());
+                                }
+                                targets.push(r);
+                            }
+                        }
+                        done.changes += targets.len() as u64;
+                        applier.truncate(&targets).await?;
+                    }
+                    _ => {}
+                }
+                if done.changes > 0 {
+                    last_change = Instant::now();
+                    done.last_write = Some(SystemTime::now());
+                }
+            }
+            Some(ReplicationEvent::XLogData { .. }) => {}
+            Some(ReplicationEvent::Message { prefix, content, lsn, .. }) => match prefix.as_str() {
+                "::timescaledb-compression-start" | "::timescaledb-decompression-start" if !skip_tx => in_marker += 1,
+                "::timescaledb-compression-end" | "::timescaledb-decompression-end" if !skip_tx => {
+                    in_marker = in_marker.saturating_sub(1)
+                }
+                SYNC_PREFIX => {
+                    let token = String::from_utf8_lossy(&content);
+                    if let Some((seq, at)) = marker {
+                        if token == format!("{}:{seq}", state.slot) {
+                            marker = None;
+                            if matches!(until, Until::Drained) || done.changes == at {
+                                // everything before the marker has come through: store it as applied
+                                let to = if pending.is_some_and(|p| p > lsn) { pending.expect("pending") } else { lsn };
+                                applier.commit(&to.to_pg_string()).await?;
+                                client.update_applied_lsn(to);
+                                done.position = to.to_pg_string();
+                                client.abort();
+                                return Ok(done);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            },
+            Some(ReplicationEvent::Commit { end_lsn, .. }) => {
+                in_tx = false;
+                if !skip_tx {
+                    done.transactions += 1;
+                    pending = Some(end_lsn);
+                    if applier.pending_changes >= GROUP_CHANGES {
+                        commit(applier, &client, &mut pending, &mut applied).await?;
+                    }
+                }
+                skip_tx = false;
+            }
+            Some(ReplicationEvent::KeepAlive { .. }) => {}
+            Some(ReplicationEvent::StoppedAt { .. }) => break,
+            None => {
+                // the stream is idle: what was received is committed at once
+                if !in_tx && pending.is_some() {
+                    commit(applier, &client, &mut pending, &mut applied).await?;
+                }
+            }
+        }
+        if let Until::Quiet(quiet) = until {
+            if marker.is_none() && !in_tx && pending.is_none() && last_change.elapsed() >= quiet {
+                markers += 1;
+                send_marker(markers).await?;
+                marker = Some((markers, done.changes));
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            ctx.progress("changes applied", done.changes, None, Unit::Rows).await;
+            if let Some((lag, retained)) = lag(&catalog, &state.slot, applied).await {
+                ctx.info(
+                    "catch-up",
+                    format!(
+                        "{} changes in {} transactions applied; {} behind the source; the slot holds {} of WAL",
+                        done.changes,
+                        done.transactions,
+                        human_bytes(lag.max(0) as u64),
+                        human_bytes(retained.max(0) as u64)
+                    ),
+                )
+                .await;
+                if retained > RETAINED_WARNING && !warned {
+                    warned = true;
+                    ctx.warning(format!(
+                        "slot {} holds {} of WAL on the source: it keeps growing until the cutover or pgshift online abort",
+                        state.slot,
+                        human_bytes(retained as u64)
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+    if pending.is_some() {
+        commit(applier, &client, &mut pending, &mut applied).await?;
+    }
+    done.position = applied.to_pg_string();
+    Ok(done)
+}
+
+async fn commit(
+    applier: &mut Applier,
+    client: &ReplicationClient,
+    pending: &mut Option<Lsn>,
+    applied: &mut Lsn,
+) -> Result<(), UserError> {
+    if let Some(lsn) = pending.take() {
+        applier.commit(&lsn.to_pg_string()).await?;
+        // the source may recycle its WAL only once the target has committed
+        client.update_applied_lsn(lsn);
+        *applied = lsn;
+    }
+    Ok(())
+}
+
+/// How far the applied position is behind the source's WAL, and how much WAL the slot retains.
+async fn lag(catalog: &Client, slot: &str, applied: Lsn) -> Option<(i64, i64)> {
+    let row = catalog
+        .query_opt(
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), $2::text::pg_lsn)::bigint, \
+                    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot, &applied.to_pg_string()],
+        )
+        .await
+        .ok()??;
+    Some((row.get(0), row.get::<_, Option<i64>>(1).unwrap_or(0)))
+}

@@ -1,0 +1,169 @@
+//! Online migration against the real test servers (the source runs with `wal_level = logical`):
+//! a writer changes the source through the backup, the copy and the catch-up; the cutover drains,
+//! verify proves the two equal, and nothing is left on the source. A table the publication would
+//! break is refused before anything is made.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// Plain tables (a key, REPLICA IDENTITY FULL with equal rows, a user trigger writing an audit
+/// table, a sequence) and a compressed hypertable whose new chunks appear during the catch-up.
+const ONLINE_SOURCE: &str = r#"
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+CREATE TABLE public.accounts (id bigserial PRIMARY KEY, name text NOT NULL, balance numeric(12,2) NOT NULL DEFAULT 0,
+                              note text, tags text[], opened timestamptz NOT NULL DEFAULT now());
+CREATE TABLE public.audit (id bigserial PRIMARY KEY, account bigint, what text NOT NULL);
+CREATE FUNCTION public.audit_accounts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.audit (account, what) VALUES (NEW.id, TG_OP); RETURN NEW; END $$;
+CREATE TRIGGER accounts_audit AFTER INSERT OR UPDATE ON public.accounts FOR EACH ROW EXECUTE FUNCTION public.audit_accounts();
+CREATE TABLE public.events_full (k int, v text);
+ALTER TABLE public.events_full REPLICA IDENTITY FULL;
+CREATE SEQUENCE public.tickets;
+CREATE TABLE public.metrics (ts timestamptz NOT NULL, device int NOT NULL, value double precision, PRIMARY KEY (device, ts));
+SELECT create_hypertable('public.metrics', 'ts', chunk_time_interval => interval '1 day');
+ALTER TABLE public.metrics SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+INSERT INTO public.accounts (name, balance, note, tags)
+  SELECT 'a' || i, i, CASE WHEN i % 3 = 0 THEN E'tab\there\nline' END, ARRAY['x', 'y' || i] FROM generate_series(1, 2000) i;
+INSERT INTO public.events_full SELECT i % 50, 'v' || (i % 7) FROM generate_series(1, 1000) i;
+INSERT INTO public.metrics SELECT t, d, d * 1.5 FROM generate_series('2026-01-01'::timestamptz, '2026-01-02 23:00', '10 minutes') t,
+  generate_series(1, 5) d;
+SELECT compress_chunk(c) FROM show_chunks('public.metrics', older_than => '2026-01-02'::timestamptz) c;
+"#;
+
+async fn one(url: &str, sql: &str) -> String {
+    strings(url, sql).await.into_iter().next().unwrap_or_default()
+}
+
+/// Changes of every kind, a round at a time, until told to stop; returns the rounds written.
+async fn write_until(url: String, stop: Arc<AtomicBool>) -> u64 {
+    let c = connect(&url).await;
+    let mut round: u64 = 0;
+    while !stop.load(Ordering::SeqCst) && round < 2000 {
+        round += 1;
+        let r = round as i64;
+        c.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO public.accounts (name, balance, note) VALUES ('w{r}', {r}, 'quote '' and \\ backslash');
+             UPDATE public.accounts SET balance = balance + 1, note = 'upd {r}' WHERE id = {};
+             DELETE FROM public.accounts WHERE id = {};
+             INSERT INTO public.events_full VALUES ({}, 'dup'), ({}, 'dup');
+             DELETE FROM public.events_full WHERE ctid = (SELECT ctid FROM public.events_full WHERE k = {} LIMIT 1);
+             UPDATE public.events_full SET v = 'changed {r}' WHERE ctid = (SELECT ctid FROM public.events_full WHERE v <> 'dup' LIMIT 1);
+             INSERT INTO public.metrics VALUES ('2026-01-03'::timestamptz + interval '1 minute' * {r}, {}, {r});
+             UPDATE public.metrics SET value = value + 1000 WHERE device = 1 AND ts = '2026-01-01'::timestamptz + interval '10 minutes' * {};
+             SELECT nextval('public.tickets');
+             COMMIT;",
+            r * 7 % 2000 + 1,
+            r * 13 % 2000 + 1,
+            r % 50,
+            r % 50,
+            (r + 1) % 50,
+            r % 5 + 1,
+            r % 100,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("writer round {round}: {e:?}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    round
+}
+
+async fn leftovers(source_db: &str) -> Vec<String> {
+    let mut left =
+        strings(source_db, "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()")
+            .await;
+    left.extend(strings(source_db, "SELECT pubname::text FROM pg_publication").await);
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_slot() {
+    let s = servers();
+    let src = db_with(&s.source, "online_src", ONLINE_SOURCE).await;
+    drop_db(&s.target, "online_dst").await;
+    let dst = url_for(&s.target, "online_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), &src, &dst, "[online]\nenabled = true\nquiet_seconds = 3\n");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(src.clone(), stop.clone()));
+    let run = tokio::task::spawn_blocking(move || run_plan(&plan));
+    // the writer goes on through the backup and the copy into the catch-up, then stops
+    let stopper = {
+        let stop = stop.clone();
+        let dir = dir.path().to_path_buf();
+        tokio::spawn(async move {
+            let journal_says = |dir: &std::path::Path| {
+                std::fs::read_dir(dir.join("backups")).into_iter().flatten().flatten().any(|d| {
+                    std::fs::read_to_string(d.path().join("journal.json")).unwrap_or_default().contains("catch-up")
+                })
+            };
+            for _ in 0..600 {
+                if journal_says(&dir) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let (code, out) = run.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.await.unwrap();
+    stopper.abort();
+    assert_eq!(code, 0, "the online run ends verified clean:\n{out}");
+    assert!(rounds > 20, "the writer wrote during the run ({rounds} rounds)");
+    assert!(out.contains("catch-up") && out.contains("cutover"), "{out}");
+
+    for table in ["public.accounts", "public.audit", "public.events_full", "public.metrics"] {
+        let sql = format!("SELECT count(*)::text || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t");
+        assert_eq!(one(&src, &sql).await, one(&dst, &sql).await, "{table} is the same on both sides");
+    }
+    let written = one(&src, "SELECT count(*)::text FROM public.accounts WHERE name LIKE 'w%'").await;
+    assert!(written.parse::<u64>().unwrap() > 0);
+    assert_eq!(
+        one(&src, "SELECT last_value::text FROM public.tickets").await,
+        one(&dst, "SELECT last_value::text FROM public.tickets").await,
+        "the sequence is set at cutover"
+    );
+    assert!(
+        one(&dst, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND range_start >= '2026-01-03'")
+            .await
+            != "0",
+        "the chunk made during the catch-up is on the target"
+    );
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
+    assert_eq!(one(&dst, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'pgshift'").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_replica_identity_is_refused_with_nothing_made_on_the_source() {
+    let s = servers();
+    let src = db_with(
+        &s.source,
+        "online_noid",
+        "CREATE TABLE public.keyed (id int PRIMARY KEY); CREATE TABLE public.loose (a int, b text);
+         INSERT INTO public.loose VALUES (1, 'x');",
+    )
+    .await;
+    drop_db(&s.target, "online_noid_dst").await;
+    let dst = url_for(&s.target, "online_noid_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), &src, &dst, "");
+    let out = pgshift().args(["run", "--plan", plan.to_str().unwrap(), "--yes", "--online"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("public.loose") && text.contains("ALTER TABLE public.loose REPLICA IDENTITY FULL"),
+        "one line naming the table and the fix:\n{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "nothing made on the source");
+    assert_eq!(one(&s.target, "SELECT count(*)::text FROM pg_database WHERE datname = 'online_noid_dst'").await, "0");
+}

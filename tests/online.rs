@@ -167,3 +167,110 @@ async fn a_table_without_replica_identity_is_refused_with_nothing_made_on_the_so
     assert_eq!(leftovers(&src).await, Vec::<String>::new(), "nothing made on the source");
     assert_eq!(one(&s.target, "SELECT count(*)::text FROM pg_database WHERE datname = 'online_noid_dst'").await, "0");
 }
+
+/// `pgshift run --plan PLAN --yes` as a child process, its output to a file in `dir`.
+fn spawn_run(plan: &std::path::Path, dir: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("run.log")).unwrap();
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("pgshift"))
+        .args(["run", "--plan", plan.to_str().unwrap(), "--yes"])
+        .env("PGPASSWORD", servers().password)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the catch-up has stored a position on the target (it applies changes).
+async fn until_catching_up(dst: &str, dir: &std::path::Path) {
+    let mut config: tokio_postgres::Config = dst.parse().unwrap();
+    config.password(servers().password);
+    for _ in 0..900 {
+        // the target database appears during the run
+        if let Ok((c, conn)) = config.connect(tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            if c.query_one("SELECT count(*) FROM pgshift.online_position", &[])
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "the catch-up never stored a position:\n{}",
+        std::fs::read_to_string(dir.join("run.log")).unwrap_or_default()
+    );
+}
+
+async fn same_rows(src: &str, dst: &str) {
+    for table in ["public.accounts", "public.audit", "public.events_full", "public.metrics"] {
+        let sql = format!("SELECT count(*)::text || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t");
+        assert_eq!(one(src, &sql).await, one(dst, &sql).await, "{table} is the same on both sides");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_killed_mid_stream_resumes_with_nothing_lost_or_twice() {
+    let s = servers();
+    let src = db_with(&s.source, "online_kill", ONLINE_SOURCE).await;
+    drop_db(&s.target, "online_kill_dst").await;
+    let dst = url_for(&s.target, "online_kill_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), &src, &dst, "[online]\nenabled = true\nquiet_seconds = 3\n");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(src.clone(), stop.clone()));
+    let mut child = spawn_run(&plan, dir.path());
+    until_catching_up(&dst, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    // the application goes on writing while pgshift is down
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.await.unwrap();
+    let (code, out) = run_plan(&plan);
+    assert_eq!(code, 0, "the rerun resumes the catch-up and ends verified clean:\n{out}");
+    assert!(out.contains("resuming") || out.contains("resum"), "{out}");
+    assert!(rounds > 20, "{rounds} rounds written");
+    same_rows(&src, &dst).await;
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_during_the_catch_up_stops_it_with_the_fix_and_keeps_the_slot() {
+    let s = servers();
+    let src = db_with(&s.source, "online_ddl", ONLINE_SOURCE).await;
+    drop_db(&s.target, "online_ddl_dst").await;
+    let dst = url_for(&s.target, "online_ddl_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), &src, &dst, "[online]\nenabled = true\nquiet_seconds = 3\n");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(src.clone(), stop.clone()));
+    let mut child = spawn_run(&plan, dir.path());
+    until_catching_up(&dst, dir.path()).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    connect(&src)
+        .await
+        .batch_execute("ALTER TABLE public.accounts ADD COLUMN region text; INSERT INTO public.accounts (name, region) VALUES ('after', 'eu')")
+        .await
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert_ne!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("public.accounts changed shape") && out.contains("column region is not on the target"),
+        "one line naming the table, the column and the fix:\n{out}"
+    );
+    assert!(!leftovers(&src).await.is_empty(), "the slot is kept for the rerun");
+    // the DBA applies the change on the target; the rerun goes on from where it stopped
+    connect(&dst).await.batch_execute("ALTER TABLE public.accounts ADD COLUMN region text").await.unwrap();
+    let (code, out) = run_plan(&plan);
+    assert_eq!(code, 0, "{out}");
+    same_rows(&src, &dst).await;
+    assert_eq!(one(&dst, "SELECT region FROM public.accounts WHERE name = 'after'").await, "eu");
+    assert_eq!(leftovers(&src).await, Vec::<String>::new());
+}

@@ -52,8 +52,9 @@ impl OnlineState {
     }
 }
 
-/// The slot's (and publication's) name for a run directory: `pgshift_` and the directory's name in
-/// the letters a slot name may hold.
+/// The slot's (and publication's) name for a run directory: `pgshift_`, the directory's name in
+/// the letters a slot name may hold, and a tag of this run (slot names are cluster-wide: two runs
+/// started in the same second, on two databases, must not meet). `online.json` keeps it.
 pub fn name_for(dir: &Path) -> String {
     let base: String = dir
         .file_name()
@@ -62,9 +63,11 @@ pub fn name_for(dir: &Path) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let tag = xxhash_rust::xxh3::xxh3_64(format!("{}:{nanos}:{}", dir.display(), std::process::id()).as_bytes());
     let mut name = format!("{PREFIX}{base}");
-    name.truncate(63);
-    name
+    name.truncate(63 - 9);
+    format!("{name}_{:08x}", tag as u32)
 }
 
 /// A replication connection's settings from a pgshift connection (same host, port, user, password,
@@ -116,14 +119,13 @@ pub fn replication_config(spec: &ConnSpec, slot: &str, publication: &str) -> Res
 }
 
 fn repl_error(spec: &ConnSpec, what: &str, e: &pgwire_replication::PgWireError) -> UserError {
-    UserError::new(
-        format!(
-            "source {}: {what} failed on the replication connection ({})",
-            spec.label(),
-            crate::postgres::conn::scrub(&e.to_string())
-        ),
-        "check that the source's pg_hba.conf allows replication connections for this role and that it has REPLICATION",
-    )
+    let text = crate::postgres::conn::scrub(&e.to_string());
+    let fix = if text.contains("already exists") {
+        "drop the earlier run's slot with pgshift online abort --plan FILE, then run again"
+    } else {
+        "check that the source's pg_hba.conf allows replication connections for this role and that it has REPLICATION"
+    };
+    UserError::new(format!("source {}: {what} failed on the replication connection ({text})", spec.label()), fix)
 }
 
 /// The tables the publication names: every user table the migration copies (partitioned ones by
@@ -331,7 +333,10 @@ mod tests {
 
     #[test]
     fn a_slot_name_is_made_of_the_run_directory_in_slot_letters() {
-        assert_eq!(name_for(Path::new("/b/2026-12-07T05-27-00Z")), "pgshift_2026_12_07t05_27_00z");
+        let name = name_for(Path::new("/b/2026-12-07T05-27-00Z"));
+        assert!(name.starts_with("pgshift_2026_12_07t05_27_00z_"), "{name}");
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{name}");
+        assert_ne!(name, name_for(Path::new("/b/2026-12-07T05-27-00Z")), "each run its own");
         assert!(name_for(Path::new(&"x".repeat(100))).len() <= 63);
     }
 }

@@ -23,6 +23,8 @@ use crate::postgres::sql::quote_ident;
 
 /// Changes applied in one target transaction, at most (a source transaction is never split).
 const GROUP_CHANGES: u64 = 20_000;
+/// The longest a committed source transaction waits for its target commit while the stream is busy.
+const GROUP_TIME: Duration = Duration::from_millis(500);
 /// Retained WAL past which the console and the run warn.
 const RETAINED_WARNING: i64 = 1 << 30;
 /// The prefix of pgshift's own marker messages.
@@ -70,7 +72,7 @@ struct Described<'a> {
 /// Where source relations' changes go, learnt from their Relation messages.
 struct Routes {
     by_id: HashMap<u32, Option<Arc<Route>>>,
-    types: HashMap<u32, Vec<u32>>,
+    types: HashMap<u32, HashMap<String, u32>>,
     timescaledb: bool,
 }
 
@@ -84,10 +86,10 @@ impl Routes {
     ) -> Result<(), UserError> {
         let Described { id, namespace, name, columns } = relation;
         let source = format!("{namespace}.{name}");
-        let types: Vec<u32> = columns.iter().map(|c| c.type_id).collect();
+        let types: HashMap<String, u32> = columns.iter().map(|c| (c.name.to_string(), c.type_id)).collect();
         if let Some(before) = self.types.get(&id) {
-            if *before != types {
-                return Err(shape_error(&source, "a column's type changed"));
+            if let Some(changed) = before.iter().find(|(n, t)| types.get(*n).is_some_and(|now| now != *t)) {
+                return Err(shape_error(&source, &format!("column {}'s type changed", changed.0)));
             }
         }
         self.types.insert(id, types);
@@ -171,7 +173,7 @@ pub async fn follow(
         .await
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false);
-    let mut client = ReplicationClient::connect(config).await.map_err(|e| stream_error(source, &e))?;
+    let mut client = start_stream(source, config).await?;
     let mut parser = LogicalReplicationParser::with_protocol_version(1);
     let mut routes = Routes { by_id: HashMap::new(), types: HashMap::new(), timescaledb };
     let mut done = Followed { position: start.to_pg_string(), ..Default::default() };
@@ -187,6 +189,7 @@ pub async fn follow(
     let mut last_report = Instant::now();
     let mut warned = false;
     let mut applied = start;
+    let mut last_commit = Instant::now();
 
     let send_marker = |seq: u64| {
         let token = format!("{}:{seq}", state.slot);
@@ -323,8 +326,9 @@ pub async fn follow(
                 if !skip_tx {
                     done.transactions += 1;
                     pending = Some(end_lsn);
-                    if applier.pending_changes >= GROUP_CHANGES {
+                    if applier.pending_changes >= GROUP_CHANGES || last_commit.elapsed() >= GROUP_TIME {
                         commit(applier, &client, &mut pending, &mut applied).await?;
+                        last_commit = Instant::now();
                     }
                 }
                 skip_tx = false;
@@ -335,6 +339,7 @@ pub async fn follow(
                 // the stream is idle: what was received is committed at once
                 if !in_tx && pending.is_some() {
                     commit(applier, &client, &mut pending, &mut applied).await?;
+                    last_commit = Instant::now();
                 }
             }
         }
@@ -377,6 +382,26 @@ pub async fn follow(
     }
     done.position = applied.to_pg_string();
     Ok(done)
+}
+
+/// Starts streaming; a slot still held by the walsender of a session that just ended (a run killed
+/// a moment ago) is waited for a little.
+async fn start_stream(
+    source: &ConnSpec,
+    config: pgwire_replication::ReplicationConfig,
+) -> Result<ReplicationClient, UserError> {
+    let mut attempt = 0;
+    loop {
+        let mut client = ReplicationClient::connect(config.clone()).await.map_err(|e| stream_error(source, &e))?;
+        match client.wait_started().await {
+            Ok(()) => return Ok(client),
+            Err(e) if attempt < 50 && e.to_string().contains("is active") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(stream_error(source, &e)),
+        }
+    }
 }
 
 async fn commit(

@@ -48,6 +48,67 @@ pub struct Followed {
     pub last_write: Option<SystemTime>,
     /// The source position stored as applied.
     pub position: String,
+    /// From a source commit to its target commit, in milliseconds.
+    pub lag: LagHistogram,
+    /// Time from the first change received to the last target commit.
+    pub busy: Duration,
+}
+
+impl Followed {
+    /// Changes applied per second of streaming.
+    pub fn rate(&self) -> f64 {
+        self.changes as f64 / self.busy.as_secs_f64().max(0.001)
+    }
+}
+
+/// Lags in 1 ms buckets up to a minute (memory does not grow with the stream).
+#[derive(Debug)]
+pub struct LagHistogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Default for LagHistogram {
+    fn default() -> Self {
+        Self { buckets: vec![0; 60_001], count: 0 }
+    }
+}
+
+impl LagHistogram {
+    pub fn record(&mut self, ms: i64, times: u64) {
+        let i = ms.clamp(0, 60_000) as usize;
+        self.buckets[i] += times;
+        self.count += times;
+    }
+
+    /// The lag `p` (0..=1) of the recorded ones are at or under, in ms; `None` if none recorded.
+    pub fn percentile(&self, p: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let want = ((self.count as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(ms as u64);
+            }
+        }
+        Some(60_000)
+    }
+}
+
+/// Microseconds since 2000-01-01, the epoch of the protocol's timestamps.
+fn pg_now_micros() -> i64 {
+    let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+    unix - 946_684_800_000_000
+}
+
+/// Source transactions waiting for their target commit: how many, and the oldest one's commit time.
+#[derive(Default)]
+struct Group {
+    transactions: u64,
+    oldest_micros: Option<i64>,
 }
 
 fn stream_error(source: &ConnSpec, e: &pgwire_replication::PgWireError) -> UserError {
@@ -190,6 +251,8 @@ pub async fn follow(
     let mut warned = false;
     let mut applied = start;
     let mut last_commit = Instant::now();
+    let mut group = Group::default();
+    let mut first_change: Option<Instant> = None;
 
     let send_marker = |seq: u64| {
         let token = format!("{}:{seq}", state.slot);
@@ -292,6 +355,7 @@ pub async fn follow(
                     _ => {}
                 }
                 if done.changes > 0 {
+                    first_change.get_or_insert_with(Instant::now);
                     last_change = Instant::now();
                     done.last_write = Some(SystemTime::now());
                 }
@@ -321,14 +385,17 @@ pub async fn follow(
                 }
                 _ => {}
             },
-            Some(ReplicationEvent::Commit { end_lsn, .. }) => {
+            Some(ReplicationEvent::Commit { end_lsn, commit_time_micros, .. }) => {
                 in_tx = false;
                 if !skip_tx {
                     done.transactions += 1;
                     pending = Some(end_lsn);
+                    group.transactions += 1;
+                    group.oldest_micros.get_or_insert(commit_time_micros);
                     if applier.pending_changes >= GROUP_CHANGES || last_commit.elapsed() >= GROUP_TIME {
                         commit(applier, &client, &mut pending, &mut applied).await?;
                         last_commit = Instant::now();
+                        settle(&mut group, &mut done, first_change);
                     }
                 }
                 skip_tx = false;
@@ -340,6 +407,7 @@ pub async fn follow(
                 if !in_tx && pending.is_some() {
                     commit(applier, &client, &mut pending, &mut applied).await?;
                     last_commit = Instant::now();
+                    settle(&mut group, &mut done, first_change);
                 }
             }
         }
@@ -379,6 +447,7 @@ pub async fn follow(
     }
     if pending.is_some() {
         commit(applier, &client, &mut pending, &mut applied).await?;
+        settle(&mut group, &mut done, first_change);
     }
     done.position = applied.to_pg_string();
     Ok(done)
@@ -401,6 +470,17 @@ async fn start_stream(
             }
             Err(e) => return Err(stream_error(source, &e)),
         }
+    }
+}
+
+/// A target commit made: its transactions' lag (the oldest one's, for all) and the busy time.
+fn settle(group: &mut Group, done: &mut Followed, first_change: Option<Instant>) {
+    if let Some(oldest) = group.oldest_micros.take() {
+        done.lag.record((pg_now_micros() - oldest) / 1000, group.transactions);
+    }
+    group.transactions = 0;
+    if let Some(first) = first_change {
+        done.busy = first.elapsed();
     }
 }
 
@@ -431,4 +511,21 @@ async fn lag(catalog: &Client, slot: &str, applied: Lsn) -> Option<(i64, i64)> {
         .await
         .ok()??;
     Some((row.get(0), row.get::<_, Option<i64>>(1).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_percentiles_come_from_the_buckets() {
+        let mut h = LagHistogram::default();
+        assert_eq!(h.percentile(0.5), None);
+        h.record(10, 98);
+        h.record(250, 1);
+        h.record(90_000, 1);
+        assert_eq!(h.percentile(0.5), Some(10));
+        assert_eq!(h.percentile(0.99), Some(250));
+        assert_eq!(h.percentile(1.0), Some(60_000));
+    }
 }

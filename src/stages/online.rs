@@ -92,9 +92,16 @@ impl Stage for CatchUpStage {
             let stopped = done.last_write.unwrap_or_else(SystemTime::now);
             state.writes_stopped_at = Some(chrono::DateTime::<chrono::Utc>::from(stopped).to_rfc3339());
             state.save(dir)?;
+            let ms = |p: f64| done.lag.percentile(p).map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
             Ok(format!(
-                "{} changes in {} transactions applied; writes stopped, the target is at {}",
-                done.changes, done.transactions, done.position
+                "{} changes in {} transactions applied at {:.0} changes/s (lag p50 {}, p99 {}); writes stopped, \
+                 the target is at {}",
+                done.changes,
+                done.transactions,
+                done.rate(),
+                ms(0.5),
+                ms(0.99),
+                done.position
             ))
         })
     }

@@ -9,7 +9,7 @@
 #                                              (the host's PostgreSQL, see old-source.sh)
 #   PGSHIFT_TEST_PASSWORD                      the superuser password (same on both clusters)
 #   PGSHIFT_TEST_ROOT, PGSHIFT_TEST_IMAGE      the root (PostgreSQL 17 tools run from it) and image
-#   PGSHIFT_TEST_BIN_DIR                       pg_dump, pg_dumpall, pg_restore, psql 17 for the host
+#   PGSHIFT_TEST_BIN_DIR                       pg_dump, pg_dumpall, pg_restore, psql, pgbench 17 for the host
 #   PGSHIFT_TEST_CA                            the CA that signed both servers' certificate
 #                                              (for sslmode=verify-ca/verify-full; readable by the
 #                                              chrooted tools at the same path)
@@ -152,7 +152,7 @@ bash "$here/old-source.sh"
 # runs chrooted. They see the host's network and its /tmp (bind-mounted), not its other files.
 bindir="$STATE/bin"
 mkdir -p "$bindir"
-for tool in pg_dump pg_dumpall pg_restore psql pg_isready; do
+for tool in pg_dump pg_dumpall pg_restore psql pg_isready pgbench; do
     printf '#!/bin/sh\nexec chroot %s %s/%s "$@"\n' "$ROOT" "$PGBIN" "$tool" > "$bindir/$tool"
     chmod 755 "$bindir/$tool"
 done

@@ -114,10 +114,11 @@ impl Entry {
         TS_SCHEMA_NAMES.contains(&self.schema.as_str())
     }
 
-    /// An online migration's own publication (or a table or schema in it): made on the source for
-    /// the catch-up, dropped at cutover, never restored on the target.
-    pub fn is_online_publication(&self) -> bool {
-        self.kind.starts_with("PUBLICATION") && self.rest.starts_with(crate::online::slot::PREFIX)
+    /// The publication `name` (or a table or schema in it): an online migration's own, made on the
+    /// source for the catch-up and dropped at cutover, is never restored on the target. Only that
+    /// name: a user's publication may start with the same letters.
+    pub fn is_publication(&self, name: &str) -> bool {
+        self.kind.starts_with("PUBLICATION") && self.rest.split(' ').next() == Some(name)
     }
 
     /// Data, large objects included: copied by the data stage, never restored from the archive.
@@ -216,14 +217,16 @@ mod tests {
         let e = Entry::parse("5000; 0 16400 TABLE DATA energy sites postgres").unwrap();
         assert!(e.is_data());
         assert!(Entry::parse("; Archive created at").is_none());
+        let own = "pgshift_20261207t054248z_0a1b2c3d";
         for line in [
-            "3380; 6104 16500 PUBLICATION - pgshift_20261207t054248z postgres",
-            "3381; 6106 16501 PUBLICATION TABLE public pgshift_20261207t054248z accounts",
-            "3382; 6237 16502 PUBLICATION TABLES IN SCHEMA - pgshift_20261207t054248z _timescaledb_internal",
+            "3380; 6104 16500 PUBLICATION - pgshift_20261207t054248z_0a1b2c3d postgres",
+            "3381; 6106 16501 PUBLICATION TABLE public pgshift_20261207t054248z_0a1b2c3d accounts",
+            "3382; 6237 16502 PUBLICATION TABLES IN SCHEMA - pgshift_20261207t054248z_0a1b2c3d _timescaledb_internal",
         ] {
-            assert!(Entry::parse(line).unwrap().is_online_publication(), "{line}");
+            assert!(Entry::parse(line).unwrap().is_publication(own), "{line}");
         }
-        assert!(!Entry::parse("3380; 6104 16500 PUBLICATION - app_feed postgres").unwrap().is_online_publication());
+        // a user's publication with the same prefix is theirs
+        assert!(!Entry::parse("3380; 6104 16500 PUBLICATION - pgshift_sites postgres").unwrap().is_publication(own));
         // large objects, as pg_dump 17 (metadata) and 16 (one entry each) list them, with their
         // grants and comments: all carried by the data stage
         for line in [

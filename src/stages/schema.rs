@@ -133,11 +133,13 @@ async fn list_section(ctx: &StageContext, backup: &Backup, section: &str) -> Res
 
 /// Entries pgshift restores from the archive: not data, not TimescaleDB's internals, not the views
 /// of continuous aggregates (the TimescaleDB stage creates those through TimescaleDB's API), not
-/// an online migration's own publication.
-fn restorable(entries: Vec<Entry>, caggs: &BTreeSet<String>) -> Vec<Entry> {
+/// this run's online publication (named in the run directory's `online.json`).
+fn restorable(ctx: &StageContext, entries: Vec<Entry>, caggs: &BTreeSet<String>) -> Vec<Entry> {
+    let own = ctx.run_dir().and_then(crate::online::slot::OnlineState::load).map(|s| s.publication);
     entries
         .into_iter()
-        .filter(|e| !e.is_data() && !e.is_timescaledb_internal() && !e.is_online_publication())
+        .filter(|e| !e.is_data() && !e.is_timescaledb_internal())
+        .filter(|e| own.as_deref().is_none_or(|p| !e.is_publication(p)))
         .filter(|e| {
             let name = e.rest.rsplit_once(' ').map(|(n, _)| n).unwrap_or(&e.rest);
             !(e.kind == "VIEW" && caggs.contains(&format!("{}.{name}", e.schema)))
@@ -971,7 +973,7 @@ impl Stage for SchemaStage {
             self.create_database(ctx).await?;
             let target = ctx.tagged(&self.target);
             let caggs = cagg_views(&ctx.tagged(&self.source)).await?;
-            let entries = restorable(list_section(ctx, &backup, "pre-data").await?, &caggs);
+            let entries = restorable(ctx, list_section(ctx, &backup, "pre-data").await?, &caggs);
             // grants and comments on an aggregate wait for it: it is made after these entries
             let (later, entries): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| on_aggregate(e, &caggs));
             let failed = restore_with_retries(ctx, &backup, &target, entries, "schema", None).await?;
@@ -1128,12 +1130,12 @@ impl Stage for PostDataStage {
             let retried: Vec<Entry> = if earlier.is_empty() {
                 Vec::new()
             } else {
-                restorable(list_section(ctx, &backup, "pre-data").await?, &BTreeSet::new())
+                restorable(ctx, list_section(ctx, &backup, "pre-data").await?, &BTreeSet::new())
                     .into_iter()
                     .filter(|e| was_left(e))
                     .collect()
             };
-            let post = restorable(list_section(ctx, &backup, "post-data").await?, &BTreeSet::new());
+            let post = restorable(ctx, list_section(ctx, &backup, "post-data").await?, &BTreeSet::new());
             let total = retried.len() + post.len();
             // event triggers last, once everything else is built: a DDL guard would refuse the rest
             let (event_triggers, post): (Vec<Entry>, Vec<Entry>) =

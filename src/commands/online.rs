@@ -13,7 +13,15 @@ use crate::postgres::sql::quote_ident;
 pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
     let plan = Plan::load(plan_path)?;
     let source = plan.source()?;
-    let (slots, publications) = slot::leftovers(&source).await?;
+    let (slots, mut publications) = slot::leftovers(&source).await?;
+    // a publication whose slot is already gone: the plan's run directories name it
+    for dir in std::fs::read_dir(&plan.backup.dir).into_iter().flatten().flatten() {
+        if let Some(state) = slot::OnlineState::load(&dir.path()) {
+            if !publications.contains(&state.publication) {
+                publications.push(state.publication);
+            }
+        }
+    }
     for s in &slots {
         slot::drop_slot(&source, s, s).await?;
         println!("slot {s} dropped on the source");

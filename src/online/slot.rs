@@ -298,7 +298,7 @@ pub async fn drop_slot(spec: &ConnSpec, slot: &str, publication: &str) -> Result
     })
 }
 
-/// The slots and publications pgshift left in the source database (any run's).
+/// The slots pgshift left in the source database (any run's), and the publications named after them.
 pub async fn leftovers(spec: &ConnSpec) -> Result<(Vec<String>, Vec<String>), UserError> {
     let c = spec.connect().await?;
     let q = |sql: &'static str| {
@@ -317,8 +317,11 @@ pub async fn leftovers(spec: &ConnSpec) -> Result<(Vec<String>, Vec<String>), Us
     let slots = q("SELECT slot_name::text FROM pg_catalog.pg_replication_slots \
                    WHERE slot_name LIKE 'pgshift\\_%' AND database = current_database() ORDER BY 1")
     .await?;
-    let pubs =
-        q("SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname LIKE 'pgshift\\_%' ORDER BY 1").await?;
+    // a user's publication may start with pgshift_ too: only those named after a pgshift slot
+    let pubs = q("SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname IN \
+                  (SELECT slot_name FROM pg_catalog.pg_replication_slots \
+                   WHERE slot_name LIKE 'pgshift\\_%' AND database = current_database()) ORDER BY 1")
+    .await?;
     Ok((slots, pubs))
 }
 

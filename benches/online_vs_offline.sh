@@ -23,7 +23,7 @@ psql17 -p "$SOURCE_PORT" -d bench_online -c "ALTER TABLE readings REPLICA IDENTI
     -c "DO \$\$ BEGIN FOR i IN 1..40 LOOP EXECUTE format('ALTER TABLE small_%s ADD PRIMARY KEY (id)', i); END LOOP; END \$\$" > /dev/null
 
 work=$(mktemp -d /tmp/pgshift-online-bench.XXXXXX)
-trap 'kill "${writer:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${writer:-0}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 cd "$repo"
 cargo build --release --locked -q
 

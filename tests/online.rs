@@ -33,7 +33,23 @@ INSERT INTO public.events_full SELECT i % 50, 'v' || (i % 7) FROM generate_serie
 INSERT INTO public.metrics SELECT t, d, d * 1.5 FROM generate_series('2026-01-01'::timestamptz, '2026-01-02 23:00', '10 minutes') t,
   generate_series(1, 5) d;
 SELECT compress_chunk(c) FROM show_chunks('public.metrics', older_than => '2026-01-02'::timestamptz) c;
+CREATE MATERIALIZED VIEW public.metrics_hourly WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+  SELECT time_bucket('1 hour', ts) AS bucket, device, count(*) AS n, sum(value) AS total FROM public.metrics GROUP BY 1, 2
+  WITH NO DATA;
+SELECT add_compression_policy('public.metrics', compress_after => interval '1 day', initial_start => now() + interval '1 day');
 "#;
+
+/// A source database of `ONLINE_SOURCE`, its aggregate refreshed (a refresh cannot run in the
+/// fixture's transaction).
+async fn online_source(server: &str, name: &str) -> String {
+    let src = db_with(server, name, ONLINE_SOURCE).await;
+    connect(&src)
+        .await
+        .batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, '2026-01-02')")
+        .await
+        .unwrap();
+    src
+}
 
 async fn one(url: &str, sql: &str) -> String {
     strings(url, sql).await.into_iter().next().unwrap_or_default()
@@ -84,7 +100,7 @@ async fn leftovers(source_db: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_slot() {
     let s = servers();
-    let src = db_with(&s.source, "online_src", ONLINE_SOURCE).await;
+    let src = online_source(&s.source, "online_src").await;
     drop_db(&s.target, "online_dst").await;
     let dst = url_for(&s.target, "online_dst");
     let dir = tempfile::tempdir().unwrap();
@@ -97,6 +113,7 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
     let stopper = {
         let stop = stop.clone();
         let dir = dir.path().to_path_buf();
+        let src = src.clone();
         tokio::spawn(async move {
             let journal_says = |dir: &std::path::Path| {
                 std::fs::read_dir(dir.join("backups")).into_iter().flatten().flatten().any(|d| {
@@ -109,7 +126,17 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // the source's own jobs go on during the catch-up: a refresh (its DELETE would fail on a
+            // published materialization without an identity) and a compression (between its markers)
+            let c = connect(&src).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            c.batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, NULL)").await.unwrap();
+            let job = one(&src, "SELECT job_id::text FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'")
+                .await;
+            c.batch_execute(&format!("CALL run_job({job})")).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, NULL)").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
             stop.store(true, Ordering::SeqCst);
         })
     };
@@ -137,6 +164,17 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
     );
     assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
     assert_eq!(one(&dst, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'pgshift'").await, "0");
+    assert_eq!(
+        one(&src, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND is_compressed").await,
+        one(&dst, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND is_compressed").await,
+        "the chunks the source's job compressed during the catch-up"
+    );
+    assert_eq!(
+        one(&src, "SELECT coalesce(string_agg(relname, ', '), '') FROM pg_class WHERE relreplident = 'f' AND relname <> 'events_full'")
+            .await,
+        "",
+        "the materialization's replica identity is put back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +253,7 @@ struct Catching {
 impl Catching {
     async fn start(name: &str) -> Self {
         let s = servers();
-        let src = db_with(&s.source, name, ONLINE_SOURCE).await;
+        let src = online_source(&s.source, name).await;
         drop_db(&s.target, &format!("{name}_dst")).await;
         let dst = url_for(&s.target, &format!("{name}_dst"));
         let dir = tempfile::tempdir().unwrap();
@@ -229,7 +267,7 @@ impl Catching {
 }
 
 async fn same_rows(src: &str, dst: &str) {
-    for table in ["public.accounts", "public.audit", "public.events_full", "public.metrics"] {
+    for table in ["public.accounts", "public.audit", "public.events_full", "public.metrics", "public.metrics_hourly"] {
         let sql = format!("SELECT count(*)::text || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t");
         assert_eq!(one(src, &sql).await, one(dst, &sql).await, "{table} is the same on both sides");
     }

@@ -15,11 +15,13 @@ pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
     let source = plan.source()?;
     let (slots, mut publications) = slot::leftovers(&source).await?;
     // a publication whose slot is already gone: the plan's run directories name it
+    let mut identities = Vec::new();
     for dir in std::fs::read_dir(&plan.backup.dir).into_iter().flatten().flatten() {
         if let Some(state) = slot::OnlineState::load(&dir.path()) {
             if !publications.contains(&state.publication) {
                 publications.push(state.publication);
             }
+            identities.extend(state.identity_full);
         }
     }
     for s in &slots {
@@ -29,6 +31,15 @@ pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
     for p in publications.iter().filter(|p| !slots.contains(p)) {
         slot::drop_slot(&source, p, p).await?;
         println!("publication {p} dropped on the source");
+    }
+    identities.sort();
+    identities.dedup();
+    let left = slot::reset_identities(&source, &identities).await;
+    for t in identities.iter().filter(|t| !left.contains(t)) {
+        println!("{t}: replica identity back to DEFAULT on the source");
+    }
+    for t in &left {
+        println!("{t} keeps REPLICA IDENTITY FULL on the source: ALTER TABLE {t} REPLICA IDENTITY DEFAULT");
     }
     // the target may not exist yet (the run stopped before its environment): nothing to drop then
     if let Ok(target) = plan.target(&source) {

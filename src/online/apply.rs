@@ -79,17 +79,20 @@ pub fn copy_line(tuple: &TupleData, out: &mut Vec<u8>) {
 pub enum Identity {
     /// The replica identity's columns (a key): `col = value`, at most one row.
     Key(Vec<usize>),
-    /// Every column (REPLICA IDENTITY FULL): the first row equal in all of them.
-    Full(Vec<usize>),
+    /// Every column (REPLICA IDENTITY FULL): the first row equal in all of them — `=` where the old
+    /// value is not NULL (so an index can find the row), `IS NULL` where it is.
+    Full { equal: Vec<usize>, null: Vec<usize> },
 }
 
 /// The old row's identity: from the old tuple when the source sent one (`K` key, `O` full row),
 /// else the key columns of the new tuple (the key did not change).
 pub fn identity(route: &Route, old: Option<(&TupleData, char)>, new: Option<&TupleData>) -> Identity {
     match old {
-        Some((t, 'O')) => Identity::Full(
-            (0..route.columns.len()).filter(|&i| t.columns.get(i).is_some_and(|c| !c.is_unchanged())).collect(),
-        ),
+        Some((t, 'O')) => {
+            let sent = (0..route.columns.len()).filter(|&i| t.columns.get(i).is_some_and(|c| !c.is_unchanged()));
+            let (null, equal) = sent.partition(|&i| t.columns[i].is_null());
+            Identity::Full { equal, null }
+        }
         Some(_) | None => {
             let _ = new;
             Identity::Key(route.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect())
@@ -110,13 +113,12 @@ fn row_condition(route: &Route, id: &Identity, first: usize) -> String {
             .map(|(k, &i)| format!("{} = {}", route.columns[i].name, cast(first + k, &route.columns[i])))
             .collect::<Vec<_>>()
             .join(" AND "),
-        Identity::Full(cols) => {
-            let equal = cols
+        Identity::Full { equal, null } => {
+            let equal = equal
                 .iter()
                 .enumerate()
-                .map(|(k, &i)| {
-                    format!("{} IS NOT DISTINCT FROM {}", route.columns[i].name, cast(first + k, &route.columns[i]))
-                })
+                .map(|(k, &i)| format!("{} = {}", route.columns[i].name, cast(first + k, &route.columns[i])))
+                .chain(null.iter().map(|&i| format!("{} IS NULL", route.columns[i].name)))
                 .collect::<Vec<_>>()
                 .join(" AND ");
             // one row only: a table without a key may hold equal rows, and the source changed one
@@ -151,9 +153,10 @@ pub fn copy_sql(route: &Route) -> String {
     format!("COPY {} ({cols}) FROM STDIN", route.target)
 }
 
+/// The columns whose old values are the statement's identity parameters, in order.
 fn id_columns(id: &Identity) -> &[usize] {
     match id {
-        Identity::Key(c) | Identity::Full(c) => c,
+        Identity::Key(c) | Identity::Full { equal: c, .. } => c,
     }
 }
 
@@ -241,6 +244,22 @@ impl Applier {
             return Ok(None);
         }
         Ok(Some(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect()))
+    }
+
+    /// The target's materialization hypertable of a continuous aggregate (`schema.view`, quoted as
+    /// `format('%I.%I')` quotes), or `None` if the target has no such aggregate.
+    pub async fn materialization_of(&self, view: &str) -> Result<Option<String>, UserError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT format('%I.%I', h.schema_name, h.table_name) FROM _timescaledb_catalog.continuous_agg a \
+                 JOIN _timescaledb_catalog.hypertable h ON h.id = a.mat_hypertable_id \
+                 WHERE format('%I.%I', a.user_view_schema, a.user_view_name) = $1",
+                &[&view],
+            )
+            .await
+            .map_err(|e| self.error("reading a continuous aggregate's materialization", &e))?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn begin(&mut self) -> Result<(), UserError> {
@@ -437,11 +456,11 @@ mod tests {
         let r = route(&[true, true]);
         let old = TupleData::new(vec![text("1"), ColumnData::null()]);
         let id = identity(&r, Some((&old, 'O')), None);
-        assert_eq!(id, Identity::Full(vec![0, 1]));
+        assert_eq!(id, Identity::Full { equal: vec![0], null: vec![1] });
         assert_eq!(
             delete_sql(&r, &id),
             "DELETE FROM \"public\".\"t\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"public\".\"t\" \
-             WHERE c0 IS NOT DISTINCT FROM CAST($1 AS integer) AND c1 IS NOT DISTINCT FROM CAST($2 AS integer) LIMIT 1)"
+             WHERE c0 = CAST($1 AS integer) AND c1 IS NULL LIMIT 1)"
         );
     }
 

@@ -118,6 +118,18 @@ pub async fn check(source: &ConnSpec, own_slot: Option<&str>) -> Result<Vec<Stri
                  (TimescaleDB 2.16 or later)",
             ));
         }
+        let aggregates: i64 = c
+            .query_one("SELECT count(*) FROM _timescaledb_catalog.continuous_agg", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if aggregates > 0 {
+            notes.push(format!(
+                "the materializations of {aggregates} continuous aggregates get REPLICA IDENTITY FULL while the slot \
+                 lives (published without one, the source's refreshes would fail), and back at cutover or abort; \
+                 refreshes on the source during the catch-up reach the target"
+            ));
+        }
         if let Ok(rows) = c
             .query(
                 "SELECT format('%s (job %s, every %s)', proc_name, id, schedule_interval) FROM _timescaledb_config.bgw_job \
@@ -162,13 +174,14 @@ async fn has_timescaledb(c: &Client) -> bool {
 }
 
 /// The tables the publication holds (user tables, partitions, chunks of every hypertable but the
-/// compressed ones) whose UPDATE and DELETE would fail once published; a chunk is named by its
+/// compressed ones and the aggregates' materializations, which the slot's maker gives an identity) whose UPDATE and DELETE would fail once published; a chunk is named by its
 /// hypertable, where the fix goes.
 async fn without_identity(c: &Client, timescaledb: bool) -> Result<Vec<String>, tokio_postgres::Error> {
     let chunk_owner = if timescaledb {
         "(SELECT format('%I.%I', h.schema_name, h.table_name) FROM _timescaledb_catalog.chunk ch \
           JOIN _timescaledb_catalog.hypertable h ON h.id = ch.hypertable_id \
-          WHERE ch.schema_name = n.nspname AND ch.table_name = c.relname AND h.compression_state <> 2)"
+          WHERE ch.schema_name = n.nspname AND ch.table_name = c.relname AND h.compression_state <> 2 \
+            AND NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id))"
     } else {
         "NULL::text"
     };

@@ -35,6 +35,10 @@ pub struct OnlineState {
     pub publication: String,
     /// Where the slot's snapshot stands: every change after it is streamed.
     pub consistent_lsn: String,
+    /// Tables given REPLICA IDENTITY FULL for the publication (continuous aggregates'
+    /// materializations), put back to DEFAULT once the publication is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_full: Vec<String>,
     /// When the catch-up saw the last write (RFC 3339), once writes stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writes_stopped_at: Option<String>,
@@ -200,14 +204,16 @@ impl SlotHolder {
             .await
             .map(|r| r.get(0))
             .unwrap_or(false);
+        if members.is_empty() && !chunks {
+            return Err(UserError::new("online: the source has no table to replicate", "run without --online"));
+        }
+        let mut identity_full = Vec::new();
         if chunks {
             // new chunks made during the catch-up are in it too
             members.push("TABLES IN SCHEMA _timescaledb_internal".into());
+            identity_full = give_materializations_identity(&self.spec, &source).await?;
         }
-        if members.is_empty() {
-            return Err(UserError::new("online: the source has no table to replicate", "run without --online"));
-        }
-        source
+        let made = source
             .batch_execute(&format!(
                 "CREATE PUBLICATION {} FOR {} WITH (publish_via_partition_root = true)",
                 quote_ident(&name),
@@ -219,7 +225,11 @@ impl SlotHolder {
                     format!("source {}: CREATE PUBLICATION failed ({})", self.spec.label(), db_message(&e)),
                     "connect to the source as a superuser or as the owner of every table",
                 )
-            })?;
+            });
+        if let Err(e) = made {
+            reset_identities(&self.spec, &identity_full).await;
+            return Err(e);
+        }
         let config = replication_config(&self.spec, &name, &name)?;
         let made = async {
             let mut client =
@@ -245,11 +255,18 @@ impl SlotHolder {
             Ok(m) => m,
             Err(e) => {
                 let _ = source.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&name))).await;
+                reset_identities(&self.spec, &identity_full).await;
                 return Err(e);
             }
         };
-        OnlineState { slot: name.clone(), publication: name, consistent_lsn: lsn, writes_stopped_at: None }
-            .save(dir)?;
+        OnlineState {
+            slot: name.clone(),
+            publication: name,
+            consistent_lsn: lsn,
+            identity_full,
+            writes_stopped_at: None,
+        }
+        .save(dir)?;
         *held = Held::Holding { client, snapshot: snapshot.clone() };
         Ok(snapshot)
     }
@@ -264,6 +281,67 @@ impl SlotHolder {
             *held = Held::Released;
         }
     }
+}
+
+/// Gives the continuous aggregates' materializations that have no replica identity REPLICA IDENTITY
+/// FULL (which reaches their chunks, and new ones): published without one, the DELETE of the
+/// source's own refreshes would fail. Returns the tables changed.
+async fn give_materializations_identity(
+    spec: &ConnSpec,
+    source: &tokio_postgres::Client,
+) -> Result<Vec<String>, UserError> {
+    let fail = |e: tokio_postgres::Error| {
+        UserError::new(
+            format!(
+                "source {}: giving the continuous aggregates' materializations a replica identity failed ({})",
+                spec.label(),
+                db_message(&e)
+            ),
+            "run again when no refresh of a continuous aggregate runs on the source (it holds the lock)",
+        )
+    };
+    let tables: Vec<String> = source
+        .query(
+            "SELECT format('%I.%I', h.schema_name, h.table_name) FROM _timescaledb_catalog.continuous_agg a \
+             JOIN _timescaledb_catalog.hypertable h ON h.id = a.mat_hypertable_id \
+             JOIN pg_catalog.pg_class c ON c.oid = format('%I.%I', h.schema_name, h.table_name)::regclass \
+             WHERE c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                   (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(fail)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (n, t) in tables.iter().enumerate() {
+        if let Err(e) =
+            source.batch_execute(&format!("SET lock_timeout = '10s'; ALTER TABLE {t} REPLICA IDENTITY FULL")).await
+        {
+            reset_identities(spec, &tables[..n]).await;
+            return Err(fail(e));
+        }
+    }
+    Ok(tables)
+}
+
+/// Puts the tables `give_materializations_identity` changed back to REPLICA IDENTITY DEFAULT (once
+/// the publication is gone); a table dropped since is skipped. Best effort: what fails is left FULL,
+/// which costs WAL but breaks nothing.
+pub async fn reset_identities(spec: &ConnSpec, tables: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    if tables.is_empty() {
+        return left;
+    }
+    let Ok(c) = spec.connect().await else {
+        return tables.to_vec();
+    };
+    for t in tables {
+        if c.batch_execute(&format!("ALTER TABLE IF EXISTS {t} REPLICA IDENTITY DEFAULT")).await.is_err() {
+            left.push(t.clone());
+        }
+    }
+    left
 }
 
 /// Drops the slot and the publication, waiting a little for a walsender that is still ending.

@@ -156,28 +156,56 @@ impl Routes {
         self.types.insert(id, types);
         let mut target = format!("{}.{}", quote_ident(namespace), quote_ident(name));
         if self.timescaledb && namespace == "_timescaledb_internal" {
+            let lookup = |e: tokio_postgres::Error| {
+                UserError::new(format!("source: looking up chunk {source} failed ({})", db_message(&e)), "check the source")
+            };
+            // a chunk's hypertable; a compressed chunk's batches are TimescaleDB's own (its markers
+            // bracket the compression), an aggregate's materialization goes to the target's
             let row = catalog
                 .query_opt(
-                    "SELECT format('%I.%I', h.schema_name, h.table_name), h.compression_state = 2 \
-                            OR EXISTS (SELECT 1 FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id) \
+                    "SELECT format('%I.%I', h.schema_name, h.table_name), h.compression_state = 2, \
+                            (SELECT format('%I.%I', a.user_view_schema, a.user_view_name) \
+                             FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id) \
                      FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
                      WHERE c.schema_name = $1 AND c.table_name = $2",
                     &[&namespace, &name],
                 )
                 .await
-                .map_err(|e| UserError::new(format!("source: looking up chunk {source} failed ({})", db_message(&e)), "check the source"))?;
+                .map_err(lookup)?;
             match row {
-                // a compressed chunk's batches and an aggregate's materialization are TimescaleDB's own
                 Some(r) if r.get::<_, bool>(1) => {
                     self.by_id.insert(id, None);
                     return Ok(());
                 }
-                Some(r) => target = r.get(0),
+                Some(r) => match r.get::<_, Option<String>>(2) {
+                    Some(view) => {
+                        let Some(m) = applier.materialization_of(&view).await? else {
+                            return Err(UserError::new(
+                                format!("catch-up: the continuous aggregate {view} is not on the target"),
+                                format!("create {view} on the target as on the source, then run again (the slot is kept)"),
+                            ));
+                        };
+                        target = m;
+                    }
+                    None => target = r.get(0),
+                },
                 None => {
-                    ctx.warning(format!(
-                        "catch-up: chunk {source} is no longer on the source; its changes are not applied"
-                    ))
-                    .await;
+                    // TimescaleDB's own tables there (job statistics) are not the user's
+                    let extension: bool = catalog
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE classid = 'pg_catalog.pg_class'::regclass \
+                             AND objid = $1 AND deptype = 'e')",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(lookup)?
+                        .get(0);
+                    if !extension {
+                        ctx.warning(format!(
+                            "catch-up: chunk {source} is no longer on the source; its changes are not applied"
+                        ))
+                        .await;
+                    }
                     self.by_id.insert(id, None);
                     return Ok(());
                 }

@@ -17,6 +17,9 @@ use crate::online::slot::{self, parse_lsn, OnlineState};
 use crate::online::stream::{follow, Until};
 use crate::online::{preflight, OnlineSlot};
 use crate::postgres::conn::ConnSpec;
+use crate::timescaledb::caggs::{self, RefreshState};
+use crate::timescaledb::chunks::{self, ChunkState};
+use crate::timescaledb::features::read_features;
 
 fn run_dir(ctx: &StageContext) -> Result<&Path, UserError> {
     ctx.run_dir().ok_or_else(|| UserError::new("online: no run directory", "run it with pgshift run --online"))
@@ -119,6 +122,44 @@ impl CutoverStage {
     }
 }
 
+async fn has_chunks(c: &tokio_postgres::Client) -> bool {
+    c.query_one("SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL", &[]).await.is_ok_and(|r| r.get(0))
+}
+
+async fn chunk_states(c: &tokio_postgres::Client, side: &str) -> Result<Vec<ChunkState>, UserError> {
+    c.query(chunks::CHUNK_STATES, &[])
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+        .map_err(|e| UserError::new(format!("{side}: reading the chunks failed ({})", catalog::db_message(&e)), "check the server"))
+}
+
+impl CutoverStage {
+    /// Compresses (or decompresses) the target's chunks the source's jobs compressed (or
+    /// decompressed) during the catch-up: the stream skips both, as TimescaleDB's own rewrites.
+    async fn match_compression(
+        &self,
+        ctx: &StageContext,
+        source: &tokio_postgres::Client,
+        target: &tokio_postgres::Client,
+    ) -> Result<(), UserError> {
+        let todo =
+            chunks::compression_to_match(&chunk_states(source, "source").await?, &chunk_states(target, "target").await?);
+        for (chunk, sql) in &todo {
+            ctx.info("cutover", format!("{chunk}: {sql}")).await;
+            target.batch_execute(sql).await.map_err(|e| {
+                UserError::new(
+                    format!("target {}: {sql} failed ({})", self.target.label(), catalog::db_message(&e)),
+                    "fix the target, then run again",
+                )
+            })?;
+        }
+        if !todo.is_empty() {
+            ctx.info("cutover", format!("{} chunks compressed or decompressed as the source's jobs did", todo.len())).await;
+        }
+        Ok(())
+    }
+}
+
 impl Stage for CutoverStage {
     fn id(&self) -> &'static str {
         "cutover"
@@ -146,7 +187,36 @@ impl Stage for CutoverStage {
             let session = Session::open(&ctx.tagged(&self.source)).await?;
             let setvals = catalog::sequences::setvals(&session).await?;
             drop(session);
+            let source = ctx.tagged(&self.source).connect().await?;
+            let aggregates = read_features(&source).await?.continuous_aggregates;
+            let refresh = if aggregates.is_empty() {
+                None
+            } else {
+                Some(RefreshState::read(&source).await.map_err(|e| {
+                    UserError::new(
+                        format!("source: reading the continuous aggregates' refresh state failed ({})", catalog::db_message(&e)),
+                        "connect to the source as a superuser",
+                    )
+                })?)
+            };
             let target = ctx.tagged(&self.target).connect().await?;
+            if has_chunks(&source).await && has_chunks(&target).await {
+                self.match_compression(ctx, &source, &target).await?;
+            }
+            drop(source);
+            // the refreshes the catch-up replicated moved the source's watermarks and logs
+            if let Some(state) = &refresh {
+                for (what, sql) in caggs::state_statements(&aggregates, state) {
+                    target.batch_execute(&sql).await.map_err(|e| {
+                        UserError::new(
+                            format!("target {}: writing the {what} failed ({})", self.target.label(), catalog::db_message(&e)),
+                            "fix the target, then run again",
+                        )
+                    })?;
+                }
+                ctx.info("cutover", format!("{} continuous aggregates: refresh state as the source's", aggregates.len()))
+                    .await;
+            }
             for sql in &setvals {
                 target.batch_execute(sql).await.map_err(|e| {
                     UserError::new(
@@ -161,6 +231,13 @@ impl Stage for CutoverStage {
             }
             ctx.info("cutover", format!("{} sequences set to the source's values", setvals.len())).await;
             slot::drop_slot(&ctx.tagged(&self.source), &state.slot, &state.publication).await?;
+            for t in slot::reset_identities(&ctx.tagged(&self.source), &state.identity_full).await {
+                ctx.warning(format!(
+                    "{t} keeps REPLICA IDENTITY FULL on the source (putting it back failed): ALTER TABLE {t} REPLICA \
+                     IDENTITY DEFAULT"
+                ))
+                .await;
+            }
             applier.drop_position().await?;
             ctx.info("cutover", format!("slot and publication {} dropped on the source", state.slot)).await;
             let since =

@@ -230,26 +230,7 @@ impl TimescaleStage {
         let lookup = |view: &str| targets.get(view).cloned();
         self.execute(ctx, target, &caggs::index_statements(&indexes, &lookup)).await?;
 
-        let pairs = |sql: String, what: &'static str| async move {
-            source
-                .query(&sql, &[])
-                .await
-                .map_err(src(what))
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        };
-        let triples = |sql: String, what: &'static str| async move {
-            source
-                .query(&sql, &[])
-                .await
-                .map_err(src(what))
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-        };
-        let state = RefreshState {
-            watermarks: pairs(caggs::watermarks_sql(), "continuous aggregate watermarks").await?,
-            thresholds: pairs(caggs::thresholds_sql(), "invalidation thresholds").await?,
-            hypertable_log: triples(caggs::hypertable_log_sql(), "invalidation log").await?,
-            materialization_log: triples(caggs::materialization_log_sql(), "materialization invalidation log").await?,
-        };
+        let state = RefreshState::read(source).await.map_err(src("continuous aggregates' refresh state"))?;
         self.execute(ctx, target, &caggs::state_statements(&f.continuous_aggregates, &state)).await?;
         for a in f.continuous_aggregates.iter().filter(|a| !a.finalized) {
             // the old partial form has another materialization: refreshed from the raw rows instead

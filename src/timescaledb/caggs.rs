@@ -121,6 +121,24 @@ pub struct RefreshState {
     pub materialization_log: Vec<(String, i64, i64)>,
 }
 
+impl RefreshState {
+    /// The state the server's refreshes reached (read on a source).
+    pub async fn read(client: &tokio_postgres::Client) -> Result<Self, tokio_postgres::Error> {
+        let pairs = |sql: String| async move {
+            client.query(&sql, &[]).await.map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        };
+        let triples = |sql: String| async move {
+            client.query(&sql, &[]).await.map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        };
+        Ok(Self {
+            watermarks: pairs(watermarks_sql()).await?,
+            thresholds: pairs(thresholds_sql()).await?,
+            hypertable_log: triples(hypertable_log_sql()).await?,
+            materialization_log: triples(materialization_log_sql()).await?,
+        })
+    }
+}
+
 /// A hypertable's catalog id named as users name it.
 const USER_NAME: &str = "coalesce((SELECT format('%I.%I', ca.user_view_schema, ca.user_view_name)
       FROM _timescaledb_catalog.continuous_agg ca WHERE ca.mat_hypertable_id = h.id), format('%I.%I', h.schema_name, h.table_name))";

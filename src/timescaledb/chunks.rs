@@ -293,9 +293,60 @@ pub fn dimensions_sql(hypertable: &str) -> String {
     )
 }
 
+/// Every chunk of every hypertable (named as users name it: an aggregate's materialization by its
+/// view), with its slices and whether it is compressed: `(hypertable, slices, chunk, compressed)`.
+/// Two servers' chunks with the same hypertable and slices are the same chunk.
+pub const CHUNK_STATES: &str = "SELECT coalesce((SELECT format('%I.%I', a.user_view_schema, a.user_view_name)
+                 FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id),
+                format('%I.%I', h.schema_name, h.table_name)),
+        (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(ds.range_start, ds.range_end))
+         FROM _timescaledb_catalog.chunk_constraint k
+         JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = k.dimension_slice_id
+         JOIN _timescaledb_catalog.dimension d ON d.id = ds.dimension_id
+         WHERE k.chunk_id = c.id)::text,
+        format('%I.%I', c.schema_name, c.table_name), c.status & 1 = 1
+     FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+     WHERE NOT c.dropped AND h.compression_state <> 2
+     ORDER BY c.id";
+
+/// One row of `CHUNK_STATES`.
+pub type ChunkState = (String, String, String, bool);
+
+/// The target's chunks whose compression differs from the same chunk's on the source, each with the
+/// statement that makes it as the source's (compress, or decompress).
+pub fn compression_to_match(source: &[ChunkState], target: &[ChunkState]) -> Vec<(String, String)> {
+    let on_source: std::collections::HashMap<(&str, &str), bool> =
+        source.iter().map(|(h, slices, _, compressed)| ((h.as_str(), slices.as_str()), *compressed)).collect();
+    target
+        .iter()
+        .filter_map(|(h, slices, chunk, compressed)| {
+            let wanted = *on_source.get(&(h.as_str(), slices.as_str()))?;
+            (wanted != *compressed).then(|| {
+                let f = if wanted { "compress_chunk" } else { "decompress_chunk" };
+                let flag = if wanted { "if_not_compressed" } else { "if_compressed" };
+                (chunk.clone(), format!("SELECT {f}({}::regclass, {flag} => true)", quote_literal(chunk)))
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_target_compresses_and_decompresses_what_the_source_did_since_the_copy() {
+        let c = |h: &str, s: &str, chunk: &str, z: bool| (h.to_string(), s.to_string(), chunk.to_string(), z);
+        let source = [c("m", "a", "s1", true), c("m", "b", "s2", false), c("m", "c", "s3", true), c("n", "a", "s4", true)];
+        let target = [c("m", "a", "t1", false), c("m", "b", "t2", true), c("m", "c", "t3", true), c("m", "d", "t4", false)];
+        assert_eq!(
+            compression_to_match(&source, &target),
+            vec![
+                ("t1".to_string(), "SELECT compress_chunk('t1'::regclass, if_not_compressed => true)".to_string()),
+                ("t2".to_string(), "SELECT decompress_chunk('t2'::regclass, if_compressed => true)".to_string()),
+            ]
+        );
+    }
 
     fn layout() -> Layout {
         Layout {

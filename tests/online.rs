@@ -131,8 +131,11 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
             let c = connect(&src).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             c.batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, NULL)").await.unwrap();
-            let job = one(&src, "SELECT job_id::text FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'")
-                .await;
+            let job = one(
+                &src,
+                "SELECT job_id::text FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'",
+            )
+            .await;
             c.batch_execute(&format!("CALL run_job({job})")).await.unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
             c.batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, NULL)").await.unwrap();
@@ -316,4 +319,38 @@ async fn a_schema_change_during_the_catch_up_stops_it_with_the_fix_and_keeps_the
     same_rows(&src, &dst).await;
     assert_eq!(one(&dst, "SELECT region FROM public.accounts WHERE name = 'after'").await, "eu");
     assert_eq!(leftovers(&src).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_abort_leaves_no_slot_publication_or_identity_behind() {
+    let Catching { src, dst, dir: _dir, plan, stop, writer, mut child } = Catching::start("online_abort").await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    assert_eq!(leftovers(&src).await.len(), 2, "the killed run left its slot and publication");
+    let out = pgshift().args(["online", "abort", "--plan", plan.to_str().unwrap()]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("dropped on the source") && text.contains("DEFAULT"), "{text}");
+    // the application goes on: its refresh and its writes work without the publication
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    connect(&src)
+        .await
+        .batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, NULL)")
+        .await
+        .unwrap();
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
+    assert_eq!(
+        one(&src, "SELECT coalesce(string_agg(relname, ', '), '') FROM pg_class WHERE relreplident = 'f' AND relname <> 'events_full'")
+            .await,
+        "",
+        "the materialization's replica identity is put back"
+    );
+    assert_eq!(one(&dst, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'pgshift'").await, "0");
+    let again = pgshift().args(["online", "abort", "--plan", plan.to_str().unwrap()]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no pgshift slot or publication"),
+        "a second abort finds nothing"
+    );
 }

@@ -16,12 +16,16 @@ pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
     let (slots, mut publications) = slot::leftovers(&source).await?;
     // a publication whose slot is already gone: the plan's run directories name it
     let mut identities = Vec::new();
+    let mut states = Vec::new();
     for dir in std::fs::read_dir(&plan.backup.dir).into_iter().flatten().flatten() {
         if let Some(state) = slot::OnlineState::load(&dir.path()) {
-            if !publications.contains(&state.publication) {
+            if !publications.contains(&state.publication)
+                && slot::publication_exists(&source, &state.publication).await?
+            {
                 publications.push(state.publication);
             }
             identities.extend(state.identity_full);
+            states.push(dir.path().join(slot::ONLINE_STATE));
         }
     }
     for s in &slots {
@@ -51,6 +55,12 @@ pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
             {
                 println!("schema {POSITION_SCHEMA} (the catch-up's position) dropped on the target, if it was there");
             }
+        }
+    }
+    // the runs cannot go on without their slot: their state goes, and a rerun says to restart
+    for path in &states {
+        if let Err(e) = std::fs::remove_file(path) {
+            eprintln!("pgshift: {} could not be removed ({e}): remove it by hand", path.display());
         }
     }
     if slots.is_empty() && publications.is_empty() {

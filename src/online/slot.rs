@@ -403,6 +403,20 @@ pub async fn leftovers(spec: &ConnSpec) -> Result<(Vec<String>, Vec<String>), Us
     Ok((slots, pubs))
 }
 
+/// Whether the source database has a publication of this name.
+pub async fn publication_exists(spec: &ConnSpec, name: &str) -> Result<bool, UserError> {
+    let c = spec.connect().await?;
+    c.query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)", &[&name])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| {
+            UserError::new(
+                format!("source {}: reading publications failed ({})", spec.label(), db_message(&e)),
+                "check the source",
+            )
+        })
+}
+
 /// Parses an LSN as the server prints it (`16/B374D848`).
 pub fn parse_lsn(text: &str) -> Option<Lsn> {
     Lsn::parse(text).ok()

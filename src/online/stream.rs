@@ -157,7 +157,10 @@ impl Routes {
         let mut target = format!("{}.{}", quote_ident(namespace), quote_ident(name));
         if self.timescaledb && namespace == "_timescaledb_internal" {
             let lookup = |e: tokio_postgres::Error| {
-                UserError::new(format!("source: looking up chunk {source} failed ({})", db_message(&e)), "check the source")
+                UserError::new(
+                    format!("source: looking up chunk {source} failed ({})", db_message(&e)),
+                    "check the source",
+                )
             };
             // a chunk's hypertable; a compressed chunk's batches are TimescaleDB's own (its markers
             // bracket the compression), an aggregate's materialization goes to the target's
@@ -177,18 +180,20 @@ impl Routes {
                     self.by_id.insert(id, None);
                     return Ok(());
                 }
-                Some(r) => match r.get::<_, Option<String>>(2) {
-                    Some(view) => {
-                        let Some(m) = applier.materialization_of(&view).await? else {
-                            return Err(UserError::new(
+                Some(r) => {
+                    match r.get::<_, Option<String>>(2) {
+                        Some(view) => {
+                            let Some(m) = applier.materialization_of(&view).await? else {
+                                return Err(UserError::new(
                                 format!("catch-up: the continuous aggregate {view} is not on the target"),
                                 format!("create {view} on the target as on the source, then run again (the slot is kept)"),
                             ));
-                        };
-                        target = m;
+                            };
+                            target = m;
+                        }
+                        None => target = r.get(0),
                     }
-                    None => target = r.get(0),
-                },
+                }
                 None => {
                     // TimescaleDB's own tables there (job statistics) are not the user's
                     let extension: bool = catalog

@@ -130,7 +130,12 @@ async fn chunk_states(c: &tokio_postgres::Client, side: &str) -> Result<Vec<Chun
     c.query(chunks::CHUNK_STATES, &[])
         .await
         .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
-        .map_err(|e| UserError::new(format!("{side}: reading the chunks failed ({})", catalog::db_message(&e)), "check the server"))
+        .map_err(|e| {
+            UserError::new(
+                format!("{side}: reading the chunks failed ({})", catalog::db_message(&e)),
+                "check the server",
+            )
+        })
 }
 
 impl CutoverStage {
@@ -142,8 +147,10 @@ impl CutoverStage {
         source: &tokio_postgres::Client,
         target: &tokio_postgres::Client,
     ) -> Result<(), UserError> {
-        let todo =
-            chunks::compression_to_match(&chunk_states(source, "source").await?, &chunk_states(target, "target").await?);
+        let todo = chunks::compression_to_match(
+            &chunk_states(source, "source").await?,
+            &chunk_states(target, "target").await?,
+        );
         for (chunk, sql) in &todo {
             ctx.info("cutover", format!("{chunk}: {sql}")).await;
             target.batch_execute(sql).await.map_err(|e| {
@@ -154,7 +161,8 @@ impl CutoverStage {
             })?;
         }
         if !todo.is_empty() {
-            ctx.info("cutover", format!("{} chunks compressed or decompressed as the source's jobs did", todo.len())).await;
+            ctx.info("cutover", format!("{} chunks compressed or decompressed as the source's jobs did", todo.len()))
+                .await;
         }
         Ok(())
     }
@@ -194,7 +202,10 @@ impl Stage for CutoverStage {
             } else {
                 Some(RefreshState::read(&source).await.map_err(|e| {
                     UserError::new(
-                        format!("source: reading the continuous aggregates' refresh state failed ({})", catalog::db_message(&e)),
+                        format!(
+                            "source: reading the continuous aggregates' refresh state failed ({})",
+                            catalog::db_message(&e)
+                        ),
                         "connect to the source as a superuser",
                     )
                 })?)
@@ -209,13 +220,20 @@ impl Stage for CutoverStage {
                 for (what, sql) in caggs::state_statements(&aggregates, state) {
                     target.batch_execute(&sql).await.map_err(|e| {
                         UserError::new(
-                            format!("target {}: writing the {what} failed ({})", self.target.label(), catalog::db_message(&e)),
+                            format!(
+                                "target {}: writing the {what} failed ({})",
+                                self.target.label(),
+                                catalog::db_message(&e)
+                            ),
                             "fix the target, then run again",
                         )
                     })?;
                 }
-                ctx.info("cutover", format!("{} continuous aggregates: refresh state as the source's", aggregates.len()))
-                    .await;
+                ctx.info(
+                    "cutover",
+                    format!("{} continuous aggregates: refresh state as the source's", aggregates.len()),
+                )
+                .await;
             }
             for sql in &setvals {
                 target.batch_execute(sql).await.map_err(|e| {

@@ -337,8 +337,10 @@ mod tests {
     #[test]
     fn the_target_compresses_and_decompresses_what_the_source_did_since_the_copy() {
         let c = |h: &str, s: &str, chunk: &str, z: bool| (h.to_string(), s.to_string(), chunk.to_string(), z);
-        let source = [c("m", "a", "s1", true), c("m", "b", "s2", false), c("m", "c", "s3", true), c("n", "a", "s4", true)];
-        let target = [c("m", "a", "t1", false), c("m", "b", "t2", true), c("m", "c", "t3", true), c("m", "d", "t4", false)];
+        let source =
+            [c("m", "a", "s1", true), c("m", "b", "s2", false), c("m", "c", "s3", true), c("n", "a", "s4", true)];
+        let target =
+            [c("m", "a", "t1", false), c("m", "b", "t2", true), c("m", "c", "t3", true), c("m", "d", "t4", false)];
         assert_eq!(
             compression_to_match(&source, &target),
             vec![

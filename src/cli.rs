@@ -266,6 +266,19 @@ pub enum OnlineAction {
         #[arg(long, value_name = "FILE")]
         plan: PathBuf,
     },
+    /// Tell the running catch-up that the application has stopped writing: it drains to the
+    /// source's current position and the cutover starts now, instead of after the quiet time.
+    Cutover {
+        /// The plan of the running migration.
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// Also make the source database read-only (ALTER DATABASE ... SET
+        /// default_transaction_read_only = on) and end its other sessions, so that no write can
+        /// come after the drain. Undo on the source with ALTER DATABASE ... RESET
+        /// default_transaction_read_only.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -559,6 +572,9 @@ pub async fn run(cli: Cli) -> Result<i32, UserError> {
             }
         }
         Command::Online { action: OnlineAction::Abort { plan } } => crate::commands::online::abort(&plan).await,
+        Command::Online { action: OnlineAction::Cutover { plan, read_only } } => {
+            crate::commands::online::cutover(&plan, read_only)
+        }
         Command::Plan { action: PlanAction::Init { source, out, overwrite } } => {
             crate::commands::plan_init::init(&source, &out, overwrite).await
         }

@@ -255,12 +255,17 @@ struct Catching {
 
 impl Catching {
     async fn start(name: &str) -> Self {
+        Self::start_quiet(name, 3).await
+    }
+
+    /// With the catch-up ending after `quiet` seconds without a write.
+    async fn start_quiet(name: &str, quiet: u64) -> Self {
         let s = servers();
         let src = online_source(&s.source, name).await;
         drop_db(&s.target, &format!("{name}_dst")).await;
         let dst = url_for(&s.target, &format!("{name}_dst"));
         let dir = tempfile::tempdir().unwrap();
-        let plan = write_plan(dir.path(), &src, &dst, "[online]\nenabled = true\nquiet_seconds = 3\n");
+        let plan = write_plan(dir.path(), &src, &dst, &format!("[online]\nenabled = true\nquiet_seconds = {quiet}\n"));
         let stop = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(write_until(src.clone(), stop.clone()));
         let child = spawn_run(&plan, dir.path());
@@ -352,5 +357,43 @@ async fn online_abort_leaves_no_slot_publication_or_identity_behind() {
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("no pgshift slot or publication"),
         "a second abort finds nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_request_ends_the_catch_up_at_once_and_can_make_the_source_read_only() {
+    // a quiet time no test waits for: only the request can end the catch-up
+    let Catching { src, dst, dir, plan, stop, writer, mut child } = Catching::start_quiet("online_request", 3600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the application stops, a session of it stays open; the DBA asks for a read-only cutover
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    let idle = connect(&src).await;
+    let out = pgshift().args(["online", "cutover", "--plan", plan.to_str().unwrap(), "--read-only"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let mut code = None;
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            code = status.code();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(code, Some(0), "the run cuts over and verifies within a minute of the request:\n{log}");
+    assert!(log.contains("cutover requested") && log.contains("read-only now"), "{log}");
+    assert!(log.contains("online window"), "verify reports the window:\n{log}");
+    same_rows(&src, &dst).await;
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
+    assert!(idle.simple_query("SELECT 1").await.is_err(), "the application's session was ended");
+    assert_eq!(one(&src, "SHOW default_transaction_read_only").await, "on", "new sessions are read-only");
+    let c = connect(&src).await;
+    assert!(
+        c.batch_execute("INSERT INTO public.audit (what) VALUES ('late')").await.is_err(),
+        "no write after the cutover"
     );
 }

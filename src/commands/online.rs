@@ -1,3 +1,4 @@
+//! `pgshift online cutover --plan FILE [--read-only]`: asks the running catch-up to cut over now.
 //! `pgshift online abort --plan FILE`: drops what an online migration made on the source (every
 //! pgshift slot and publication in the source database) and its position table on the target, so
 //! that no forgotten slot keeps WAL on the source.
@@ -6,7 +7,7 @@ use std::path::Path;
 
 use crate::error::UserError;
 use crate::online::apply::POSITION_SCHEMA;
-use crate::online::slot;
+use crate::online::slot::{self, CutoverRequest};
 use crate::plan::Plan;
 use crate::postgres::sql::quote_ident;
 
@@ -66,5 +67,32 @@ pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
     if slots.is_empty() && publications.is_empty() {
         println!("no pgshift slot or publication in the source database");
     }
+    Ok(0)
+}
+
+/// Writes the cutover request into the newest run directory of the plan that has an online slot.
+pub fn cutover(plan_path: &Path, read_only: bool) -> Result<i32, UserError> {
+    let plan = Plan::load(plan_path)?;
+    let mut runs: Vec<std::path::PathBuf> = std::fs::read_dir(&plan.backup.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path())
+        .filter(|d| slot::OnlineState::load(d).is_some())
+        .collect();
+    runs.sort();
+    let Some(dir) = runs.pop() else {
+        return Err(UserError::new(
+            format!("no online migration of this plan has a slot (no online.json under {})", plan.backup.dir.display()),
+            "start one with pgshift run --online --plan FILE",
+        ));
+    };
+    let request = CutoverRequest::now(read_only);
+    request.save(&dir)?;
+    println!(
+        "cutover requested in {}: the catch-up drains to the source's current position, then the cutover and verify run{}",
+        dir.display(),
+        if read_only { "; the source database is made read-only first" } else { "" }
+    );
     Ok(0)
 }

@@ -39,6 +39,9 @@ pub struct OnlineState {
     /// materializations), put back to DEFAULT once the publication is gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identity_full: Vec<String>,
+    /// The cutover made the source database read-only (on the DBA's request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_read_only: bool,
     /// When the catch-up saw the last write (RFC 3339), once writes stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writes_stopped_at: Option<String>,
@@ -54,6 +57,69 @@ impl OnlineState {
         let text = serde_json::to_string_pretty(self).expect("online state json");
         files::write_atomic(&path, text.as_bytes()).map_err(|e| files::write_error(&path, &e))
     }
+}
+
+/// The run-directory file by which the DBA (`pgshift online cutover`, the console's key) says the
+/// application has stopped writing.
+pub const CUTOVER_REQUEST: &str = "cutover.request";
+
+/// A request to cut over now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CutoverRequest {
+    /// When it was asked (RFC 3339): the window starts then.
+    pub requested_at: String,
+    /// Make the source database read-only and end its other sessions first.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl CutoverRequest {
+    pub fn now(read_only: bool) -> Self {
+        Self { requested_at: chrono::Utc::now().to_rfc3339(), read_only }
+    }
+
+    pub fn load(dir: &Path) -> Option<Self> {
+        std::fs::read_to_string(dir.join(CUTOVER_REQUEST)).ok().and_then(|t| serde_json::from_str(&t).ok())
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), UserError> {
+        let path = dir.join(CUTOVER_REQUEST);
+        let text = serde_json::to_string_pretty(self).expect("cutover request json");
+        files::write_atomic(&path, text.as_bytes()).map_err(|e| files::write_error(&path, &e))
+    }
+
+    pub fn clear(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(CUTOVER_REQUEST));
+    }
+}
+
+/// Makes the source database read-only for new transactions and ends its other client sessions
+/// (pgshift's own, named `pgshift...`, stay): no write can come after the drain. Returns the
+/// sessions ended.
+pub async fn freeze_source(spec: &ConnSpec) -> Result<i64, UserError> {
+    let fail = |e: tokio_postgres::Error| {
+        UserError::new(
+            format!("source {}: making the database read-only failed ({})", spec.label(), db_message(&e)),
+            "connect as a superuser (or the database's owner with pg_signal_backend), or stop the application and \
+             request the cutover without --read-only",
+        )
+    };
+    let c = spec.connect().await?;
+    let db = spec.dbname();
+    c.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
+        .await
+        .map_err(fail)?;
+    let ended = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend' \
+               AND application_name NOT LIKE 'pgshift%'",
+            &[],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    Ok(ended)
 }
 
 /// The slot's (and publication's) name for a run directory: `pgshift_`, the directory's name in
@@ -264,6 +330,7 @@ impl SlotHolder {
             publication: name,
             consistent_lsn: lsn,
             identity_full,
+            source_read_only: false,
             writes_stopped_at: None,
         }
         .save(dir)?;
@@ -333,7 +400,7 @@ pub async fn reset_identities(spec: &ConnSpec, tables: &[String]) -> Vec<String>
     if tables.is_empty() {
         return left;
     }
-    let Ok(c) = spec.connect().await else {
+    let Ok(c) = writable_session(spec).await else {
         return tables.to_vec();
     };
     for t in tables {
@@ -344,9 +411,21 @@ pub async fn reset_identities(spec: &ConnSpec, tables: &[String]) -> Vec<String>
     left
 }
 
+/// A source session that may write even where the database was made read-only for the cutover.
+pub async fn writable_session(spec: &ConnSpec) -> Result<tokio_postgres::Client, UserError> {
+    let c = spec.connect().await?;
+    c.batch_execute("SET default_transaction_read_only = off").await.map_err(|e| {
+        UserError::new(
+            format!("source {}: a session setting failed ({})", spec.label(), db_message(&e)),
+            "check the source",
+        )
+    })?;
+    Ok(c)
+}
+
 /// Drops the slot and the publication, waiting a little for a walsender that is still ending.
 pub async fn drop_slot(spec: &ConnSpec, slot: &str, publication: &str) -> Result<(), UserError> {
-    let c = spec.connect().await?;
+    let c = writable_session(spec).await?;
     for attempt in 0.. {
         let r = c
             .batch_execute(&format!(

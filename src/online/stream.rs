@@ -1,10 +1,12 @@
 //! Following the slot: the replication stream decoded (pgoutput) and applied in source commit
-//! order, until the source has been quiet for a while (the catch-up) or until a marker written now
-//! has come through (the cutover's drain). Chunks' changes go to their hypertable; what TimescaleDB
-//! writes between its compression markers, and its compressed and materialized tables, are not
-//! replayed. A relation whose shape no longer matches the target stops the stream with its fix.
+//! order, until the source has been quiet for a while or the DBA asked for the cutover (the
+//! catch-up), or until a marker written now has come through (the cutover's drain). Chunks' changes
+//! go to their hypertable, a continuous aggregate's materialization to the target's; what
+//! TimescaleDB writes between its compression markers, and its compressed tables, are not replayed.
+//! A relation whose shape no longer matches the target stops the stream with its fix.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +19,9 @@ use crate::engine::{StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::human::human_bytes;
 use crate::online::apply::{Applier, Column, Route};
-use crate::online::slot::{replication_config, OnlineState};
+use crate::online::slot::{
+    freeze_source, replication_config, writable_session, CutoverRequest, OnlineState, CUTOVER_REQUEST,
+};
 use crate::postgres::conn::ConnSpec;
 use crate::postgres::sql::quote_ident;
 
@@ -52,6 +56,8 @@ pub struct Followed {
     pub lag: LagHistogram,
     /// Time from the first change received to the last target commit.
     pub busy: Duration,
+    /// The DBA's cutover request that ended the catch-up, if one did.
+    pub requested: Option<CutoverRequest>,
 }
 
 impl Followed {
@@ -261,7 +267,7 @@ pub async fn follow(
     until: Until,
 ) -> Result<Followed, StageError> {
     let config = replication_config(source, &state.slot, &state.publication)?.with_start_lsn(start);
-    let catalog = ctx.tagged(source).connect().await?;
+    let catalog = writable_session(&ctx.tagged(source)).await?;
     let timescaledb = catalog
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')", &[])
         .await
@@ -301,6 +307,7 @@ pub async fn follow(
                 })
         }
     };
+    let request_file = ctx.run_dir().map(|d| d.join(CUTOVER_REQUEST));
     if matches!(until, Until::Drained) {
         markers += 1;
         send_marker(markers).await?;
@@ -404,7 +411,7 @@ pub async fn follow(
                     if let Some((seq, at)) = marker {
                         if token == format!("{}:{seq}", state.slot) {
                             marker = None;
-                            if matches!(until, Until::Drained) || done.changes == at {
+                            if matches!(until, Until::Drained) || done.requested.is_some() || done.changes == at {
                                 // everything before the marker has come through: store it as applied
                                 let to = if pending.is_some_and(|p| p > lsn) { pending.expect("pending") } else { lsn };
                                 applier.commit(&to.to_pg_string()).await?;
@@ -445,6 +452,29 @@ pub async fn follow(
             }
         }
         if let Until::Quiet(quiet) = until {
+            if done.requested.is_none() && request_file.as_deref().is_some_and(Path::exists) {
+                // the DBA says writes stopped: drain to a marker written now, whatever is in flight
+                let request =
+                    ctx.run_dir().and_then(CutoverRequest::load).unwrap_or_else(|| CutoverRequest::now(false));
+                ctx.info("catch-up", format!("cutover requested at {}: draining", request.requested_at)).await;
+                if request.read_only {
+                    let ended = freeze_source(source).await?;
+                    ctx.info(
+                        "catch-up",
+                        format!(
+                            "source database {} is read-only now ({ended} sessions ended); undo on the source: \
+                             ALTER DATABASE {} RESET default_transaction_read_only",
+                            source.dbname(),
+                            quote_ident(source.dbname())
+                        ),
+                    )
+                    .await;
+                }
+                done.requested = Some(request);
+                markers += 1;
+                send_marker(markers).await?;
+                marker = Some((markers, done.changes));
+            }
             if marker.is_none() && !in_tx && pending.is_none() && last_change.elapsed() >= quiet {
                 markers += 1;
                 send_marker(markers).await?;

@@ -48,7 +48,7 @@ fn any() -> Change {
     Change::Any
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Rule {
     class: String,
     name: GlobMatcher,
@@ -57,7 +57,7 @@ struct Rule {
 }
 
 /// The planned differences; empty when no file was given.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AllowList {
     rules: Vec<Rule>,
 }
@@ -111,6 +111,12 @@ impl AllowList {
             });
         }
         Ok(Self { rules })
+    }
+
+    /// This list with more rules (pgshift's own planned differences).
+    pub fn with(mut self, more: Vec<AllowRule>) -> Result<Self, UserError> {
+        self.rules.extend(Self::from_rules(more)?.rules);
+        Ok(self)
     }
 
     /// The reason a difference is planned, if a rule covers it.

@@ -13,7 +13,7 @@ use crate::catalog::{self, Session};
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::online::apply::Applier;
-use crate::online::slot::{self, parse_lsn, OnlineState};
+use crate::online::slot::{self, parse_lsn, CutoverRequest, OnlineState};
 use crate::online::stream::{follow, Until};
 use crate::online::{preflight, OnlineSlot};
 use crate::postgres::conn::ConnSpec;
@@ -85,20 +85,27 @@ impl Stage for CatchUpStage {
             ctx.info(
                 "catch-up",
                 format!(
-                    "applying the source's changes from {start} (slot {}); it ends once the source has had no write for {} s",
+                    "applying the source's changes from {start} (slot {}); it ends once the source has had no write for {} s, or at once on pgshift online cutover",
                     state.slot,
                     self.quiet.as_secs()
                 ),
             )
             .await;
             let done = follow(ctx, &self.source, &state, &mut applier, start, Until::Quiet(self.quiet)).await?;
-            let stopped = done.last_write.unwrap_or_else(SystemTime::now);
-            state.writes_stopped_at = Some(chrono::DateTime::<chrono::Utc>::from(stopped).to_rfc3339());
+            // the window starts when the DBA said writes stopped, else at the last write seen
+            state.writes_stopped_at = Some(match &done.requested {
+                Some(r) => r.requested_at.clone(),
+                None => {
+                    chrono::DateTime::<chrono::Utc>::from(done.last_write.unwrap_or_else(SystemTime::now)).to_rfc3339()
+                }
+            });
+            state.source_read_only = done.requested.as_ref().is_some_and(|r| r.read_only);
             state.save(dir)?;
+            let how = if done.requested.is_some() { "cutover requested" } else { "writes stopped" };
             let ms = |p: f64| done.lag.percentile(p).map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
             Ok(format!(
-                "{} changes in {} transactions applied at {:.0} changes/s (lag p50 {}, p99 {}); writes stopped, \
-                 the target is at {}",
+                "{} changes in {} transactions applied at {:.0} changes/s (lag p50 {}, p99 {}); {how}, the target is \
+                 at {}",
                 done.changes,
                 done.transactions,
                 done.rate(),
@@ -257,6 +264,7 @@ impl Stage for CutoverStage {
                 .await;
             }
             applier.drop_position().await?;
+            CutoverRequest::clear(dir);
             ctx.info("cutover", format!("slot and publication {} dropped on the source", state.slot)).await;
             let since =
                 state.writes_stopped_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(

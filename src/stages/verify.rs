@@ -7,7 +7,7 @@ use crate::engine::run_files::{VERIFY_JSON, VERIFY_MARKDOWN};
 use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
-use crate::plan::allow::AllowList;
+use crate::plan::allow::{AllowList, AllowRule, Change};
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::jobs::{release_jobs, MadeJobs};
 use crate::verify::report;
@@ -45,12 +45,23 @@ impl Stage for VerifyStage {
                 let ((sd, st, _), (td, tt, _)) = (progress.source.get(), progress.target.get());
                 (sd + td, Some(st + tt))
             };
+            let online = ctx.run_dir().and_then(crate::online::slot::OnlineState::load);
+            let mut allow = self.allow.clone();
+            if online.as_ref().is_some_and(|s| s.source_read_only) {
+                // the DBA asked the cutover to make the source read-only: not the target's to copy
+                allow = allow.with(vec![AllowRule {
+                    class: "database".into(),
+                    name: "setting default_transaction_read_only".into(),
+                    change: Change::Missing,
+                    reason: Some("the cutover made the source read-only (pgshift online cutover --read-only)".into()),
+                }])?;
+            }
             let item = if self.options.checksums { "tables counted and hashed" } else { "tables counted" };
             let work = ctx.metered(
                 item,
                 Unit::Tables,
                 read,
-                verify_watched(&source, &target, &self.allow, self.options, Some(&progress)),
+                verify_watched(&source, &target, &allow, self.options, Some(&progress)),
             );
             let r = tokio::select! {
                 r = work => r?,
@@ -80,7 +91,19 @@ impl Stage for VerifyStage {
                     )
                     .await;
                 }
-                Ok(format!("clean: no differences beyond {} planned; reports in verify.json and verify.md", r.planned))
+                // an online run's window: from writes stopped (or the cutover request) to verified
+                let window = online
+                    .and_then(|s| s.writes_stopped_at)
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| {
+                        (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as f64 / 1000.0
+                    })
+                    .map(|s| format!("; online window {s:.1} s (writes stopped → verified)"))
+                    .unwrap_or_default();
+                Ok(format!(
+                    "clean: no differences beyond {} planned; reports in verify.json and verify.md{window}",
+                    r.planned
+                ))
             } else {
                 let held = ctx.run_dir().map(|d| MadeJobs::load(d).held.len()).unwrap_or(0);
                 if held > 0 {

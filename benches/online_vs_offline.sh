@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# UNFINISHED: its first try (200,000 rows, 5,000 rows/s) hung after the offline run; see the stop 31 note.
 # Benchmark (not a test): an online migration against the offline run on the same generated
 # database, in one invocation. Offline: `pgshift run` with the source quiet. Online: `pgshift run
 # --online` while pgbench inserts into the hypertable at a fixed rate (new chunks included) through
-# the backup, the copy and the first part of the catch-up; then the writer stops ("writes
-# stopped") and the run drains, cuts over and verifies with checksums. Prints rows written and
-# applied, the catch-up's apply rate and lag (p50/p99), the window (writes stopped → verified),
-# the offline run's time and their ratio, and pgshift's peak memory.
-# Usage: bash benches/online_vs_offline.sh [ROWS] [ROWS_PER_SECOND] [CATCH_UP_SECONDS]
-#        (default 2,000,000 hypertable rows, 10,000 rows/s, 15 s of catch-up under writes)
+# the backup, the copy and the first part of the catch-up; then the writer stops, one transaction
+# inserts BULK rows (the insert-heavy apply rate, and memory whatever a transaction's size), and
+# once they are applied the DBA asks for the cutover (`pgshift online cutover`: "writes stopped");
+# the run drains, cuts over and verifies with checksums. Prints rows written and applied, the
+# catch-up's apply rate and lag (p50/p99, backlog of the copy included), the bulk apply rate, the
+# window (writes stopped → verified), the offline run's time and their ratio, and pgshift's peak
+# memory.
+# Usage: bash benches/online_vs_offline.sh [ROWS] [ROWS_PER_SECOND] [CATCH_UP_SECONDS] [BULK]
+#        (default 2,000,000 hypertable rows, 10,000 rows/s, 15 s of catch-up under writes,
+#        1,000,000 rows in the one transaction)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -16,6 +19,7 @@ repo=$(cd "$here/.." && pwd)
 rows=${1:-2000000}
 rate=${2:-10000}
 catch_up=${3:-15}
+bulk=${4:-1000000}
 bench_env bc jq
 bench_source bench_online "$rows"
 # the publication would break UPDATE and DELETE on tables without a key: give them an identity
@@ -38,7 +42,8 @@ dir = "$work/backups-$1"
 bin_dir = "$bin"
 [online]
 enabled = $2
-quiet_seconds = 2
+# the cutover comes on request (pgshift online cutover), not after a quiet time
+quiet_seconds = 3600
 PLAN
 }
 
@@ -71,8 +76,23 @@ until grep -q '"stage":"catch-up"' "$work/online.jsonl" 2>/dev/null; do
     sleep 0.2
 done
 sleep "$catch_up"
-kill -INT $writer; wait $writer || true
+# a background job of a script ignores SIGINT: TERM stops pgbench
+kill -TERM $writer; wait $writer || true
+stopped_writer=$(now)
+# the writer's and the bulk's rows are after the copied range: counting them is cheap
+count_since() { psql17 -p "$1" -d "$2" -Atc "SELECT count(*) FROM readings WHERE ts >= '$3'"; }
+written=$(count_since "$SOURCE_PORT" bench_online 2027-01-01)
+count_target() { count_since "$TARGET_PORT" bench_online_dst 2027-01-01; }
+until [ "$(count_target)" = "$written" ]; do kill -0 $run 2>/dev/null || die "online run ended during the catch-up"; sleep 0.2; done
+caught=$(now)
+# one large transaction: the insert-heavy stream
+psql17 -p "$SOURCE_PORT" -d bench_online -c "INSERT INTO readings SELECT '2027-03-01'::timestamptz + make_interval(secs => g), g % 500, g, NULL FROM generate_series(1, $bulk) g"
+bulk_done=$(now)
+after=$((written + bulk))
+until [ "$(count_target)" = "$after" ]; do kill -0 $run 2>/dev/null || die "online run ended during the bulk apply"; sleep 0.2; done
+bulk_applied=$(now)
 stopped=$(now)
+./target/release/pgshift online cutover --plan "$work/plan-bench_online_dst.toml"
 wait $run || { tail -5 "$work/online.err"; grep -v '"output"' "$work/online.jsonl" | tail -5; die "online run failed"; }
 ended=$(now)
 after=$(psql17 -p "$SOURCE_PORT" -d bench_online -Atc 'SELECT count(*) FROM readings')
@@ -82,9 +102,11 @@ total=$(echo "$ended - $start" | bc)
 summary=$(jq -r 'select(.event == "stage_finished" and .stage == "catch-up") | .summary' "$work/online.jsonl")
 
 echo "hypertable rows before the run:     $before (+ $((rows / 20)) wide rows, 40 small tables)"
-echo "writer:                             $rate rows/s asked; $((after - before)) rows written during the run"
+echo "writer:                             $rate rows/s asked; $written rows written during the run, then $bulk in one transaction"
 echo "rows in the target's hypertable:    $applied (source: $after)"
 echo "catch-up:                           $summary"
+echo "bulk: $bulk rows in one transaction, applied $(echo "scale=1; $bulk_applied - $bulk_done" | bc)s after its commit: $(echo "$bulk / ($bulk_applied - $bulk_done)" | bc) rows/s"
+echo "behind the source when the writer stopped: $(echo "$caught - $stopped_writer" | bc)s to catch up"
 echo "online run, start to verified:      ${total}s"
 echo "window (writes stopped → verified): ${window}s"
 echo "offline run (source quiet):         ${offline}s"

@@ -184,15 +184,19 @@ pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
     let target_user = target.config.get_user().unwrap_or("postgres").to_string();
     let online_stages: Vec<Box<dyn Stage>> = match &online {
-        Some(slot) => vec![
-            Box::new(CatchUpStage::new(
-                source.clone(),
-                target.clone(),
-                std::time::Duration::from_secs(plan.online.quiet_seconds),
-                slot.clone(),
-            )),
-            Box::new(CutoverStage::new(source.clone(), target.clone())),
-        ],
+        Some(slot) => {
+            let handover = crate::online::stream::Handover::default();
+            vec![
+                Box::new(CatchUpStage::new(
+                    source.clone(),
+                    target.clone(),
+                    std::time::Duration::from_secs(plan.online.quiet_seconds),
+                    slot.clone(),
+                    handover.clone(),
+                )),
+                Box::new(CutoverStage::new(source.clone(), target.clone(), handover)),
+            ]
+        }
         None => Vec::new(),
     };
     let verify = VerifyStage::new(source, target, planned_differences(&plan, &target_user)?, options);

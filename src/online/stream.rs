@@ -136,6 +136,26 @@ struct Described<'a> {
     columns: &'a [pg_walstream::ColumnInfo],
 }
 
+/// A stream stopped at one of pgshift's markers, between transactions, still connected: the
+/// catch-up hands it to the cutover, whose drain then goes on where it stopped — no new walsender
+/// decoding again from the slot's restart position (a large transaction's WAL again), no wait for
+/// the old one to end.
+pub struct Live {
+    client: ReplicationClient,
+    parser: LogicalReplicationParser,
+    routes: Routes,
+}
+
+impl Live {
+    /// Closes the stream (the slot stays).
+    pub fn close(mut self) {
+        self.client.abort();
+    }
+}
+
+/// The stream a run's catch-up leaves for its cutover (empty in a run resumed at the cutover).
+pub type Handover = std::sync::Arc<tokio::sync::Mutex<Option<Live>>>;
+
 /// Where source relations' changes go, learnt from their Relation messages.
 struct Routes {
     by_id: HashMap<u32, Option<Arc<Route>>>,
@@ -265,21 +285,31 @@ pub async fn follow(
     applier: &mut Applier,
     start: Lsn,
     until: Until,
-) -> Result<Followed, StageError> {
-    let config = replication_config(source, &state.slot, &state.publication)?.with_start_lsn(start);
+    live: Option<Live>,
+) -> Result<(Followed, Live), StageError> {
     let catalog = writable_session(&ctx.tagged(source)).await?;
-    let timescaledb = catalog
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')", &[])
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(false);
-    let mut client = start_stream(source, config).await?;
-    let mut parser = LogicalReplicationParser::with_protocol_version(1);
-    let mut routes = Routes { by_id: HashMap::new(), types: HashMap::new(), timescaledb };
+    let Live { mut client, mut parser, mut routes } = match live {
+        Some(live) => live,
+        None => {
+            let config = replication_config(source, &state.slot, &state.publication)?.with_start_lsn(start);
+            let timescaledb = catalog
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')", &[])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false);
+            Live {
+                client: start_stream(source, config).await?,
+                parser: LogicalReplicationParser::with_protocol_version(1),
+                routes: Routes { by_id: HashMap::new(), types: HashMap::new(), timescaledb },
+            }
+        }
+    };
     let mut done = Followed { position: start.to_pg_string(), ..Default::default() };
 
     let mut skip_tx = false;
     let mut in_tx = false;
+    // changes applied when the open transaction began
+    let mut tx_first = 0u64;
     let mut in_marker = 0u32;
     let mut pending: Option<Lsn> = None;
     let mut last_change = Instant::now();
@@ -334,6 +364,7 @@ pub async fn follow(
         match event {
             Some(ReplicationEvent::Begin { final_lsn, .. }) => {
                 in_tx = true;
+                tx_first = done.changes;
                 // committed and stored by an earlier run: applied once already
                 skip_tx = final_lsn < start;
                 in_marker = 0;
@@ -345,6 +376,7 @@ pub async fn follow(
                         "report this with the source's version; the slot is kept",
                     )
                 })?;
+                let before = done.changes;
                 match msg.message {
                     LogicalReplicationMessage::Relation { relation_id, namespace, relation_name, columns, .. } => {
                         let described = Described {
@@ -394,7 +426,9 @@ pub async fn follow(
                     }
                     _ => {}
                 }
-                if done.changes > 0 {
+                // only the application's writes count: TimescaleDB's own (job statistics, a
+                // failing job retried every second) must not keep the source from being quiet
+                if done.changes > before {
                     first_change.get_or_insert_with(Instant::now);
                     last_change = Instant::now();
                     done.last_write = Some(SystemTime::now());
@@ -417,8 +451,7 @@ pub async fn follow(
                                 applier.commit(&to.to_pg_string()).await?;
                                 client.update_applied_lsn(to);
                                 done.position = to.to_pg_string();
-                                client.abort();
-                                return Ok(done);
+                                return Ok((done, Live { client, parser, routes }));
                             }
                         }
                     }
@@ -428,10 +461,13 @@ pub async fn follow(
             Some(ReplicationEvent::Commit { end_lsn, commit_time_micros, .. }) => {
                 in_tx = false;
                 if !skip_tx {
-                    done.transactions += 1;
+                    // the position moves on past every transaction; only those applied count
                     pending = Some(end_lsn);
-                    group.transactions += 1;
-                    group.oldest_micros.get_or_insert(commit_time_micros);
+                    if done.changes > tx_first {
+                        done.transactions += 1;
+                        group.transactions += 1;
+                        group.oldest_micros.get_or_insert(commit_time_micros);
+                    }
                     if applier.pending_changes >= GROUP_CHANGES || last_commit.elapsed() >= GROUP_TIME {
                         commit(applier, &client, &mut pending, &mut applied).await?;
                         last_commit = Instant::now();
@@ -513,7 +549,7 @@ pub async fn follow(
         settle(&mut group, &mut done, first_change);
     }
     done.position = applied.to_pg_string();
-    Ok(done)
+    Ok((done, Live { client, parser, routes }))
 }
 
 /// Starts streaming; a slot still held by the walsender of a session that just ended (a run killed

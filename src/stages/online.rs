@@ -5,7 +5,7 @@
 //! verified.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 
@@ -14,7 +14,7 @@ use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::online::apply::Applier;
 use crate::online::slot::{self, parse_lsn, CutoverRequest, OnlineState};
-use crate::online::stream::{follow, Until};
+use crate::online::stream::{follow, Handover, Until};
 use crate::online::{preflight, OnlineSlot};
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::caggs::{self, RefreshState};
@@ -48,11 +48,13 @@ pub struct CatchUpStage {
     target: ConnSpec,
     quiet: Duration,
     holder: OnlineSlot,
+    handover: Handover,
 }
 
 impl CatchUpStage {
-    pub fn new(source: ConnSpec, target: ConnSpec, quiet: Duration, holder: OnlineSlot) -> Self {
-        Self { source, target, quiet, holder }
+    /// `handover` is shared with the run's cutover stage.
+    pub fn new(source: ConnSpec, target: ConnSpec, quiet: Duration, holder: OnlineSlot, handover: Handover) -> Self {
+        Self { source, target, quiet, holder, handover }
     }
 }
 
@@ -91,7 +93,11 @@ impl Stage for CatchUpStage {
                 ),
             )
             .await;
-            let done = follow(ctx, &self.source, &state, &mut applier, start, Until::Quiet(self.quiet)).await?;
+            let (done, live) =
+                follow(ctx, &self.source, &state, &mut applier, start, Until::Quiet(self.quiet), None).await?;
+            if let Some(old) = self.handover.lock().await.replace(live) {
+                old.close();
+            }
             // the window starts when the DBA said writes stopped, else at the last write seen
             state.writes_stopped_at = Some(match &done.requested {
                 Some(r) => r.requested_at.clone(),
@@ -121,11 +127,12 @@ impl Stage for CatchUpStage {
 pub struct CutoverStage {
     source: ConnSpec,
     target: ConnSpec,
+    handover: Handover,
 }
 
 impl CutoverStage {
-    pub fn new(source: ConnSpec, target: ConnSpec) -> Self {
-        Self { source, target }
+    pub fn new(source: ConnSpec, target: ConnSpec, handover: Handover) -> Self {
+        Self { source, target, handover }
     }
 }
 
@@ -190,8 +197,20 @@ impl Stage for CutoverStage {
             let state = state_of(dir)?;
             let mut applier = Applier::open(&ctx.tagged(&self.target), &state.slot).await?;
             let start = start_of(&applier, &state).await?;
-            ctx.info("cutover", "draining: every change up to the source's current position").await;
-            let done = follow(ctx, &self.source, &state, &mut applier, start, Until::Drained).await?;
+            let live = self.handover.lock().await.take();
+            ctx.info(
+                "cutover",
+                format!(
+                    "draining: every change up to the source's current position ({})",
+                    if live.is_some() { "on the catch-up's stream" } else { "a new stream from the stored position" }
+                ),
+            )
+            .await;
+            let step = Instant::now();
+            let (done, live) = follow(ctx, &self.source, &state, &mut applier, start, Until::Drained, live).await?;
+            live.close();
+            ctx.info("cutover", format!("drained in {:.1} s", step.elapsed().as_secs_f64())).await;
+            let step = Instant::now();
             if done.changes > 0 {
                 ctx.warning(format!(
                     "{} changes arrived after writes were thought stopped: the application may still write",
@@ -254,7 +273,16 @@ impl Stage for CutoverStage {
                     )
                 })?;
             }
-            ctx.info("cutover", format!("{} sequences set to the source's values", setvals.len())).await;
+            ctx.info(
+                "cutover",
+                format!(
+                    "{} sequences set to the source's values ({:.1} s with the chunks and aggregates)",
+                    setvals.len(),
+                    step.elapsed().as_secs_f64()
+                ),
+            )
+            .await;
+            let step = Instant::now();
             slot::drop_slot(&ctx.tagged(&self.source), &state.slot, &state.publication).await?;
             for t in slot::reset_identities(&ctx.tagged(&self.source), &state.identity_full).await {
                 ctx.warning(format!(
@@ -265,7 +293,15 @@ impl Stage for CutoverStage {
             }
             applier.drop_position().await?;
             CutoverRequest::clear(dir);
-            ctx.info("cutover", format!("slot and publication {} dropped on the source", state.slot)).await;
+            ctx.info(
+                "cutover",
+                format!(
+                    "slot and publication {} dropped on the source ({:.1} s)",
+                    state.slot,
+                    step.elapsed().as_secs_f64()
+                ),
+            )
+            .await;
             let since =
                 state.writes_stopped_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(
                     |t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as f64 / 1000.0,

@@ -26,6 +26,8 @@ pub enum Command {
     Cancel,
     /// The verify stage again, outside the journal (verify now, live verify).
     Verify,
+    /// Online: the DBA says the application stopped writing; the running catch-up drains now.
+    Cutover,
 }
 
 /// What reaches the console.
@@ -857,6 +859,13 @@ impl App {
                     });
                 } else {
                     self.quit = true;
+                }
+            }
+            Action::Cutover => {
+                if self.stages.iter().any(|s| s.id == "catch-up" && s.status == StageStatus::Running) {
+                    self.confirm(t.confirm_cutover.to_string(), vec![Command::Cutover]);
+                } else {
+                    self.note(true, t.msg_no_catch_up.to_string());
                 }
             }
             Action::VerifyNow => {

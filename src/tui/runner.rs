@@ -2,6 +2,7 @@
 //! through the same engine the headless run uses. Events go to the console (and the run's log);
 //! a cancel reaches the running command at once. The console itself never runs work.
 
+use crate::online::slot::CutoverRequest;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,14 @@ async fn serve(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comman
         match (command, running) {
             (Command::Cancel, Some(cancel)) => cancel.cancel(),
             (Command::Cancel, None) => {}
+            // beside what runs: the catch-up reads the request
+            (Command::Cutover, _) => {
+                let text = match CutoverRequest::now(false).save(&shared.dir) {
+                    Ok(()) => "cutover requested: the catch-up drains to the source's current position".to_string(),
+                    Err(e) => format!("cutover request not written: {} ({})", e.message, e.fix),
+                };
+                notice(&shared, text).await;
+            }
             (_, Some(_)) => {
                 let _ = shared.msgs.send(Msg::Busy).await;
             }
@@ -154,7 +163,7 @@ async fn work(shared: Arc<Shared>, command: Command, cancel: CancellationToken) 
                     engine.run(&[*verify], None).await;
                 }
             }
-            Command::Cancel => {}
+            Command::Cancel | Command::Cutover => {}
         }
         drop(engine);
         drop(tx);

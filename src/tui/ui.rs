@@ -93,14 +93,16 @@ fn draw_keys(frame: &mut Frame, app: &App, area: Rect) {
         Action::Skip,
         Action::Cancel,
         Action::VerifyNow,
+        Action::Cutover,
         Action::LiveVerify,
         Action::Search,
         Action::NextView,
     ];
     let mut spans = Vec::new();
+    let online = app.stages.iter().any(|s| s.id == "catch-up");
     for a in actions {
         let keys = app.keymap.keys_of(a);
-        if keys.is_empty() {
+        if keys.is_empty() || (a == Action::Cutover && !online) {
             continue;
         }
         spans.push(Span::styled(format!(" {keys} "), Style::new().reversed()));

@@ -431,7 +431,8 @@ fn help_lists_every_key() {
     let mut app = app(Lang::En);
     press(&mut app, "?");
     let screen = render(&app);
-    for action in ["run every remaining stage", "cancel the running stage", "search the output", "quit"] {
+    for action in ["run every remaining stage", "cancel the running stage", "cut over now", "search the output", "quit"]
+    {
         assert!(screen.contains(action), "{action} in help");
     }
     assert_snapshot!(screen);
@@ -681,4 +682,33 @@ fn a_long_error_keeps_its_fix_in_view() {
     let screen = render(&app);
     assert!(screen.contains("fix: create the missing roles"), "{screen}");
     assert!(screen.contains("kb.articles TO analyst") && screen.contains("retry"), "the whole error and fix: {screen}");
+}
+
+#[test]
+fn the_cutover_key_asks_while_a_catch_up_runs_and_says_why_not_otherwise() {
+    // an offline checklist: no catch-up, the key says so and the bar does not offer it
+    let mut app = app(Lang::En);
+    assert_eq!(press(&mut app, "C"), vec![]);
+    let screen = render(&app);
+    assert!(screen.contains("no catch-up is running"), "{screen}");
+    assert!(!screen.contains("cut over"), "offline: no cutover key in the bar\n{screen}");
+
+    // an online one, its catch-up running: C asks, y requests the cutover beside the running stage
+    const ONLINE: [(&str, &str); 3] =
+        [("tuning", "Tuning"), ("catch-up", "Online catch-up"), ("cutover", "Online cutover")];
+    let mut app = App::new(
+        Lang::En.text(),
+        Keymap::defaults(),
+        "online.toml".into(),
+        "postgres@127.0.0.1:55432/ecoanp".into(),
+        &ONLINE,
+        Vec::new(),
+        Duration::from_secs(30),
+    );
+    app.freeze_clock();
+    ev(&mut app, Event::StageStarted { stage: "catch-up".into(), title: "Online catch-up".into() });
+    assert!(render(&app).contains("cut over"), "the bar offers the key");
+    assert_eq!(press(&mut app, "C"), vec![]);
+    assert!(render(&app).contains("application must have stopped writing"), "it asks first");
+    assert_eq!(press(&mut app, "y"), vec![Command::Cutover]);
 }

@@ -282,7 +282,8 @@ mod tests {
     #[test]
     fn defaults_bind_every_action_and_shifted_letters_match() {
         let map = Keymap::defaults();
-        assert_eq!(map.actions().count(), 24, "every action has a default key");
+        assert_eq!(map.actions().count(), 25, "every action has a default key");
+        assert_eq!(map.action(&key(KeyCode::Char('C'), KeyModifiers::SHIFT)), Some(Action::Cutover));
         assert_eq!(map.action(&key(KeyCode::Char('a'), KeyModifiers::NONE)), Some(Action::RunAll));
         assert_eq!(map.action(&key(KeyCode::Char('G'), KeyModifiers::SHIFT)), Some(Action::Bottom));
         assert_eq!(map.action(&key(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Interrupt));

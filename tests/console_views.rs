@@ -708,6 +708,22 @@ fn the_cutover_key_asks_while_a_catch_up_runs_and_says_why_not_otherwise() {
     app.freeze_clock();
     ev(&mut app, Event::StageStarted { stage: "catch-up".into(), title: "Online catch-up".into() });
     assert!(render(&app).contains("cut over"), "the bar offers the key");
+    ev(
+        &mut app,
+        Event::Progress {
+            stage: "catch-up".into(),
+            item: "changes applied".into(),
+            done: 5000,
+            total: None,
+            unit: Unit::Rows,
+        },
+    );
+    for ms in [3000, 2500, 1500] {
+        ev(&mut app, Event::Lag { stage: "catch-up".into(), bytes: 2 * 1024 * 1024, millis: ms });
+    }
+    let screen = render(&app);
+    assert!(screen.contains("lag 1.5 s · 2.0 MiB"), "the lag now, beside its sparkline:\n{screen}");
+    assert!(screen.contains("lag 1.5 s · 2.0 MiB █▆▄"), "the sparkline falls with the lag:\n{screen}");
     assert_eq!(press(&mut app, "C"), vec![]);
     assert!(render(&app).contains("application must have stopped writing"), "it asks first");
     assert_eq!(press(&mut app, "y"), vec![Command::Cutover]);

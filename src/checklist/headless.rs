@@ -218,6 +218,13 @@ pub fn line(event: &Event) -> String {
         }
         Event::Upgrade { stage, what, from, to } => format!("[{stage}] upgrades {what}: {from} → {to}"),
         Event::Sessions { stage, busy } => format!("[{stage}] {busy} server session(s) busy"),
+        Event::Lag { stage, bytes, millis } => {
+            format!(
+                "[{stage}] behind the source: {} of WAL, {:.1} s",
+                crate::human::human_bytes(*bytes),
+                *millis as f64 / 1000.0
+            )
+        }
         Event::StageFinished { stage, status, elapsed_ms, summary, error, fix } => {
             let mut s = format!("[{stage}] {} after {:.1}s", status.label(), *elapsed_ms as f64 / 1000.0);
             if let Some(summary) = summary {
@@ -248,7 +255,7 @@ fn terminal_line(event: &Event, verbose: bool, last: &mut HashMap<String, (Insta
         | Event::Upgrade { .. } => Some(line(event)),
         Event::Output { .. } => verbose.then(|| line(event)),
         // the console's figure; in the plain output only with -v (it changes often)
-        Event::Sessions { .. } => verbose.then(|| line(event)),
+        Event::Sessions { .. } | Event::Lag { .. } => verbose.then(|| line(event)),
         Event::Progress { stage, item, done, total, .. } => {
             let finished = total.is_some_and(|t| *done >= t);
             let tenth = total.filter(|t| *t > 0).map(|t| done.saturating_mul(10) / t).unwrap_or(0);

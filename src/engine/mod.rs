@@ -92,6 +92,13 @@ pub enum Event {
         stage: String,
         busy: u32,
     },
+    /// How far an online catch-up is behind the source (every 2 s while it follows): the WAL not yet
+    /// applied, and the age of the oldest source commit received but not yet committed on the target.
+    Lag {
+        stage: String,
+        bytes: u64,
+        millis: u64,
+    },
     /// What the move upgrades, found by a pre-flight: the server's major, or an extension the
     /// target installs at a newer version (`what` = `PostgreSQL`, `timescaledb`, ...).
     Upgrade {

@@ -15,7 +15,7 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio_postgres::Client;
 
 use crate::catalog::db_message;
-use crate::engine::{StageContext, StageError, Unit};
+use crate::engine::{Event, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::human::human_bytes;
 use crate::online::apply::{Applier, Column, Route};
@@ -521,6 +521,9 @@ pub async fn follow(
             last_report = Instant::now();
             ctx.progress("changes applied", done.changes, None, Unit::Rows).await;
             if let Some((lag, retained)) = lag(&catalog, &state.slot, applied).await {
+                // the oldest source commit received and not yet committed on the target
+                let millis = group.oldest_micros.map(|t| ((pg_now_micros() - t) / 1000).max(0) as u64).unwrap_or(0);
+                ctx.send(Event::Lag { stage: ctx.stage().into(), bytes: lag.max(0) as u64, millis }).await;
                 ctx.info(
                     "catch-up",
                     format!(

@@ -127,6 +127,8 @@ pub struct StageView {
     pub busy: Option<u32>,
     /// Bytes and rows its gauges moved, second by second.
     pub throughput: Throughput,
+    /// An online catch-up's lag samples (bytes, milliseconds), oldest first, at most [`LAG_SAMPLES`].
+    pub lag: std::collections::VecDeque<(u64, u64)>,
     pub runs: u32,
 }
 
@@ -137,6 +139,9 @@ pub struct Throughput {
     /// (second since the stage started, bytes, rows), oldest first, at most [`THROUGHPUT_SECONDS`].
     seconds: std::collections::VecDeque<(u64, u64, u64)>,
 }
+
+/// Lag samples kept (2 s apart: the last two minutes).
+pub const LAG_SAMPLES: usize = 60;
 
 /// Seconds of throughput kept (the sparkline's width).
 pub const THROUGHPUT_SECONDS: u64 = 60;
@@ -286,6 +291,7 @@ impl App {
                 waits: Vec::new(),
                 busy: None,
                 throughput: Throughput::default(),
+                lag: Default::default(),
                 runs: 0,
             })
             .collect();
@@ -481,7 +487,8 @@ impl App {
             | Event::Progress { .. }
             | Event::Upgrade { .. }
             | Event::Waits { .. }
-            | Event::Sessions { .. } => {}
+            | Event::Sessions { .. }
+            | Event::Lag { .. } => {}
         }
     }
 
@@ -560,6 +567,15 @@ impl App {
             Event::Sessions { stage, busy } => {
                 if let Some(i) = self.stage_index(&stage) {
                     self.stages[i].busy = Some(busy);
+                }
+            }
+            Event::Lag { stage, bytes, millis } => {
+                if let Some(i) = self.stage_index(&stage) {
+                    let lag = &mut self.stages[i].lag;
+                    lag.push_back((bytes, millis));
+                    while lag.len() > LAG_SAMPLES {
+                        lag.pop_front();
+                    }
                 }
             }
             Event::Warning { stage, message } => {

@@ -22,7 +22,8 @@ pub fn draw(frame: &mut Frame, app: &App, area: Rect) {
 
     let stage = &app.stages[app.selected];
     // a running stage whose gauges move in bytes or rows gets a sparkline row too
-    let spark = usize::from(stage.status == StageStatus::Running && !stage.throughput.is_empty());
+    let running = stage.status == StageStatus::Running;
+    let spark = usize::from(running && !stage.throughput.is_empty()) + usize::from(running && !stage.lag.is_empty());
     let lines = stage.waits.len().min(2) * WAIT_ROWS + stage.progress.len().min(4) + spark;
     let progress_rows = if lines == 0 { 3 } else { (lines + 2) as u16 };
     // the error and its fix in full (wrapped), however long the error is
@@ -179,6 +180,24 @@ fn draw_progress(frame: &mut Frame, app: &App, area: Rect) {
             let [spark, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
             let shown = &values[values.len().saturating_sub(spark.width as usize)..];
             frame.render_widget(Sparkline::default().data(shown).style(Style::new().fg(Color::Cyan)), spark);
+            rest
+        }
+        _ => inner,
+    };
+    // an online catch-up's lag: now, and a sparkline of its last samples
+    let inner = match s.lag.back() {
+        Some(&(bytes, millis)) if s.status == StageStatus::Running && inner.height > 1 => {
+            let [row, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+            let label = fill(
+                t.lag_line,
+                &[("bytes", &crate::human::human_bytes(bytes)), ("seconds", &format!("{:.1}", millis as f64 / 1000.0))],
+            );
+            let label_width = (width(&label) + 1).min(row.width as usize) as u16;
+            let [text, spark] = Layout::horizontal([Constraint::Length(label_width), Constraint::Min(0)]).areas(row);
+            frame.render_widget(Paragraph::new(label), text);
+            let values: Vec<u64> = s.lag.iter().map(|(_, ms)| *ms).collect();
+            let shown = &values[values.len().saturating_sub(spark.width as usize)..];
+            frame.render_widget(Sparkline::default().data(shown).style(Style::new().fg(Color::Yellow)), spark);
             rest
         }
         _ => inner,

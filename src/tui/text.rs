@@ -149,6 +149,7 @@ pub struct Text {
     pub confirm_retry: &'static str,
     pub confirm_skip: &'static str,
     pub confirm_cutover: &'static str,
+    pub lag_line: &'static str,
     pub msg_no_catch_up: &'static str,
     pub confirm_cancel: &'static str,
     pub confirm_quit_running: &'static str,
@@ -285,6 +286,7 @@ pub static EN: Text = Text {
     confirm_skip: "Skip stage {stage}? The final verify will show what it would have done.",
     confirm_cutover: "Cut over now? The application must have stopped writing to the source: the catch-up drains to the source's current position, then the cutover and verify run.",
     msg_no_catch_up: "no catch-up is running: the cutover key ends an online migration's catch-up",
+    lag_line: "lag {seconds} s · {bytes}",
     confirm_cancel:
         "Cancel the running stage? Child processes and server sessions are stopped; run it again to resume.",
     confirm_quit_running: "A stage is running. Cancel it and quit?",
@@ -455,6 +457,7 @@ pub static KO: Text = Text {
     confirm_skip: "{stage} 단계를 건너뛸까요? 최종 검증에서 차이가 보일 수 있습니다.",
     confirm_cutover: "지금 전환할까요? 애플리케이션이 원본에 쓰기를 멈췄어야 합니다: 따라잡기가 원본의 현재 위치까지 적용한 뒤 전환과 검증이 실행됩니다.",
     msg_no_catch_up: "실행 중인 따라잡기가 없습니다: 전환 키는 온라인 마이그레이션의 따라잡기를 끝냅니다",
+    lag_line: "지연 {seconds}초 · {bytes}",
     confirm_cancel:
         "실행 중인 단계를 취소할까요? 자식 프로세스와 서버 세션을 멈춥니다. 다시 실행하면 이어서 진행합니다.",
     confirm_quit_running: "단계가 실행 중입니다. 취소하고 종료할까요?",

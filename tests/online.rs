@@ -139,6 +139,10 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
             c.batch_execute(&format!("CALL run_job({job})")).await.unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
             c.batch_execute("CALL refresh_continuous_aggregate('public.metrics_hourly', NULL, NULL)").await.unwrap();
+            // retention: the oldest chunk goes on the source (DDL, not in the stream)
+            c.batch_execute("SELECT drop_chunks('public.metrics', older_than => '2026-01-02'::timestamptz)")
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
             stop.store(true, Ordering::SeqCst);
         })
@@ -171,6 +175,11 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
         one(&src, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND is_compressed").await,
         one(&dst, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND is_compressed").await,
         "the chunks the source's job compressed during the catch-up"
+    );
+    assert_eq!(
+        one(&dst, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND range_end <= '2026-01-02'").await,
+        "0",
+        "the chunk the source dropped during the catch-up is dropped on the target"
     );
     assert_eq!(
         one(&src, "SELECT coalesce(string_agg(relname, ', '), '') FROM pg_class WHERE relreplident = 'f' AND relname <> 'events_full'")

@@ -153,18 +153,26 @@ async fn chunk_states(c: &tokio_postgres::Client, side: &str) -> Result<Vec<Chun
 }
 
 impl CutoverStage {
-    /// Compresses (or decompresses) the target's chunks the source's jobs compressed (or
-    /// decompressed) during the catch-up: the stream skips both, as TimescaleDB's own rewrites.
+    /// Drops the target's chunks the source dropped during the catch-up (not in the stream: DDL),
+    /// and compresses (or decompresses) those the source's jobs compressed (or decompressed): the
+    /// stream skips both, as TimescaleDB's own rewrites.
     async fn match_compression(
         &self,
         ctx: &StageContext,
         source: &tokio_postgres::Client,
         target: &tokio_postgres::Client,
     ) -> Result<(), UserError> {
-        let todo = chunks::compression_to_match(
-            &chunk_states(source, "source").await?,
-            &chunk_states(target, "target").await?,
-        );
+        let (on_source, on_target) = (chunk_states(source, "source").await?, chunk_states(target, "target").await?);
+        for (chunk, sql) in chunks::dropped_on_source(&on_source, &on_target) {
+            ctx.info("cutover", format!("{chunk} was dropped on the source since the copy (retention?): {sql}")).await;
+            target.batch_execute(&sql).await.map_err(|e| {
+                UserError::new(
+                    format!("target {}: {sql} failed ({})", self.target.label(), catalog::db_message(&e)),
+                    "fix the target, then run again",
+                )
+            })?;
+        }
+        let todo = chunks::compression_to_match(&on_source, &on_target);
         for (chunk, sql) in &todo {
             ctx.info("cutover", format!("{chunk}: {sql}")).await;
             target.batch_execute(sql).await.map_err(|e| {

@@ -330,9 +330,45 @@ pub fn compression_to_match(source: &[ChunkState], target: &[ChunkState]) -> Vec
         .collect()
 }
 
+/// The target's chunks whose slices the source no longer has (dropped there since the copy: a
+/// retention job, `drop_chunks`), each with its `DROP TABLE`. Only for a hypertable chunked alike on
+/// both sides — every source chunk of it has a target chunk with the same slices — so a target
+/// partitioned another way on purpose loses nothing.
+pub fn dropped_on_source(source: &[ChunkState], target: &[ChunkState]) -> Vec<(String, String)> {
+    use std::collections::HashSet;
+    let on_source: HashSet<(&str, &str)> = source.iter().map(|(h, sl, _, _)| (h.as_str(), sl.as_str())).collect();
+    let on_target: HashSet<(&str, &str)> = target.iter().map(|(h, sl, _, _)| (h.as_str(), sl.as_str())).collect();
+    let alike = |h: &str| {
+        source.iter().any(|(sh, _, _, _)| sh == h)
+            && source
+                .iter()
+                .filter(|(sh, _, _, _)| sh == h)
+                .all(|(sh, sl, _, _)| on_target.contains(&(sh.as_str(), sl.as_str())))
+    };
+    target
+        .iter()
+        .filter(|(h, sl, _, _)| !on_source.contains(&(h.as_str(), sl.as_str())) && alike(h))
+        .map(|(_, _, chunk, _)| (chunk.clone(), format!("DROP TABLE {chunk}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_dropped_on_source_go_only_where_both_sides_chunk_alike() {
+        let c = |h: &str, s: &str, chunk: &str| (h.to_string(), s.to_string(), chunk.to_string(), false);
+        let source = [c("m", "b", "s2"), c("m", "c", "s3"), c("p", "x", "s9")];
+        let target = [
+            c("m", "a", "t1"), // dropped on the source
+            c("m", "b", "t2"),
+            c("m", "c", "t3"),
+            c("p", "y", "t8"), // chunked otherwise on the target: kept
+            c("q", "z", "t7"), // no chunk left on the source at all: kept (not known alike)
+        ];
+        assert_eq!(dropped_on_source(&source, &target), vec![("t1".to_string(), "DROP TABLE t1".to_string())]);
+    }
 
     #[test]
     fn the_target_compresses_and_decompresses_what_the_source_did_since_the_copy() {

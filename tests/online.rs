@@ -406,3 +406,79 @@ async fn a_cutover_request_ends_the_catch_up_at_once_and_can_make_the_source_rea
         "no write after the cutover"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_plan_makes_a_hypertable_receives_the_plain_tables_changes() {
+    let s = servers();
+    let src = db_with(
+        &s.source,
+        "online_convert",
+        "CREATE TABLE public.samples (taken_at timestamptz NOT NULL, sensor int NOT NULL, v double precision,
+                                      PRIMARY KEY (sensor, taken_at));
+         INSERT INTO public.samples SELECT '2026-01-01'::timestamptz + i * interval '1 minute', i % 4, i
+           FROM generate_series(1, 3000) i;",
+    )
+    .await;
+    drop_db(&s.target, "online_convert_dst").await;
+    let dst = url_for(&s.target, "online_convert_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        &src,
+        &dst,
+        "[online]\nenabled = true\nquiet_seconds = 2\n[[hypertables]]\ntable = \"public.samples\"\ntime_column = \"taken_at\"\n",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (src, stop) = (src.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = connect(&src).await;
+            let mut round = 0i64;
+            while !stop.load(Ordering::SeqCst) && round < 3000 {
+                round += 1;
+                // new rows weeks later (new chunks on the target), an update and a delete of copied ones
+                c.batch_execute(&format!(
+                    "INSERT INTO public.samples VALUES ('2026-03-01'::timestamptz + interval '1 hour' * {round}, {}, {round});
+                     UPDATE public.samples SET v = -v WHERE sensor = {} AND taken_at = '2026-01-01'::timestamptz + interval '1 minute' * {};
+                     DELETE FROM public.samples WHERE sensor = {} AND taken_at = '2026-01-01'::timestamptz + interval '1 minute' * {};",
+                    round % 4,
+                    (round * 4) % 4,
+                    round * 4,
+                    (round * 4 + 1) % 4,
+                    round * 4 + 1
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            round
+        })
+    };
+    let stopper = {
+        let (stop, dir) = (stop.clone(), dir.path().to_path_buf());
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                let catching = std::fs::read_dir(dir.join("backups")).into_iter().flatten().flatten().any(|d| {
+                    std::fs::read_to_string(d.path().join("journal.json")).unwrap_or_default().contains("catch-up")
+                });
+                if catching {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let (code, out) = tokio::task::spawn_blocking(move || run_plan(&plan)).await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.await.unwrap();
+    stopper.abort();
+    assert_eq!(code, 0, "the online run into a new hypertable ends verified clean:\n{out}");
+    assert!(rounds > 20, "{rounds} rounds written");
+    let sql = "SELECT count(*)::text || ' ' || md5(string_agg(t::text, ',' ORDER BY t::text)) FROM public.samples t";
+    assert_eq!(one(&src, sql).await, one(&dst, sql).await, "the same rows on both sides");
+    let chunks = one(&dst, "SELECT count(*)::text FROM timescaledb_information.chunks WHERE hypertable_name = 'samples' AND range_start >= '2026-03-01'").await;
+    assert_ne!(chunks, "0", "the rows written during the catch-up went into new chunks of the target's hypertable");
+    assert_eq!(leftovers(&src).await, Vec::<String>::new());
+}

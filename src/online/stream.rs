@@ -527,10 +527,12 @@ pub async fn follow(
                 ctx.info(
                     "catch-up",
                     format!(
-                        "{} changes in {} transactions applied; {} behind the source; the slot holds {} of WAL",
+                        "{} changes in {} transactions applied; {} and {:.1} s behind the source; the slot holds {} \
+                         of WAL",
                         done.changes,
                         done.transactions,
                         human_bytes(lag.max(0) as u64),
+                        millis as f64 / 1000.0,
                         human_bytes(retained.max(0) as u64)
                     ),
                 )

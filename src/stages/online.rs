@@ -153,6 +153,16 @@ async fn chunk_states(c: &tokio_postgres::Client, side: &str) -> Result<Vec<Chun
 }
 
 impl CutoverStage {
+    /// Runs one of the cutover's statements on the target; a failure names it, with the fix.
+    async fn on_target(&self, target: &tokio_postgres::Client, what: &str, sql: &str) -> Result<(), UserError> {
+        target.batch_execute(sql).await.map_err(|e| {
+            UserError::new(
+                format!("target {}: {what} failed ({})", self.target.label(), catalog::db_message(&e)),
+                "fix the target, then run again (the slot is kept)",
+            )
+        })
+    }
+
     /// Drops the target's chunks the source dropped during the catch-up (not in the stream: DDL),
     /// and compresses (or decompresses) those the source's jobs compressed (or decompressed): the
     /// stream skips both, as TimescaleDB's own rewrites.
@@ -165,22 +175,12 @@ impl CutoverStage {
         let (on_source, on_target) = (chunk_states(source, "source").await?, chunk_states(target, "target").await?);
         for (chunk, sql) in chunks::dropped_on_source(&on_source, &on_target) {
             ctx.info("cutover", format!("{chunk} was dropped on the source since the copy (retention?): {sql}")).await;
-            target.batch_execute(&sql).await.map_err(|e| {
-                UserError::new(
-                    format!("target {}: {sql} failed ({})", self.target.label(), catalog::db_message(&e)),
-                    "fix the target, then run again",
-                )
-            })?;
+            self.on_target(target, &sql, &sql).await?;
         }
         let todo = chunks::compression_to_match(&on_source, &on_target);
         for (chunk, sql) in &todo {
             ctx.info("cutover", format!("{chunk}: {sql}")).await;
-            target.batch_execute(sql).await.map_err(|e| {
-                UserError::new(
-                    format!("target {}: {sql} failed ({})", self.target.label(), catalog::db_message(&e)),
-                    "fix the target, then run again",
-                )
-            })?;
+            self.on_target(target, sql, sql).await?;
         }
         if !todo.is_empty() {
             ctx.info("cutover", format!("{} chunks compressed or decompressed as the source's jobs did", todo.len()))
@@ -252,16 +252,7 @@ impl Stage for CutoverStage {
             // the refreshes the catch-up replicated moved the source's watermarks and logs
             if let Some(state) = &refresh {
                 for (what, sql) in caggs::state_statements(&aggregates, state) {
-                    target.batch_execute(&sql).await.map_err(|e| {
-                        UserError::new(
-                            format!(
-                                "target {}: writing the {what} failed ({})",
-                                self.target.label(),
-                                catalog::db_message(&e)
-                            ),
-                            "fix the target, then run again",
-                        )
-                    })?;
+                    self.on_target(&target, &format!("writing the {what}"), &sql).await?;
                 }
                 ctx.info(
                     "cutover",
@@ -270,16 +261,7 @@ impl Stage for CutoverStage {
                 .await;
             }
             for sql in &setvals {
-                target.batch_execute(sql).await.map_err(|e| {
-                    UserError::new(
-                        format!(
-                            "target {}: setting a sequence failed ({})",
-                            self.target.label(),
-                            catalog::db_message(&e)
-                        ),
-                        "fix the target, then run again",
-                    )
-                })?;
+                self.on_target(&target, "setting a sequence", sql).await?;
             }
             ctx.info(
                 "cutover",

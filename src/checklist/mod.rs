@@ -194,7 +194,7 @@ pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared
                     slot.clone(),
                     handover.clone(),
                 )),
-                Box::new(CutoverStage::new(source.clone(), target.clone(), handover)),
+                Box::new(CutoverStage::new(source.clone(), target.clone(), handover, plan.tuning.compress_chunks)),
             ]
         }
         None => Vec::new(),

@@ -320,8 +320,10 @@ impl SlotHolder {
         let (client, lsn, snapshot) = match made {
             Ok(m) => m,
             Err(e) => {
-                let _ = source.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&name))).await;
-                reset_identities(&self.spec, &identity_full).await;
+                // the identities go back only once nothing publishes those tables any more
+                if source.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&name))).await.is_ok() {
+                    reset_identities(&self.spec, &identity_full).await;
+                }
                 return Err(e);
             }
         };

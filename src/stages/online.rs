@@ -128,11 +128,13 @@ pub struct CutoverStage {
     source: ConnSpec,
     target: ConnSpec,
     handover: Handover,
+    /// `[tuning] compress_chunks`: without it, chunks are not compressed on the target.
+    compress_chunks: bool,
 }
 
 impl CutoverStage {
-    pub fn new(source: ConnSpec, target: ConnSpec, handover: Handover) -> Self {
-        Self { source, target, handover }
+    pub fn new(source: ConnSpec, target: ConnSpec, handover: Handover, compress_chunks: bool) -> Self {
+        Self { source, target, handover, compress_chunks }
     }
 }
 
@@ -177,7 +179,9 @@ impl CutoverStage {
             ctx.info("cutover", format!("{chunk} was dropped on the source since the copy (retention?): {sql}")).await;
             self.on_target(target, &sql, &sql).await?;
         }
-        let todo = chunks::compression_to_match(&on_source, &on_target);
+        let mut todo = chunks::compression_to_match(&on_source, &on_target);
+        // the plan said not to compress on the target (`[tuning] compress_chunks = false`)
+        todo.retain(|(_, sql)| self.compress_chunks || !sql.starts_with("SELECT compress_chunk"));
         for (chunk, sql) in &todo {
             ctx.info("cutover", format!("{chunk}: {sql}")).await;
             self.on_target(target, sql, sql).await?;
@@ -205,6 +209,24 @@ impl Stage for CutoverStage {
             let state = state_of(dir)?;
             let mut applier = Applier::open(&ctx.tagged(&self.target), &state.slot).await?;
             let start = start_of(&applier, &state).await?;
+            // the aggregates' refresh state is read before the drain's marker is written: every
+            // refresh it reflects is then in the stream before the marker, so applied
+            let source = ctx.tagged(&self.source).connect().await?;
+            let aggregates = read_features(&source).await?.continuous_aggregates;
+            let refresh = if aggregates.is_empty() {
+                None
+            } else {
+                Some(RefreshState::read(&source).await.map_err(|e| {
+                    UserError::new(
+                        format!(
+                            "source: reading the continuous aggregates' refresh state failed ({})",
+                            catalog::db_message(&e)
+                        ),
+                        "connect to the source as a superuser",
+                    )
+                })?)
+            };
+            drop(source);
             let live = self.handover.lock().await.take();
             ctx.info(
                 "cutover",
@@ -230,20 +252,6 @@ impl Stage for CutoverStage {
             let setvals = catalog::sequences::setvals(&session).await?;
             drop(session);
             let source = ctx.tagged(&self.source).connect().await?;
-            let aggregates = read_features(&source).await?.continuous_aggregates;
-            let refresh = if aggregates.is_empty() {
-                None
-            } else {
-                Some(RefreshState::read(&source).await.map_err(|e| {
-                    UserError::new(
-                        format!(
-                            "source: reading the continuous aggregates' refresh state failed ({})",
-                            catalog::db_message(&e)
-                        ),
-                        "connect to the source as a superuser",
-                    )
-                })?)
-            };
             let target = ctx.tagged(&self.target).connect().await?;
             if has_chunks(&source).await && has_chunks(&target).await {
                 self.match_compression(ctx, &source, &target).await?;

@@ -51,6 +51,11 @@ async fn online_source(server: &str, name: &str) -> String {
     src
 }
 
+/// The fixture's continuous aggregate's materialization hypertable, as a `regclass` text.
+const MATERIALIZATION: &str =
+    "(SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) \
+     FROM timescaledb_information.continuous_aggregates WHERE view_name = 'metrics_hourly')";
+
 async fn one(url: &str, sql: &str) -> String {
     strings(url, sql).await.into_iter().next().unwrap_or_default()
 }
@@ -115,17 +120,7 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
         let dir = dir.path().to_path_buf();
         let src = src.clone();
         tokio::spawn(async move {
-            let journal_says = |dir: &std::path::Path| {
-                std::fs::read_dir(dir.join("backups")).into_iter().flatten().flatten().any(|d| {
-                    std::fs::read_to_string(d.path().join("journal.json")).unwrap_or_default().contains("catch-up")
-                })
-            };
-            for _ in 0..600 {
-                if journal_says(&dir) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            until_journal_names_catch_up(&dir).await;
             // the source's own jobs go on during the catch-up: a refresh (its DELETE would fail on a
             // published materialization without an identity) and a compression (between its markers)
             let c = connect(&src).await;
@@ -227,6 +222,20 @@ fn spawn_run(plan: &std::path::Path, dir: &std::path::Path) -> std::process::Chi
         .unwrap()
 }
 
+/// Waits (up to two minutes) until a run's journal under `dir/backups` names the catch-up stage.
+async fn until_journal_names_catch_up(dir: &std::path::Path) {
+    for _ in 0..600 {
+        let catching =
+            std::fs::read_dir(dir.join("backups")).into_iter().flatten().flatten().any(|d| {
+                std::fs::read_to_string(d.path().join("journal.json")).unwrap_or_default().contains("catch-up")
+            });
+        if catching {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the catch-up has stored a position on the target (it applies changes).
 async fn until_catching_up(dst: &str, dir: &std::path::Path) {
     let mut config: tokio_postgres::Config = dst.parse().unwrap();
@@ -269,8 +278,14 @@ impl Catching {
 
     /// With the catch-up ending after `quiet` seconds without a write.
     async fn start_quiet(name: &str, quiet: u64) -> Self {
+        Self::start_with(name, quiet, "").await
+    }
+
+    /// With `setup` run on the source before the run.
+    async fn start_with(name: &str, quiet: u64, setup: &str) -> Self {
         let s = servers();
         let src = online_source(&s.source, name).await;
+        connect(&src).await.batch_execute(setup).await.unwrap();
         drop_db(&s.target, &format!("{name}_dst")).await;
         let dst = url_for(&s.target, &format!("{name}_dst"));
         let dir = tempfile::tempdir().unwrap();
@@ -337,14 +352,20 @@ async fn a_schema_change_during_the_catch_up_stops_it_with_the_fix_and_keeps_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_abort_leaves_no_slot_publication_or_identity_behind() {
-    let Catching { src, dst, dir: _dir, plan, stop, writer, mut child } = Catching::start("online_abort").await;
+    // the materialization had REPLICA IDENTITY NOTHING: it gets it back, not DEFAULT
+    let Catching { src, dst, dir: _dir, plan, stop, writer, mut child } = Catching::start_with(
+        "online_abort",
+        3,
+        &format!("DO $$ BEGIN EXECUTE format('ALTER TABLE %s REPLICA IDENTITY NOTHING', {MATERIALIZATION}); END $$"),
+    )
+    .await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     assert_eq!(leftovers(&src).await.len(), 2, "the killed run left its slot and publication");
     let out = pgshift().args(["online", "abort", "--plan", plan.to_str().unwrap()]).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("dropped on the source") && text.contains("DEFAULT"), "{text}");
+    assert!(text.contains("dropped on the source") && text.contains("replica identity back to NOTHING"), "{text}");
     // the application goes on: its refresh and its writes work without the publication
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
@@ -359,6 +380,10 @@ async fn online_abort_leaves_no_slot_publication_or_identity_behind() {
             .await,
         "",
         "the materialization's replica identity is put back"
+    );
+    assert_eq!(
+        one(&src, &format!("SELECT relreplident::text FROM pg_class WHERE oid = {MATERIALIZATION}::regclass")).await,
+        "n"
     );
     assert_eq!(one(&dst, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'pgshift'").await, "0");
     let again = pgshift().args(["online", "abort", "--plan", plan.to_str().unwrap()]).output().unwrap();
@@ -405,6 +430,45 @@ async fn a_cutover_request_ends_the_catch_up_at_once_and_can_make_the_source_rea
         c.batch_execute("INSERT INTO public.audit (what) VALUES ('late')").await.is_err(),
         "no write after the cutover"
     );
+    assert!(!dir.path().join("cutover.request").exists(), "the request was consumed");
+    // the catch-up is over: a new request is refused, and abort leaves the finished run as it is
+    let again = pgshift().args(["online", "cutover", "--plan", plan.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert_ne!(again.status.code(), Some(0), "{text}");
+    assert!(text.contains("is not running (it is done)"), "{text}");
+    assert!(!dir.path().join("cutover.request").exists());
+    let abort = pgshift().args(["online", "abort", "--plan", plan.to_str().unwrap()]).output().unwrap();
+    assert_eq!(abort.status.code(), Some(0));
+    assert_eq!(one(&src, "SHOW default_transaction_read_only").await, "on", "a finished cutover is not undone");
+}
+
+/// The identities a run gave are put back as they were, and only once no publication publishes
+/// the table (another online run's, here a publication of the application's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identities_go_back_as_they_were_once_nothing_publishes_them() {
+    let s = servers();
+    let src = db_with(
+        &s.source,
+        "online_identity",
+        "CREATE EXTENSION IF NOT EXISTS timescaledb;
+         CREATE TABLE public.a (k int); CREATE TABLE public.b (k int);
+         ALTER TABLE public.a REPLICA IDENTITY FULL; ALTER TABLE public.b REPLICA IDENTITY FULL;
+         CREATE PUBLICATION app_inserts FOR TABLE public.a WITH (publish = 'insert');",
+    )
+    .await;
+    let spec = spec("source", &src);
+    let tables = ["public.a".to_string(), "public.b".to_string()];
+    let was_nothing = ["public.b".to_string()];
+    let kept = pgshift::online::slot::reset_identities(&spec, &tables, &was_nothing).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].0, "public.a");
+    assert!(kept[0].1.contains("publication app_inserts still publishes it"), "{}", kept[0].1);
+    assert!(kept[0].1.contains("ALTER TABLE public.a REPLICA IDENTITY DEFAULT"), "the fix: {}", kept[0].1);
+    let ident = "SELECT string_agg(relname || '=' || relreplident::text, ',' ORDER BY relname) FROM pg_class WHERE relname IN ('a', 'b')";
+    assert_eq!(one(&src, ident).await, "a=f,b=n");
+    connect(&src).await.batch_execute("DROP PUBLICATION app_inserts").await.unwrap();
+    assert_eq!(pgshift::online::slot::reset_identities(&spec, &tables, &was_nothing).await, vec![]);
+    assert_eq!(one(&src, ident).await, "a=d,b=n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,15 +521,7 @@ async fn a_table_the_plan_makes_a_hypertable_receives_the_plain_tables_changes()
     let stopper = {
         let (stop, dir) = (stop.clone(), dir.path().to_path_buf());
         tokio::spawn(async move {
-            for _ in 0..600 {
-                let catching = std::fs::read_dir(dir.join("backups")).into_iter().flatten().flatten().any(|d| {
-                    std::fs::read_to_string(d.path().join("journal.json")).unwrap_or_default().contains("catch-up")
-                });
-                if catching {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            until_journal_names_catch_up(&dir).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             stop.store(true, Ordering::SeqCst);
         })

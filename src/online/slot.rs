@@ -36,9 +36,12 @@ pub struct OnlineState {
     /// Where the slot's snapshot stands: every change after it is streamed.
     pub consistent_lsn: String,
     /// Tables given REPLICA IDENTITY FULL for the publication (continuous aggregates'
-    /// materializations), put back to DEFAULT once the publication is gone.
+    /// materializations), put back once the publication is gone: to NOTHING for those in
+    /// `identity_was_nothing`, to DEFAULT for the others. Recorded before the first change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identity_full: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_was_nothing: Vec<String>,
     /// The cutover made the source database read-only (on the DBA's request).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub source_read_only: bool,
@@ -94,32 +97,74 @@ impl CutoverRequest {
 }
 
 /// Makes the source database read-only for new transactions and ends its other client sessions
-/// (pgshift's own, named `pgshift...`, stay): no write can come after the drain. Returns the
-/// sessions ended.
-pub async fn freeze_source(spec: &ConnSpec) -> Result<i64, UserError> {
-    let fail = |e: tokio_postgres::Error| {
+/// (pgshift's own, named `pgshift...`, stay), waiting until they are gone: no write can come after
+/// the drain. Returns the sessions ended, or `None` when the database's own settings already made
+/// it read-only (nothing changed then). `record(true)` runs before the change, `record(false)` if
+/// it is taken back: ending a session failed (a superuser's, for a role that is not one).
+pub async fn freeze_source(
+    spec: &ConnSpec,
+    record: impl Fn(bool) -> Result<(), UserError>,
+) -> Result<Option<i64>, UserError> {
+    let fail = |e: &tokio_postgres::Error| {
         UserError::new(
-            format!("source {}: making the database read-only failed ({})", spec.label(), db_message(&e)),
+            format!("source {}: making the database read-only failed ({})", spec.label(), db_message(e)),
             "connect as a superuser (or the database's owner with pg_signal_backend), or stop the application and \
              request the cutover without --read-only",
         )
     };
     let c = spec.connect().await?;
-    let db = spec.dbname();
-    c.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
-        .await
-        .map_err(fail)?;
-    let ended = c
+    let db = quote_ident(spec.dbname());
+    let already: bool = c
         .query_one(
-            "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend' \
-               AND application_name NOT LIKE 'pgshift%'",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS g(v) \
+             WHERE s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+               AND s.setrole = 0 AND lower(g.v) IN ('default_transaction_read_only=on', \
+                   'default_transaction_read_only=true', 'default_transaction_read_only=1'))",
             &[],
         )
         .await
-        .map_err(fail)?
+        .map_err(|e| fail(&e))?
         .get(0);
-    Ok(ended)
+    if already {
+        return Ok(None);
+    }
+    record(true)?;
+    c.batch_execute(&format!("ALTER DATABASE {db} SET default_transaction_read_only = on"))
+        .await
+        .map_err(|e| fail(&e))?;
+    // from PostgreSQL 14 on, each termination waits (up to 5 s) until the session is gone
+    let wait = if c
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, String>(0).parse::<i32>().ok())
+        .unwrap_or(0)
+        >= 140000
+    {
+        ", 5000"
+    } else {
+        ""
+    };
+    let ended = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid{wait})) FROM pg_catalog.pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend' \
+                   AND application_name NOT LIKE 'pgshift%'"
+            ),
+            &[],
+        )
+        .await;
+    match ended {
+        Ok(r) => Ok(Some(r.get(0))),
+        Err(e) => {
+            // the database is writable again, as before the request
+            if c.batch_execute(&format!("ALTER DATABASE {db} RESET default_transaction_read_only")).await.is_ok() {
+                record(false)?;
+            }
+            Err(fail(&e))
+        }
+    }
 }
 
 /// The slot's (and publication's) name for a run directory: `pgshift_`, the directory's name in
@@ -273,11 +318,27 @@ impl SlotHolder {
         if members.is_empty() && !chunks {
             return Err(UserError::new("online: the source has no table to replicate", "run without --online"));
         }
-        let mut identity_full = Vec::new();
+        let mut state = OnlineState {
+            slot: name.clone(),
+            publication: name.clone(),
+            consistent_lsn: String::new(),
+            identity_full: Vec::new(),
+            identity_was_nothing: Vec::new(),
+            source_read_only: false,
+            writes_stopped_at: None,
+        };
         if chunks {
             // new chunks made during the catch-up are in it too
             members.push("TABLES IN SCHEMA _timescaledb_internal".into());
-            identity_full = give_materializations_identity(&self.spec, &source).await?;
+            (state.identity_full, state.identity_was_nothing) =
+                materializations_without_identity(&self.spec, &source).await?;
+        }
+        // recorded before anything changes on the source: after a crash from here on, online
+        // abort finds what to take back
+        state.save(dir)?;
+        if let Err(e) = give_identity(&self.spec, &source, &state.identity_full).await {
+            take_back(&self.spec, &source, &state, dir).await;
+            return Err(e);
         }
         let made = source
             .batch_execute(&format!(
@@ -293,7 +354,7 @@ impl SlotHolder {
                 )
             });
         if let Err(e) = made {
-            reset_identities(&self.spec, &identity_full).await;
+            take_back(&self.spec, &source, &state, dir).await;
             return Err(e);
         }
         let config = replication_config(&self.spec, &name, &name)?;
@@ -320,22 +381,12 @@ impl SlotHolder {
         let (client, lsn, snapshot) = match made {
             Ok(m) => m,
             Err(e) => {
-                // the identities go back only once nothing publishes those tables any more
-                if source.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&name))).await.is_ok() {
-                    reset_identities(&self.spec, &identity_full).await;
-                }
+                take_back(&self.spec, &source, &state, dir).await;
                 return Err(e);
             }
         };
-        OnlineState {
-            slot: name.clone(),
-            publication: name,
-            consistent_lsn: lsn,
-            identity_full,
-            source_read_only: false,
-            writes_stopped_at: None,
-        }
-        .save(dir)?;
+        state.consistent_lsn = lsn;
+        state.save(dir)?;
         *held = Held::Holding { client, snapshot: snapshot.clone() };
         Ok(snapshot)
     }
@@ -352,26 +403,17 @@ impl SlotHolder {
     }
 }
 
-/// Gives the continuous aggregates' materializations that have no replica identity REPLICA IDENTITY
-/// FULL (which reaches their chunks, and new ones): published without one, the DELETE of the
-/// source's own refreshes would fail. Returns the tables changed.
-async fn give_materializations_identity(
+/// The continuous aggregates' materializations without a usable replica identity (none, or
+/// DEFAULT without a primary key): published like that, the DELETE of the source's own refreshes
+/// would fail. Returns them all, and those of them that were REPLICA IDENTITY NOTHING.
+async fn materializations_without_identity(
     spec: &ConnSpec,
     source: &tokio_postgres::Client,
-) -> Result<Vec<String>, UserError> {
-    let fail = |e: tokio_postgres::Error| {
-        UserError::new(
-            format!(
-                "source {}: giving the continuous aggregates' materializations a replica identity failed ({})",
-                spec.label(),
-                db_message(&e)
-            ),
-            "run again when no refresh of a continuous aggregate runs on the source (it holds the lock)",
-        )
-    };
-    let tables: Vec<String> = source
+) -> Result<(Vec<String>, Vec<String>), UserError> {
+    let rows = source
         .query(
-            "SELECT format('%I.%I', h.schema_name, h.table_name) FROM _timescaledb_catalog.continuous_agg a \
+            "SELECT format('%I.%I', h.schema_name, h.table_name), c.relreplident = 'n' \
+             FROM _timescaledb_catalog.continuous_agg a \
              JOIN _timescaledb_catalog.hypertable h ON h.id = a.mat_hypertable_id \
              JOIN pg_catalog.pg_class c ON c.oid = format('%I.%I', h.schema_name, h.table_name)::regclass \
              WHERE c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
@@ -379,35 +421,111 @@ async fn give_materializations_identity(
             &[],
         )
         .await
-        .map_err(fail)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for (n, t) in tables.iter().enumerate() {
-        if let Err(e) =
-            source.batch_execute(&format!("SET lock_timeout = '10s'; ALTER TABLE {t} REPLICA IDENTITY FULL")).await
-        {
-            reset_identities(spec, &tables[..n]).await;
-            return Err(fail(e));
-        }
-    }
-    Ok(tables)
+        .map_err(|e| identity_error(spec, &e))?;
+    let all = rows.iter().map(|r| r.get(0)).collect();
+    let nothing = rows.iter().filter(|r| r.get::<_, bool>(1)).map(|r| r.get(0)).collect();
+    Ok((all, nothing))
 }
 
-/// Puts the tables `give_materializations_identity` changed back to REPLICA IDENTITY DEFAULT (once
-/// the publication is gone); a table dropped since is skipped. Best effort: what fails is left FULL,
-/// which costs WAL but breaks nothing.
-pub async fn reset_identities(spec: &ConnSpec, tables: &[String]) -> Vec<String> {
-    let mut left = Vec::new();
+fn identity_error(spec: &ConnSpec, e: &tokio_postgres::Error) -> UserError {
+    UserError::new(
+        format!(
+            "source {}: giving the continuous aggregates' materializations a replica identity failed ({})",
+            spec.label(),
+            db_message(e)
+        ),
+        "run again when no refresh of a continuous aggregate runs on the source (it holds the lock)",
+    )
+}
+
+/// Gives `tables` REPLICA IDENTITY FULL (which reaches their chunks, and new ones).
+async fn give_identity(spec: &ConnSpec, source: &tokio_postgres::Client, tables: &[String]) -> Result<(), UserError> {
+    for t in tables {
+        source
+            .batch_execute(&format!("SET lock_timeout = '10s'; ALTER TABLE {t} REPLICA IDENTITY FULL"))
+            .await
+            .map_err(|e| identity_error(spec, &e))?;
+    }
+    Ok(())
+}
+
+/// Takes back what a failed slot creation made on the source: the publication, then (once nothing
+/// of this run publishes them) the identities, then the record, if nothing was left behind.
+async fn take_back(spec: &ConnSpec, source: &tokio_postgres::Client, state: &OnlineState, dir: &Path) {
+    if source.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&state.publication))).await.is_err() {
+        return;
+    }
+    if reset_identities(spec, &state.identity_full, &state.identity_was_nothing).await.is_empty() {
+        let _ = std::fs::remove_file(dir.join(ONLINE_STATE));
+    }
+}
+
+/// Puts the tables given REPLICA IDENTITY FULL back as they were (NOTHING for those in
+/// `was_nothing`, else DEFAULT) once no publication publishes them or their chunks any more (two
+/// online runs on one database); a table dropped since is skipped. Best effort: returns, for each
+/// table left FULL (which costs WAL but breaks nothing), one line saying why, with the fix.
+pub async fn reset_identities(spec: &ConnSpec, tables: &[String], was_nothing: &[String]) -> Vec<(String, String)> {
+    let undo = |t: &String| {
+        let to = if was_nothing.contains(t) { "NOTHING" } else { "DEFAULT" };
+        (to, format!("ALTER TABLE {t} REPLICA IDENTITY {to}"))
+    };
     if tables.is_empty() {
-        return left;
+        return Vec::new();
     }
     let Ok(c) = writable_session(spec).await else {
-        return tables.to_vec();
+        return tables
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    format!("{t} keeps REPLICA IDENTITY FULL on the source (no session to put it back): {}", undo(t).1),
+                )
+            })
+            .collect();
     };
+    let mut left = Vec::new();
     for t in tables {
-        if c.batch_execute(&format!("ALTER TABLE IF EXISTS {t} REPLICA IDENTITY DEFAULT")).await.is_err() {
-            left.push(t.clone());
+        let (_, sql) = undo(t);
+        let still = c
+            .query_one(
+                "SELECT string_agg(DISTINCT p.pubname::text, ', ') FROM pg_catalog.pg_publication_tables p \
+                 WHERE format('%I.%I', p.schemaname, p.tablename) = $1 \
+                    OR EXISTS (SELECT 1 FROM _timescaledb_catalog.chunk k \
+                               JOIN _timescaledb_catalog.hypertable h ON h.id = k.hypertable_id \
+                               WHERE format('%I.%I', h.schema_name, h.table_name) = $1 \
+                                 AND k.schema_name = p.schemaname AND k.table_name = p.tablename)",
+                &[t],
+            )
+            .await
+            .map(|r| r.get::<_, Option<String>>(0));
+        match still {
+            Ok(Some(publications)) => left.push((
+                t.clone(),
+                format!(
+                "{t} keeps REPLICA IDENTITY FULL on the source: publication {publications} still publishes it (once \
+                 it is gone: {sql})"
+            ),
+            )),
+            Ok(None) => {
+                if let Err(e) =
+                    c.batch_execute(&format!("ALTER TABLE IF EXISTS {t} REPLICA IDENTITY {}", undo(t).0)).await
+                {
+                    left.push((
+                        t.clone(),
+                        format!(
+                            "{t} keeps REPLICA IDENTITY FULL on the source (putting it back failed: {}): {sql}",
+                            db_message(&e)
+                        ),
+                    ));
+                }
+            }
+            Err(e) => left.push((
+                t.clone(),
+                format!(
+                    "{t} keeps REPLICA IDENTITY FULL on the source (reading its publications failed: {}): {sql}",
+                    db_message(&e)
+                ),
+            )),
         }
     }
     left

@@ -189,12 +189,16 @@ impl Routes {
                 )
             };
             // a chunk's hypertable; a compressed chunk's batches are TimescaleDB's own (its markers
-            // bracket the compression), an aggregate's materialization goes to the target's
+            // bracket the compression), an aggregate's materialization goes to the target's; one of
+            // the old (not finalized) form holds partial states the target's has not: the cutover
+            // refreshes it from the raw rows instead
             let row = catalog
                 .query_opt(
                     "SELECT format('%I.%I', h.schema_name, h.table_name), h.compression_state = 2, \
                             (SELECT format('%I.%I', a.user_view_schema, a.user_view_name) \
-                             FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id) \
+                             FROM _timescaledb_catalog.continuous_agg a WHERE a.mat_hypertable_id = h.id), \
+                            EXISTS (SELECT 1 FROM _timescaledb_catalog.continuous_agg a \
+                                    WHERE a.mat_hypertable_id = h.id AND (to_jsonb(a) ->> 'finalized') = 'false') \
                      FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
                      WHERE c.schema_name = $1 AND c.table_name = $2",
                     &[&namespace, &name],
@@ -202,7 +206,7 @@ impl Routes {
                 .await
                 .map_err(lookup)?;
             match row {
-                Some(r) if r.get::<_, bool>(1) => {
+                Some(r) if r.get::<_, bool>(1) || r.get::<_, bool>(3) => {
                     self.by_id.insert(id, None);
                     return Ok(());
                 }
@@ -493,18 +497,29 @@ pub async fn follow(
                 let request =
                     ctx.run_dir().and_then(CutoverRequest::load).unwrap_or_else(|| CutoverRequest::now(false));
                 ctx.info("catch-up", format!("cutover requested at {}: draining", request.requested_at)).await;
+                // consumed: a rerun after a failure from here on waits for a new request
+                if let Some(dir) = ctx.run_dir() {
+                    CutoverRequest::clear(dir);
+                }
                 if request.read_only {
-                    let ended = freeze_source(source).await?;
-                    ctx.info(
-                        "catch-up",
-                        format!(
+                    let record = |on: bool| match ctx.run_dir() {
+                        Some(dir) => OnlineState { source_read_only: on, ..state.clone() }.save(dir),
+                        None => Ok(()),
+                    };
+                    let line = match freeze_source(source, record).await? {
+                        Some(ended) => format!(
                             "source database {} is read-only now ({ended} sessions ended); undo on the source: \
                              ALTER DATABASE {} RESET default_transaction_read_only",
                             source.dbname(),
                             quote_ident(source.dbname())
                         ),
-                    )
-                    .await;
+                        None => format!(
+                            "source database {} is read-only already (its own default_transaction_read_only): \
+                             left as it is",
+                            source.dbname()
+                        ),
+                    };
+                    ctx.info("catch-up", line).await;
                 }
                 done.requested = Some(request);
                 markers += 1;

@@ -105,7 +105,8 @@ impl Stage for CatchUpStage {
                     chrono::DateTime::<chrono::Utc>::from(done.last_write.unwrap_or_else(SystemTime::now)).to_rfc3339()
                 }
             });
-            state.source_read_only = done.requested.as_ref().is_some_and(|r| r.read_only);
+            // recorded by the stream when it made the source read-only (not when it already was)
+            state.source_read_only = OnlineState::load(dir).is_some_and(|s| s.source_read_only);
             state.save(dir)?;
             let how = if done.requested.is_some() { "cutover requested" } else { "writes stopped" };
             let ms = |p: f64| done.lag.percentile(p).map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
@@ -267,6 +268,11 @@ impl Stage for CutoverStage {
                     format!("{} continuous aggregates: refresh state as the source's", aggregates.len()),
                 )
                 .await;
+                // the stream left their materializations alone
+                for (view, sql) in caggs::old_form_refreshes(&aggregates) {
+                    ctx.warning(caggs::old_form_warning(&view)).await;
+                    self.on_target(&target, &format!("the refresh of {view}"), &sql).await?;
+                }
             }
             for sql in &setvals {
                 self.on_target(&target, "setting a sequence", sql).await?;
@@ -282,12 +288,11 @@ impl Stage for CutoverStage {
             .await;
             let step = Instant::now();
             slot::drop_slot(&ctx.tagged(&self.source), &state.slot, &state.publication).await?;
-            for t in slot::reset_identities(&ctx.tagged(&self.source), &state.identity_full).await {
-                ctx.warning(format!(
-                    "{t} keeps REPLICA IDENTITY FULL on the source (putting it back failed): ALTER TABLE {t} REPLICA \
-                     IDENTITY DEFAULT"
-                ))
-                .await;
+            for (_, why) in
+                slot::reset_identities(&ctx.tagged(&self.source), &state.identity_full, &state.identity_was_nothing)
+                    .await
+            {
+                ctx.warning(why).await;
             }
             applier.drop_position().await?;
             CutoverRequest::clear(dir);

@@ -21,7 +21,6 @@ use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::plan::HypertablePlan;
 use crate::postgres::conn::ConnSpec;
-use crate::postgres::sql::quote_literal;
 use crate::timescaledb::caggs::{self, CaggIndex, RefreshState};
 use crate::timescaledb::chunks::{self, CompressionWork};
 use crate::timescaledb::jobs::{self, HeldJob, MadeJobs};
@@ -232,16 +231,9 @@ impl TimescaleStage {
 
         let state = RefreshState::read(source).await.map_err(src("continuous aggregates' refresh state"))?;
         self.execute(ctx, target, &caggs::state_statements(&f.continuous_aggregates, &state)).await?;
-        for a in f.continuous_aggregates.iter().filter(|a| !a.finalized) {
-            // the old partial form has another materialization: refreshed from the raw rows instead
-            ctx.warning(format!(
-                "{} is a continuous aggregate in TimescaleDB's old (not finalized) form: refreshed from its raw rows on \
-                 the target; buckets whose raw rows were dropped on the source are not kept",
-                a.view
-            ))
-            .await;
-            let sql = format!("CALL refresh_continuous_aggregate({}, NULL, NULL)", quote_literal(&a.view));
-            self.execute(ctx, target, &[(format!("refresh of {}", a.view), sql)]).await?;
+        for (view, sql) in caggs::old_form_refreshes(&f.continuous_aggregates) {
+            ctx.warning(caggs::old_form_warning(&view)).await;
+            self.execute(ctx, target, &[(format!("refresh of {view}"), sql)]).await?;
         }
         Ok(())
     }

@@ -197,6 +197,24 @@ fn ranges(rows: &[(i64, i64)]) -> Vec<String> {
     rows.chunks(1000).map(|b| b.iter().map(|(lo, hi)| format!("({lo}, {hi})")).collect::<Vec<_>>().join(", ")).collect()
 }
 
+/// The refreshes of the aggregates in TimescaleDB's old (not finalized) form, `(view, CALL ...)`:
+/// their materialization holds partial states no newer TimescaleDB makes, so the target's is
+/// refreshed from its raw rows instead of copied (or replicated).
+pub fn old_form_refreshes(aggs: &[ContinuousAggregate]) -> Vec<(String, String)> {
+    aggs.iter()
+        .filter(|a| !a.finalized)
+        .map(|a| (a.view.clone(), format!("CALL refresh_continuous_aggregate({}, NULL, NULL)", quote_literal(&a.view))))
+        .collect()
+}
+
+/// What the DBA is told about such a refresh.
+pub fn old_form_warning(view: &str) -> String {
+    format!(
+        "{view} is a continuous aggregate in TimescaleDB's old (not finalized) form: refreshed from its raw rows on \
+         the target; buckets whose raw rows were dropped on the source are not kept"
+    )
+}
+
 /// The statements that give the target's aggregates of `aggs` the source's refresh state, replacing
 /// what creating them (and loading their hypertables) logged there.
 pub fn state_statements(aggs: &[ContinuousAggregate], state: &RefreshState) -> Vec<(String, String)> {
@@ -268,6 +286,16 @@ mod tests {
             chunk_interval: Some("10 days".into()),
             finalized: true,
         }
+    }
+
+    #[test]
+    fn only_old_form_aggregates_are_refreshed_from_raw_rows() {
+        let old = ContinuousAggregate { finalized: false, ..agg("m.legacy", "m.readings") };
+        let r = old_form_refreshes(&[agg("m.hourly", "m.readings"), old]);
+        assert_eq!(
+            r,
+            vec![("m.legacy".to_string(), "CALL refresh_continuous_aggregate('m.legacy', NULL, NULL)".to_string())]
+        );
     }
 
     #[test]

@@ -230,6 +230,13 @@ fn spawn_run(plan: &std::path::Path, dir: &std::path::Path) -> std::process::Chi
         .unwrap()
 }
 
+/// The (only) run directory under `dir/backups`.
+fn run_dir_of(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut runs: Vec<_> = std::fs::read_dir(dir.join("backups")).unwrap().flatten().map(|d| d.path()).collect();
+    runs.sort();
+    runs.pop().expect("a run directory")
+}
+
 /// Waits (up to two minutes) until a run's journal under `dir/backups` names the catch-up stage.
 async fn until_journal_names_catch_up(dir: &std::path::Path) {
     for _ in 0..600 {
@@ -405,11 +412,30 @@ async fn online_abort_leaves_no_slot_publication_or_identity_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_request_ends_the_catch_up_at_once_and_can_make_the_source_read_only() {
     // a quiet time no test waits for: only the request can end the catch-up
-    let Catching { src, dst, dir, plan, stop, writer, mut child } = Catching::start_quiet("online_request", 3600).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // the application stops, a session of it stays open; the DBA asks for a read-only cutover
+    let Catching { src, dst, dir, plan, stop, writer, mut child } = Catching::start_with(
+        "online_request",
+        3600,
+        "CREATE TABLE public.quiet_ref (k int PRIMARY KEY, v text); \
+         INSERT INTO public.quiet_ref SELECT i, 'r' || i FROM generate_series(1, 500) i;",
+    )
+    .await;
+    // live verification measures both sides while the writer goes on
+    let log_path = dir.path().join("run.log");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&log_path).unwrap_or_default().contains("live verification:") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the application stops, a session of it stays open; a last change reaches a chunk the writer
+    // leaves alone (measured already: it must be read again); the DBA asks for a read-only cutover
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
+    connect(&src)
+        .await
+        .batch_execute("DELETE FROM public.metrics WHERE ts = '2026-01-02 12:00+00' AND device = 3")
+        .await
+        .unwrap();
     let idle = connect(&src).await;
     let out = pgshift().args(["online", "cutover", "--plan", plan.to_str().unwrap(), "--read-only"]).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -429,7 +455,17 @@ async fn a_cutover_request_ends_the_catch_up_at_once_and_can_make_the_source_rea
     assert_eq!(code, Some(0), "the run cuts over and verifies within a minute of the request:\n{log}");
     assert!(log.contains("cutover requested") && log.contains("read-only now"), "{log}");
     assert!(log.contains("online window"), "verify reports the window:\n{log}");
+    assert!(log.contains("live verification:"), "{log}");
     same_rows(&src, &dst).await;
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir_of(dir.path()).join("verify.json")).unwrap()).unwrap();
+    let reused: Vec<&str> = report["reused"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(reused.contains(&"public.quiet_ref"), "a table nothing wrote since is not read again: {reused:?}");
+    assert!(reused.iter().any(|n| n.starts_with("public.metrics_hourly (materialization) [")), "{reused:?}");
+    assert!(
+        !reused.iter().any(|n| n.starts_with("public.metrics [ts [2026-01-02") || n.starts_with("public.accounts")),
+        "what the stream touched after the measuring is read again: {reused:?}"
+    );
     assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
     assert!(idle.simple_query("SELECT 1").await.is_err(), "the application's session was ended");
     assert_eq!(one(&src, "SHOW default_transaction_read_only").await, "on", "new sessions are read-only");

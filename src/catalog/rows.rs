@@ -47,7 +47,7 @@ pub enum HashForm {
 }
 
 /// One table to read: its display name, what follows FROM (`ONLY s.t` or `s.t`), and the columns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowJob {
     pub name: String,
     pub from: String,

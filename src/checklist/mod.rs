@@ -183,23 +183,34 @@ pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
     let target_user = target.config.get_user().unwrap_or("postgres").to_string();
-    let online_stages: Vec<Box<dyn Stage>> = match &online {
-        Some(slot) => {
+    // the catch-up's hashes of what its stream leaves alone, taken by verify
+    let live = online.as_ref().map(|_| std::sync::Arc::new(crate::online::live_hashes::LiveHashes::default()));
+    let online_stages: Vec<Box<dyn Stage>> = match (&online, &live) {
+        (Some(slot), Some(live)) => {
             let handover = crate::online::stream::Handover::default();
             vec![
-                Box::new(CatchUpStage::new(
-                    source.clone(),
-                    target.clone(),
-                    std::time::Duration::from_secs(plan.online.quiet_seconds),
-                    slot.clone(),
-                    handover.clone(),
-                )),
-                Box::new(CutoverStage::new(source.clone(), target.clone(), handover, plan.tuning.compress_chunks)),
+                Box::new(
+                    CatchUpStage::new(
+                        source.clone(),
+                        target.clone(),
+                        std::time::Duration::from_secs(plan.online.quiet_seconds),
+                        slot.clone(),
+                        handover.clone(),
+                    )
+                    .with_live(live.clone(), options),
+                ),
+                Box::new(
+                    CutoverStage::new(source.clone(), target.clone(), handover, plan.tuning.compress_chunks)
+                        .with_live(live.clone()),
+                ),
             ]
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     };
-    let verify = VerifyStage::new(source, target, planned_differences(&plan, &target_user)?, options);
+    let mut verify = VerifyStage::new(source, target, planned_differences(&plan, &target_user)?, options);
+    if let Some(live) = live {
+        verify = verify.with_live(live);
+    }
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(backup),
         environment,

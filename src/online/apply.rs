@@ -160,6 +160,10 @@ fn id_columns(id: &Identity) -> &[usize] {
     }
 }
 
+/// The source relations (by OID) whose changes committed target transactions applied: recorded
+/// at each commit, for live verification.
+pub type TouchedRelations = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>>;
+
 /// The target session changes are applied in, with its open transaction and pending COPY.
 pub struct Applier {
     target: ConnSpec,
@@ -172,6 +176,10 @@ pub struct Applier {
     copy_buf: Vec<u8>,
     /// Changes applied in the open transaction.
     pub pending_changes: u64,
+    /// The source relations the open transaction's changes came from, and where they go once
+    /// committed.
+    touching: std::collections::HashSet<u32>,
+    touched: Option<TouchedRelations>,
 }
 
 /// The table holding the applied position, on the target, dropped at cutover.
@@ -206,7 +214,22 @@ impl Applier {
             copy_rows: 0,
             copy_buf: Vec::new(),
             pending_changes: 0,
+            touching: std::collections::HashSet::new(),
+            touched: None,
         })
+    }
+
+    /// Records, at each commit, the source relations the committed changes came from into `touched`.
+    pub fn record_into(&mut self, touched: TouchedRelations) {
+        self.touched = Some(touched);
+    }
+
+    /// A change of source relation `id` is part of the open transaction (applied or not: a
+    /// compression's rows move a chunk's relations too).
+    pub fn touch(&mut self, id: u32) {
+        if self.touched.is_some() {
+            self.touching.insert(id);
+        }
     }
 
     fn error(&self, what: &str, e: &tokio_postgres::Error) -> UserError {
@@ -399,6 +422,9 @@ impl Applier {
         self.client.batch_execute("COMMIT").await.map_err(|e| self.error("COMMIT", &e))?;
         self.open = false;
         self.pending_changes = 0;
+        if let Some(touched) = &self.touched {
+            touched.lock().expect("touched lock").extend(self.touching.drain());
+        }
         Ok(())
     }
 

@@ -2,9 +2,10 @@
 //! the copy read at (no gap, no overlap), then the source's changes after that snapshot applied to
 //! the target in commit order while the application writes, so that only the cutover sits inside
 //! the window. `slot` is the source's side, `stream` follows the slot, `apply` writes the target,
-//! `preflight` checks the source before anything is made.
+//! `live_hashes` verifies during the catch-up what the stream leaves alone, `preflight` checks the source before anything is made.
 
 pub mod apply;
+pub mod live_hashes;
 pub mod preflight;
 pub mod slot;
 pub mod stream;

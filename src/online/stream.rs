@@ -381,6 +381,15 @@ pub async fn follow(
                     )
                 })?;
                 let before = done.changes;
+                match &msg.message {
+                    LogicalReplicationMessage::Insert { relation_id, .. }
+                    | LogicalReplicationMessage::Update { relation_id, .. }
+                    | LogicalReplicationMessage::Delete { relation_id, .. } => applier.touch(*relation_id),
+                    LogicalReplicationMessage::Truncate { relation_ids, .. } => {
+                        relation_ids.iter().for_each(|id| applier.touch(*id))
+                    }
+                    _ => {}
+                }
                 match msg.message {
                     LogicalReplicationMessage::Relation { relation_id, namespace, relation_name, columns, .. } => {
                         let described = Described {

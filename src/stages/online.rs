@@ -5,6 +5,7 @@
 //! verified.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
@@ -13,6 +14,7 @@ use crate::catalog::{self, Session};
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::online::apply::Applier;
+use crate::online::live_hashes::LiveHashes;
 use crate::online::slot::{self, parse_lsn, CutoverRequest, OnlineState};
 use crate::online::stream::{follow, Handover, Until};
 use crate::online::{preflight, OnlineSlot};
@@ -20,6 +22,7 @@ use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::caggs::{self, RefreshState};
 use crate::timescaledb::chunks::{self, ChunkState};
 use crate::timescaledb::features::read_features;
+use crate::verify::VerifyOptions;
 
 fn run_dir(ctx: &StageContext) -> Result<&Path, UserError> {
     ctx.run_dir().ok_or_else(|| UserError::new("online: no run directory", "run it with pgshift run --online"))
@@ -49,12 +52,53 @@ pub struct CatchUpStage {
     quiet: Duration,
     holder: OnlineSlot,
     handover: Handover,
+    live: Option<(Arc<LiveHashes>, VerifyOptions)>,
 }
+
+/// How long the catch-up applies before it measures both sides for live verification.
+const LIVE_HASH_AFTER: Duration = Duration::from_secs(2);
 
 impl CatchUpStage {
     /// `handover` is shared with the run's cutover stage.
     pub fn new(source: ConnSpec, target: ConnSpec, quiet: Duration, holder: OnlineSlot, handover: Handover) -> Self {
-        Self { source, target, quiet, holder, handover }
+        Self { source, target, quiet, holder, handover, live: None }
+    }
+
+    /// Measures both sides during the catch-up (as verify would, with `options`) into `live`.
+    pub fn with_live(mut self, live: Arc<LiveHashes>, options: VerifyOptions) -> Self {
+        self.live = Some((live, options));
+        self
+    }
+
+    /// Live verification: both sides measured while the stream applies; what it leaves alone
+    /// until the cutover is not read again inside the window. Never fails the catch-up.
+    async fn measure_live(&self, ctx: &StageContext) {
+        let Some((live, options)) = &self.live else { return std::future::pending().await };
+        tokio::time::sleep(LIVE_HASH_AFTER).await;
+        let (source, target) = (ctx.tagged(&self.source), ctx.tagged(&self.target));
+        let Some(state) = ctx.run_dir().and_then(OnlineState::load) else { return };
+        match live.take(&source, &target, &state.publication, *options).await {
+            Ok(p) => {
+                ctx.info(
+                    "catch-up",
+                    format!(
+                        "live verification: {} tables and chunks ({} rows) {} on both sides in {:.1} s while the stream \
+                         applies; {} agree now, the rest differ by the lag; what the stream touches from here on is \
+                         read again at cutover",
+                        p.measured,
+                        p.rows,
+                        if options.checksums { "counted and hashed" } else { "counted" },
+                        p.seconds,
+                        p.agree
+                    ),
+                )
+                .await
+            }
+            Err(e) => {
+                ctx.info("catch-up", format!("live verification left out: {} (the cutover's verify reads everything)", e.message))
+                    .await
+            }
+        }
     }
 }
 
@@ -83,6 +127,9 @@ impl Stage for CatchUpStage {
             self.holder.release().await;
             let mut state = state_of(dir)?;
             let mut applier = Applier::open(&ctx.tagged(&self.target), &state.slot).await?;
+            if let Some((live, _)) = &self.live {
+                applier.record_into(live.touched());
+            }
             let start = start_of(&applier, &state).await?;
             ctx.info(
                 "catch-up",
@@ -93,8 +140,19 @@ impl Stage for CatchUpStage {
                 ),
             )
             .await;
-            let (done, live) =
-                follow(ctx, &self.source, &state, &mut applier, start, Until::Quiet(self.quiet), None).await?;
+            // the measuring stops with the catch-up (the stream's end is what matters)
+            let (done, live) = {
+                let following = follow(ctx, &self.source, &state, &mut applier, start, Until::Quiet(self.quiet), None);
+                let measuring = self.measure_live(ctx);
+                tokio::pin!(following, measuring);
+                let mut measured = false;
+                loop {
+                    tokio::select! {
+                        r = &mut following => break r?,
+                        _ = &mut measuring, if !measured => measured = true,
+                    }
+                }
+            };
             if let Some(old) = self.handover.lock().await.replace(live) {
                 old.close();
             }
@@ -131,11 +189,18 @@ pub struct CutoverStage {
     handover: Handover,
     /// `[tuning] compress_chunks`: without it, chunks are not compressed on the target.
     compress_chunks: bool,
+    live: Option<Arc<LiveHashes>>,
 }
 
 impl CutoverStage {
     pub fn new(source: ConnSpec, target: ConnSpec, handover: Handover, compress_chunks: bool) -> Self {
-        Self { source, target, handover, compress_chunks }
+        Self { source, target, handover, compress_chunks, live: None }
+    }
+
+    /// Its drain records what it touches, as the catch-up's stream does.
+    pub fn with_live(mut self, live: Arc<LiveHashes>) -> Self {
+        self.live = Some(live);
+        self
     }
 }
 
@@ -209,6 +274,9 @@ impl Stage for CutoverStage {
             let dir = run_dir(ctx)?;
             let state = state_of(dir)?;
             let mut applier = Applier::open(&ctx.tagged(&self.target), &state.slot).await?;
+            if let Some(live) = &self.live {
+                applier.record_into(live.touched());
+            }
             let start = start_of(&applier, &state).await?;
             // the aggregates' refresh state is read before the drain's marker is written: every
             // refresh it reflects is then in the stream before the marker, so applied

@@ -1,12 +1,15 @@
 //! Stage 7 — Verify: the side-by-side proof, source against target, with the plan's planned
 //! differences allowed; the reports go into the run directory. The run succeeds only if it is clean.
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 
 use crate::engine::run_files::{VERIFY_JSON, VERIFY_MARKDOWN};
 use crate::engine::{Stage, StageContext, StageError, Unit};
 use crate::error::UserError;
 use crate::files::{write_atomic, write_error};
+use crate::online::live_hashes::LiveHashes;
 use crate::plan::allow::{AllowList, AllowRule, Change};
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::jobs::{release_jobs, MadeJobs};
@@ -18,11 +21,18 @@ pub struct VerifyStage {
     target: ConnSpec,
     allow: AllowList,
     options: VerifyOptions,
+    live: Option<Arc<LiveHashes>>,
 }
 
 impl VerifyStage {
     pub fn new(source: ConnSpec, target: ConnSpec, allow: AllowList, options: VerifyOptions) -> Self {
-        Self { source, target, allow, options }
+        Self { source, target, allow, options, live: None }
+    }
+
+    /// After an online cutover: takes the catch-up's measurements of what its stream left alone.
+    pub fn with_live(mut self, live: Arc<LiveHashes>) -> Self {
+        self.live = Some(live);
+        self
     }
 }
 
@@ -56,12 +66,16 @@ impl Stage for VerifyStage {
                     reason: Some("the cutover made the source read-only (pgshift online cutover --read-only)".into()),
                 }])?;
             }
+            let reuse = match &self.live {
+                Some(live) => live.untouched(&source, &target).await,
+                None => None,
+            };
             let item = if self.options.checksums { "tables counted and hashed" } else { "tables counted" };
             let work = ctx.metered(
                 item,
                 Unit::Tables,
                 read,
-                verify_watched(&source, &target, &allow, self.options, Some(&progress)),
+                verify_watched(&source, &target, &allow, self.options, Some(&progress), reuse.as_ref()),
             );
             let r = tokio::select! {
                 r = work => r?,

@@ -8,7 +8,7 @@ pub mod report;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::rows::{HashForm, RowJob, RowMode, RowProgress};
+use crate::catalog::rows::{HashForm, RowJob, RowMode, RowProgress, RowResults, RowStats};
 use crate::catalog::settings::{self, SettingDifference};
 use crate::catalog::{rare_classes, versions, Class, Excluded, Inventory, ServerInfo, Session, TimescaleInfo};
 use crate::error::UserError;
@@ -59,6 +59,10 @@ pub struct VerifyReport {
     pub unexpected: usize,
     /// Differences the allow file names as planned.
     pub planned: usize,
+    /// Tables and chunks (`table [chunk key]`) whose rows were measured during an online catch-up
+    /// and not touched since: taken as measured then, not read again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reused: Vec<String>,
     pub clean: bool,
 }
 
@@ -92,7 +96,47 @@ pub async fn verify(
     allow: &AllowList,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, UserError> {
-    verify_watched(source, target, allow, opts, None).await
+    verify_watched(source, target, allow, opts, None, None).await
+}
+
+/// Measurements taken earlier that still hold (live verification during an online catch-up: the
+/// tables and chunks the stream has not touched since), by job name: each side's job and stats.
+#[derive(Debug, Clone)]
+pub struct Reuse {
+    pub form: HashForm,
+    pub mode: RowMode,
+    pub jobs: std::collections::HashMap<String, ((RowJob, RowStats), (RowJob, RowStats))>,
+}
+
+/// Takes out of both job lists those `reuse` measured with the very same jobs (name, relation,
+/// columns, form) and mode, returning their stats for each side.
+fn take_reused(
+    reuse: Option<&Reuse>,
+    form: HashForm,
+    mode: RowMode,
+    s_jobs: &mut Vec<RowJob>,
+    t_jobs: &mut Vec<RowJob>,
+) -> (RowResults, RowResults) {
+    let (mut s_done, mut t_done) = (RowResults::new(), RowResults::new());
+    let Some(reuse) = reuse.filter(|r| r.form == form && r.mode == mode) else {
+        return (s_done, t_done);
+    };
+    let same: std::collections::HashSet<String> = reuse
+        .jobs
+        .iter()
+        .filter(|(name, ((sj, _), (tj, _)))| {
+            s_jobs.iter().any(|j| j.name == **name && j == sj) && t_jobs.iter().any(|j| j.name == **name && j == tj)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    s_jobs.retain(|j| !same.contains(&j.name));
+    t_jobs.retain(|j| !same.contains(&j.name));
+    for name in same {
+        let ((_, ss), (_, ts)) = &reuse.jobs[&name];
+        s_done.insert(name.clone(), Ok(ss.clone()));
+        t_done.insert(name, Ok(ts.clone()));
+    }
+    (s_done, t_done)
 }
 
 /// How far a verify's row reading is on each side (tables counted or hashed, rows).
@@ -109,17 +153,26 @@ pub async fn verify_watched(
     allow: &AllowList,
     opts: VerifyOptions,
     progress: Option<&VerifyProgress>,
+    reuse: Option<&Reuse>,
 ) -> Result<VerifyReport, UserError> {
     let (s, t) = tokio::try_join!(Session::open(source), Session::open(target))?;
     let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
 
     let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
     let form = hash_form(&s, &t, &s_inv, &t_inv).await;
-    let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv, form);
-    let (s_rows, t_rows) = tokio::try_join!(
+    let (mut s_jobs, mut t_jobs) = row_jobs(&s_inv, &t_inv, form);
+    let (s_reused, t_reused) = take_reused(reuse, form, mode, &mut s_jobs, &mut t_jobs);
+    let mut reused: Vec<String> = s_reused
+        .keys()
+        .map(|name| name.replace('\u{1f}', " [") + if name.contains('\u{1f}') { "]" } else { "" })
+        .collect();
+    reused.sort();
+    let (mut s_rows, mut t_rows) = tokio::try_join!(
         s.measure_rows(s_jobs, mode, opts.workers, progress.map(|p| p.source.clone())),
         t.measure_rows(t_jobs, mode, opts.workers, progress.map(|p| p.target.clone()))
     )?;
+    s_rows.extend(s_reused);
+    t_rows.extend(t_reused);
     s_inv.apply_rows(&s_rows);
     t_inv.apply_rows(&t_rows);
     let any_large_object = [&s_inv, &t_inv].iter().any(|i| !i.class(Class::LargeObjects).is_empty());
@@ -199,6 +252,7 @@ pub async fn verify_watched(
         not_compared,
         unexpected,
         planned,
+        reused,
         // a class that could not be read was not compared: that is not a clean result
         clean: unexpected == 0 && warnings_empty,
     })
@@ -297,7 +351,7 @@ async fn deparse_on(client: &tokio_postgres::Client, query: &str) -> Option<Stri
 /// How both sides hash rows: in each server when they hash alike (same major, and the same answer
 /// to a probe row of every type hashed natively: byte order and database encoding show there);
 /// else here, from binary COPY when the majors match (types send the same bytes); else from text.
-async fn hash_form(s: &Session, t: &Session, s_inv: &Inventory, t_inv: &Inventory) -> HashForm {
+pub async fn hash_form(s: &Session, t: &Session, s_inv: &Inventory, t_inv: &Inventory) -> HashForm {
     if s_inv.server.version_num / 10000 != t_inv.server.version_num / 10000 {
         return HashForm::Text;
     }
@@ -309,7 +363,7 @@ async fn hash_form(s: &Session, t: &Session, s_inv: &Inventory, t_inv: &Inventor
 
 /// Jobs for both sides. A table on both sides is read through the columns both have, in the
 /// source's order, so a planned extra column does not make every row differ.
-fn row_jobs(s: &Inventory, t: &Inventory, form: HashForm) -> (Vec<RowJob>, Vec<RowJob>) {
+pub fn row_jobs(s: &Inventory, t: &Inventory, form: HashForm) -> (Vec<RowJob>, Vec<RowJob>) {
     let mut s_jobs = Vec::new();
     let mut t_jobs = Vec::new();
     for st in &s.tables {

@@ -295,6 +295,15 @@ fn verdict(r: &VerifyReport) -> String {
     }
 }
 
+/// What live verification saved the window.
+fn reused_line(r: &VerifyReport) -> String {
+    format!(
+        "{} tables and chunks taken as measured on both sides during the online catch-up (its stream did not touch \
+         them since, and the target is written by pgshift alone until verified); the rest read now",
+        r.reused.len()
+    )
+}
+
 pub fn verify_text(r: &VerifyReport) -> String {
     let mut out = String::new();
     writeln!(out, "{}", side_line("source", &r.source)).unwrap();
@@ -322,6 +331,9 @@ pub fn verify_text(r: &VerifyReport) -> String {
         .unwrap();
     if same < r.tables.len() {
         writeln!(out, "{}", rows_table(r, false, false)).unwrap();
+    }
+    if !r.reused.is_empty() {
+        writeln!(out, "{}", reused_line(r)).unwrap();
     }
     writeln!(out, "\n{}\n", naive_table(r, false)).unwrap();
     if !r.normalized.is_empty() {
@@ -383,6 +395,9 @@ pub fn verify_markdown(r: &VerifyReport) -> String {
         writeln!(out).unwrap();
     }
     writeln!(out, "## Rows per table\n\n{}\n", rows_table(r, true, true)).unwrap();
+    if !r.reused.is_empty() {
+        writeln!(out, "{}\n", reused_line(r)).unwrap();
+    }
     writeln!(
         out,
         "## The classic six counts\n\nWhat a runbook's count queries show, beside the user objects pgshift compares.\n"

@@ -1,0 +1,247 @@
+//! Live verification during the catch-up: while the stream applies, every table and chunk is
+//! counted (or hashed) on both sides; the applier records which source relations each committed
+//! target transaction changed. After the cutover's drain both sides are quiet: a table or chunk
+//! the stream has not touched since it was hashed is, on each side, as it was then, so verify takes
+//! those hashes and reads only the rest inside the window.
+//!
+//! Sound because of the order: the touched set is emptied, then the target's snapshot is taken,
+//! then the source's. A change the target's snapshot lacks is committed on the target after it
+//! (so recorded); a change after the source's snapshot is committed on the source after the
+//! target's snapshot too (so recorded). Only relations read alone qualify: ordinary tables (`ONLY`)
+//! and the chunks of hypertables and aggregates' materializations; a partition's changes arrive as
+//! its root's, so each relation counts as touched through any of its ancestors, and a chunk also
+//! through its compressed table. Views, materialized views and foreign tables are always read again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::catalog::rows::{HashForm, RowJob, RowMode, RowStats};
+use crate::catalog::{db_message, Inventory, Session};
+use crate::error::UserError;
+use crate::online::apply::TouchedRelations;
+use crate::postgres::conn::ConnSpec;
+use crate::verify::{hash_form, row_jobs, Reuse, VerifyOptions};
+
+/// One table's or chunk's measurement on both sides, each side's relation (by OID: a table dropped
+/// and made again under its name is another), and the source relations whose changes move it.
+struct Hashed {
+    source: (RowJob, RowStats),
+    target: (RowJob, RowStats),
+    oids: (u32, u32),
+    relations: Vec<u32>,
+}
+
+struct Taken {
+    form: HashForm,
+    mode: RowMode,
+    jobs: HashMap<String, Hashed>,
+}
+
+/// The hashes of a run's catch-up and what its stream touched since; shared by the catch-up, the
+/// cutover (whose drain applies too) and verify, in one process.
+#[derive(Default)]
+pub struct LiveHashes {
+    touched: TouchedRelations,
+    taken: Mutex<Option<Taken>>,
+}
+
+/// What a pass found, for the DBA.
+pub struct Pass {
+    pub measured: usize,
+    pub agree: usize,
+    pub rows: i64,
+    pub seconds: f64,
+}
+
+impl LiveHashes {
+    /// The set the appliers record into.
+    pub fn touched(&self) -> TouchedRelations {
+        self.touched.clone()
+    }
+
+    /// Measures every qualifying table and chunk on both sides now (while the stream applies):
+    /// those `publication` publishes (an unlogged table's changes, for one, are never streamed).
+    pub async fn take(
+        &self,
+        source: &ConnSpec,
+        target: &ConnSpec,
+        publication: &str,
+        opts: VerifyOptions,
+    ) -> Result<Pass, UserError> {
+        let started = Instant::now();
+        // the order makes it sound (module docs): emptied, then the target's snapshot, then the source's
+        self.touched.lock().expect("touched lock").clear();
+        let t = Session::open(target).await?;
+        let s = Session::open(source).await?;
+        let (s_inv, t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
+        let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
+        let form = hash_form(&s, &t, &s_inv, &t_inv).await;
+        let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv, form);
+        let readable = readable_alone(&s_inv);
+        let t_by_name: HashMap<&str, &RowJob> = t_jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+        let (s_jobs, t_jobs): (Vec<RowJob>, Vec<RowJob>) = s_jobs
+            .iter()
+            .filter(|j| readable.contains_key(&j.name))
+            .filter_map(|j| t_by_name.get(j.name.as_str()).map(|t| (j.clone(), (*t).clone())))
+            .unzip();
+        let names: Vec<String> = s_jobs.iter().map(|j| relation_of(j).to_string()).collect();
+        let relations = published_relations(source, &names, publication).await?;
+        let t_names: Vec<String> = t_jobs.iter().map(|j| relation_of(j).to_string()).collect();
+        let t_oids = oids(target, &t_names).await?;
+        let (s_rows, t_rows) = tokio::try_join!(
+            s.measure_rows(s_jobs.clone(), mode, opts.workers, None),
+            t.measure_rows(t_jobs.clone(), mode, opts.workers, None)
+        )?;
+        tokio::join!(s.close(), t.close());
+        let mut jobs = HashMap::new();
+        let mut pass = Pass { measured: 0, agree: 0, rows: 0, seconds: 0.0 };
+        for (sj, tj) in s_jobs.into_iter().zip(t_jobs) {
+            let (Some(Ok(ss)), Some(Ok(ts))) = (s_rows.get(&sj.name), t_rows.get(&tj.name)) else { continue };
+            let Some((s_oid, ids)) = relations.get(relation_of(&sj)) else { continue };
+            let Some(Some(t_oid)) = t_oids.get(relation_of(&tj)) else { continue };
+            pass.measured += 1;
+            pass.rows += ss.rows;
+            pass.agree += usize::from(ss == ts);
+            let name = sj.name.clone();
+            let hashed = Hashed {
+                source: (sj, ss.clone()),
+                target: (tj, ts.clone()),
+                oids: (*s_oid, *t_oid),
+                relations: ids.clone(),
+            };
+            jobs.insert(name, hashed);
+        }
+        *self.taken.lock().expect("taken lock") = Some(Taken { form, mode, jobs });
+        pass.seconds = started.elapsed().as_secs_f64();
+        Ok(pass)
+    }
+
+    /// The measurements of the tables and chunks the stream has not touched since they were taken
+    /// (once it has stopped: after the cutover's drain), whose relations are still the same on
+    /// both sides, for verify to use instead of reading them. None when nothing was taken, or a
+    /// side cannot be read (verify then reads everything).
+    pub async fn untouched(&self, source: &ConnSpec, target: &ConnSpec) -> Option<Reuse> {
+        let (form, mode, candidates) = {
+            let taken = self.taken.lock().expect("taken lock");
+            let taken = taken.as_ref()?;
+            let touched = self.touched.lock().expect("touched lock");
+            let candidates: Vec<(String, ((RowJob, RowStats), (RowJob, RowStats)), (u32, u32))> = taken
+                .jobs
+                .iter()
+                .filter(|(_, h)| !h.relations.iter().any(|r| touched.contains(r)))
+                .map(|(name, h)| (name.clone(), (h.source.clone(), h.target.clone()), h.oids))
+                .collect();
+            (taken.form, taken.mode, candidates)
+        };
+        let names = |side: fn(&((RowJob, RowStats), (RowJob, RowStats))) -> &RowJob| -> Vec<String> {
+            candidates.iter().map(|(_, m, _)| relation_of(side(m)).to_string()).collect()
+        };
+        let (s_names, t_names) = (names(|m| &m.0 .0), names(|m| &m.1 .0));
+        let (s_now, t_now) = tokio::join!(oids(source, &s_names), oids(target, &t_names));
+        let (s_now, t_now) = (s_now.ok()?, t_now.ok()?);
+        let jobs = candidates
+            .into_iter()
+            .filter(|(_, m, (s_oid, t_oid))| {
+                s_now.get(relation_of(&m.0 .0)) == Some(&Some(*s_oid))
+                    && t_now.get(relation_of(&m.1 .0)) == Some(&Some(*t_oid))
+            })
+            .map(|(name, m, _)| (name, m))
+            .collect();
+        Some(Reuse { form, mode, jobs })
+    }
+}
+
+/// The relation a job reads alone (`ONLY s.t`, or a chunk).
+fn relation_of(job: &RowJob) -> &str {
+    job.from.strip_prefix("ONLY ").unwrap_or(&job.from)
+}
+
+/// The source jobs that read one relation alone, by job name: the relation.
+fn readable_alone(inv: &Inventory) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for t in &inv.tables {
+        match t.kind.as_str() {
+            "table" if t.parts.is_empty() => {
+                out.insert(t.name.clone(), t.name.clone());
+            }
+            "hypertable" | "materialization" => {
+                for p in &t.parts {
+                    out.insert(crate::catalog::rows::part_job_name(&t.name, &p.key), p.relation.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn read_error(side: &ConnSpec) -> impl Fn(tokio_postgres::Error) -> UserError + '_ {
+    move |e| {
+        UserError::new(
+            format!("{} {}: reading the tables' OIDs failed ({})", side.role, side.label(), db_message(&e)),
+            "check the server (live verification is left out; the cutover's verify reads everything)",
+        )
+    }
+}
+
+/// Each relation's OID now (None: it is gone).
+async fn oids(side: &ConnSpec, names: &[String]) -> Result<HashMap<String, Option<u32>>, UserError> {
+    let c = side.connect().await?;
+    let rows = c
+        .query("SELECT r, pg_catalog.to_regclass(r)::oid FROM unnest($1::text[]) r", &[&names])
+        .await
+        .map_err(read_error(side))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The published relations among `names`: each one's OID and the OIDs whose changes also move it —
+/// its ancestors (a partition's changes are published as its root's) and, for a chunk, its
+/// compressed table. Published: it or an ancestor is in `publication`'s tables.
+async fn published_relations(
+    source: &ConnSpec,
+    names: &[String],
+    publication: &str,
+) -> Result<HashMap<String, (u32, Vec<u32>)>, UserError> {
+    let c = source.connect().await?;
+    let rows = c
+        .query(
+            "WITH RECURSIVE given AS (SELECT r, pg_catalog.to_regclass(r)::oid AS rel FROM unnest($1::text[]) r), \
+             up(r, anc) AS (SELECT r, rel FROM given WHERE rel IS NOT NULL \
+                            UNION SELECT up.r, i.inhparent FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.anc), \
+             published AS (SELECT c.oid FROM pg_catalog.pg_publication_tables p \
+                            JOIN pg_catalog.pg_namespace n ON n.nspname = p.schemaname \
+                            JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+                            WHERE p.pubname = $2) \
+             SELECT up.r, g.rel, array_agg(up.anc) FROM up JOIN given g USING (r) GROUP BY up.r, g.rel \
+             HAVING bool_or(up.anc IN (SELECT oid FROM published))",
+            &[&names, &publication],
+        )
+        .await
+        .map_err(read_error(source))?;
+    let mut out: HashMap<String, (u32, Vec<u32>)> =
+        rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2)))).collect();
+    let timescaledb: bool = c
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')", &[])
+        .await
+        .map_err(read_error(source))?
+        .get(0);
+    if timescaledb {
+        let compressed = c
+            .query(
+                "SELECT format('%I.%I', c.schema_name, c.table_name), \
+                        format('%I.%I', z.schema_name, z.table_name)::regclass::oid \
+                 FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.chunk z ON z.id = c.compressed_chunk_id \
+                 WHERE NOT c.dropped",
+                &[],
+            )
+            .await
+            .map_err(read_error(source))?;
+        for r in compressed {
+            if let Some((_, ids)) = out.get_mut(&r.get::<_, String>(0)) {
+                ids.push(r.get(1));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -21,7 +21,7 @@ use crate::catalog::{db_message, Inventory, Session};
 use crate::error::UserError;
 use crate::online::apply::TouchedRelations;
 use crate::postgres::conn::ConnSpec;
-use crate::verify::{hash_form, row_jobs, Reuse, VerifyOptions};
+use crate::verify::{hash_form, row_jobs, Measured, Reuse, VerifyOptions};
 
 /// One table's or chunk's measurement on both sides, each side's relation (by OID: a table dropped
 /// and made again under its name is another), and the source relations whose changes move it.
@@ -126,7 +126,7 @@ impl LiveHashes {
             let taken = self.taken.lock().expect("taken lock");
             let taken = taken.as_ref()?;
             let touched = self.touched.lock().expect("touched lock");
-            let candidates: Vec<(String, ((RowJob, RowStats), (RowJob, RowStats)), (u32, u32))> = taken
+            let candidates: Vec<(String, Measured, (u32, u32))> = taken
                 .jobs
                 .iter()
                 .filter(|(_, h)| !h.relations.iter().any(|r| touched.contains(r)))
@@ -134,7 +134,7 @@ impl LiveHashes {
                 .collect();
             (taken.form, taken.mode, candidates)
         };
-        let names = |side: fn(&((RowJob, RowStats), (RowJob, RowStats))) -> &RowJob| -> Vec<String> {
+        let names = |side: fn(&Measured) -> &RowJob| -> Vec<String> {
             candidates.iter().map(|(_, m, _)| relation_of(side(m)).to_string()).collect()
         };
         let (s_names, t_names) = (names(|m| &m.0 .0), names(|m| &m.1 .0));

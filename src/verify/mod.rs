@@ -105,8 +105,11 @@ pub async fn verify(
 pub struct Reuse {
     pub form: HashForm,
     pub mode: RowMode,
-    pub jobs: std::collections::HashMap<String, ((RowJob, RowStats), (RowJob, RowStats))>,
+    pub jobs: std::collections::HashMap<String, Measured>,
 }
+
+/// One job's measurement on the source and on the target: each side's job and stats.
+pub type Measured = ((RowJob, RowStats), (RowJob, RowStats));
 
 /// Takes out of both job lists those `reuse` measured with the very same jobs (name, relation,
 /// columns, form) and mode, returning their stats for each side.

@@ -111,6 +111,8 @@ echo "online run, start to verified:      ${total}s"
 echo "window (writes stopped → verified): ${window}s"
 echo "offline run (source quiet):         ${offline}s"
 echo "ratio window / offline run:         $(echo "scale=3; $window / $offline" | bc)"
+verify_json=$(ls "$work"/backups-bench_online_dst/*/verify.json | tail -1)
+echo "live verification:                  $(jq '.reused | length' "$verify_json") tables and chunks measured during the catch-up, not read again; $(jq '.tables | length' "$verify_json") tables compared"
 echo "online run, per stage:"
 jq -r 'select(.event == "stage_finished") | "  \(.stage):\t\(.elapsed_ms / 1000)s"' "$work/online.jsonl"
 echo "pgshift peak memory (max RSS):      $(( $(cat "$work/rss") / 1024 )) MiB"

@@ -160,9 +160,15 @@ fn id_columns(id: &Identity) -> &[usize] {
     }
 }
 
-/// The source relations (by OID) whose changes committed target transactions applied: recorded
-/// at each commit, for live verification.
-pub type TouchedRelations = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>>;
+/// The source relations (by OID) whose changes committed target transactions applied, each with
+/// the number of the last commit that changed it (commits counted from 1): for live verification.
+#[derive(Debug, Default)]
+pub struct Touches {
+    pub commits: u64,
+    pub last: HashMap<u32, u64>,
+}
+
+pub type TouchedRelations = std::sync::Arc<std::sync::Mutex<Touches>>;
 
 /// The target session changes are applied in, with its open transaction and pending COPY.
 pub struct Applier {
@@ -423,7 +429,10 @@ impl Applier {
         self.open = false;
         self.pending_changes = 0;
         if let Some(touched) = &self.touched {
-            touched.lock().expect("touched lock").extend(self.touching.drain());
+            let mut t = touched.lock().expect("touched lock");
+            t.commits += 1;
+            let n = t.commits;
+            t.last.extend(self.touching.drain().map(|id| (id, n)));
         }
         Ok(())
     }

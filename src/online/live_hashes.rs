@@ -1,16 +1,20 @@
 //! Live verification during the catch-up: while the stream applies, every table and chunk is
-//! counted (or hashed) on both sides; the applier records which source relations each committed
-//! target transaction changed. After the cutover's drain both sides are quiet: a table or chunk
-//! the stream has not touched since it was hashed is, on each side, as it was then, so verify takes
-//! those hashes and reads only the rest inside the window.
+//! counted (or hashed) on both sides, in passes; the appliers record, at each commit, which source
+//! relations it changed. After the cutover's drain both sides are quiet: a table or chunk the
+//! stream has not touched since it was measured is, on each side, as it was then, so verify takes
+//! those measurements and reads only the rest inside the window. Each pass measures again what
+//! was touched since it was measured but has cooled (untouched since the pass before began):
+//! what the application keeps writing is left to the cutover, what it wrote once is not.
 //!
-//! Sound because of the order: the touched set is emptied, then the target's snapshot is taken,
+//! Sound because of the order: the commit count is read, then the target's snapshot is taken,
 //! then the source's. A change the target's snapshot lacks is committed on the target after it
-//! (so recorded); a change after the source's snapshot is committed on the source after the
-//! target's snapshot too (so recorded). Only relations read alone qualify: ordinary tables (`ONLY`)
-//! and the chunks of hypertables and aggregates' materializations; a partition's changes arrive as
-//! its root's, so each relation counts as touched through any of its ancestors, and a chunk also
-//! through its compressed table. Views, materialized views and foreign tables are always read again.
+//! (so counted after); a change after the source's snapshot is committed on the source after the
+//! target's snapshot too (so counted after). Only relations read alone qualify: ordinary tables
+//! (`ONLY`) and the chunks of hypertables and aggregates' materializations, published (an unlogged
+//! table's changes are never streamed); a partition's changes arrive as its root's, so each
+//! relation counts as touched through any of its ancestors, and a chunk also through its
+//! compressed table. Views, materialized views and foreign tables are always read again. The
+//! target must be written by pgshift alone until verified (its TimescaleDB jobs are held).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,38 +23,62 @@ use std::time::Instant;
 use crate::catalog::rows::{HashForm, RowJob, RowMode, RowStats};
 use crate::catalog::{db_message, Inventory, Session};
 use crate::error::UserError;
-use crate::online::apply::TouchedRelations;
+use crate::online::apply::{TouchedRelations, Touches};
 use crate::postgres::conn::ConnSpec;
 use crate::verify::{hash_form, row_jobs, Measured, Reuse, VerifyOptions};
 
 /// One table's or chunk's measurement on both sides, each side's relation (by OID: a table dropped
-/// and made again under its name is another), and the source relations whose changes move it.
+/// and made again under its name is another), the source relations whose changes move it, and the
+/// commit count when it was taken.
 struct Hashed {
     source: (RowJob, RowStats),
     target: (RowJob, RowStats),
     oids: (u32, u32),
     relations: Vec<u32>,
+    taken_at: u64,
+}
+
+impl Hashed {
+    /// Whether no commit since it was taken changed it.
+    fn current(&self, touches: &Touches) -> bool {
+        last_touch(&self.relations, touches) <= self.taken_at
+    }
+}
+
+/// The last commit that changed any of `relations` (0: none).
+fn last_touch(relations: &[u32], touches: &Touches) -> u64 {
+    relations.iter().filter_map(|r| touches.last.get(r)).max().copied().unwrap_or(0)
 }
 
 struct Taken {
     form: HashForm,
     mode: RowMode,
     jobs: HashMap<String, Hashed>,
+    /// The commit count when the last pass began.
+    last_pass: u64,
 }
 
-/// The hashes of a run's catch-up and what its stream touched since; shared by the catch-up, the
-/// cutover (whose drain applies too) and verify, in one process.
+/// The measurements of a run's catch-up and what its stream touched since; shared by the
+/// catch-up, the cutover (whose drain applies too) and verify, in one process.
 #[derive(Default)]
 pub struct LiveHashes {
     touched: TouchedRelations,
     taken: Mutex<Option<Taken>>,
 }
 
-/// What a pass found, for the DBA.
+/// What a pass did, for the DBA.
 pub struct Pass {
+    pub first: bool,
+    /// Measured in this pass, and their source rows.
     pub measured: usize,
-    pub agree: usize,
     pub rows: i64,
+    /// Of those, equal on both sides now (the rest differ by the lag).
+    pub agree: usize,
+    /// Touched since the pass before: left for a later pass, or the cutover.
+    pub hot: usize,
+    /// Current measurements of all qualifying tables and chunks.
+    pub current: usize,
+    pub candidates: usize,
     pub seconds: f64,
 }
 
@@ -60,9 +88,10 @@ impl LiveHashes {
         self.touched.clone()
     }
 
-    /// Measures every qualifying table and chunk on both sides now (while the stream applies):
-    /// those `publication` publishes (an unlogged table's changes, for one, are never streamed).
-    pub async fn take(
+    /// One pass over the qualifying tables and chunks (those `publication` publishes): measures,
+    /// on both sides now, those never measured or touched since (the first pass: all), unless
+    /// touched since the pass before began.
+    pub async fn pass(
         &self,
         source: &ConnSpec,
         target: &ConnSpec,
@@ -70,8 +99,8 @@ impl LiveHashes {
         opts: VerifyOptions,
     ) -> Result<Pass, UserError> {
         let started = Instant::now();
-        // the order makes it sound (module docs): emptied, then the target's snapshot, then the source's
-        self.touched.lock().expect("touched lock").clear();
+        // the order makes it sound (module docs): the commit count, the target's snapshot, the source's
+        let at = self.touched.lock().expect("touched lock").commits;
         let t = Session::open(target).await?;
         let s = Session::open(source).await?;
         let (s_inv, t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
@@ -80,39 +109,68 @@ impl LiveHashes {
         let (s_jobs, t_jobs) = row_jobs(&s_inv, &t_inv, form);
         let readable = readable_alone(&s_inv);
         let t_by_name: HashMap<&str, &RowJob> = t_jobs.iter().map(|j| (j.name.as_str(), j)).collect();
-        let (s_jobs, t_jobs): (Vec<RowJob>, Vec<RowJob>) = s_jobs
+        let pairs: Vec<(RowJob, RowJob)> = s_jobs
             .iter()
             .filter(|j| readable.contains_key(&j.name))
             .filter_map(|j| t_by_name.get(j.name.as_str()).map(|t| (j.clone(), (*t).clone())))
-            .unzip();
-        let names: Vec<String> = s_jobs.iter().map(|j| relation_of(j).to_string()).collect();
+            .collect();
+        let names: Vec<String> = pairs.iter().map(|(j, _)| relation_of(j).to_string()).collect();
         let relations = published_relations(source, &names, publication).await?;
-        let t_names: Vec<String> = t_jobs.iter().map(|j| relation_of(j).to_string()).collect();
+        let t_names: Vec<String> = pairs.iter().map(|(_, j)| relation_of(j).to_string()).collect();
         let t_oids = oids(target, &t_names).await?;
+
+        // what to measure: never measured, or touched since, and not still being written
+        let (previous, first) = {
+            let taken = self.taken.lock().expect("taken lock");
+            match taken.as_ref().filter(|k| k.form == form && k.mode == mode) {
+                Some(k) => (Some(k.last_pass), false),
+                None => (None, true),
+            }
+        };
+        let mut pass = Pass { first, measured: 0, rows: 0, agree: 0, hot: 0, current: 0, candidates: 0, seconds: 0.0 };
+        let mut todo = Vec::new();
+        {
+            let taken = self.taken.lock().expect("taken lock");
+            let touches = self.touched.lock().expect("touched lock");
+            for (sj, tj) in pairs {
+                let Some((s_oid, ids)) = relations.get(relation_of(&sj)) else { continue };
+                let Some(Some(t_oid)) = t_oids.get(relation_of(&tj)) else { continue };
+                pass.candidates += 1;
+                let held = taken.as_ref().filter(|_| !first).and_then(|k| k.jobs.get(&sj.name));
+                if held.is_some_and(|h| h.source.0 == sj && h.target.0 == tj && h.oids == (*s_oid, *t_oid))
+                    && held.is_some_and(|h| h.current(&touches))
+                {
+                    continue;
+                }
+                if previous.is_some_and(|p| last_touch(ids, &touches) > p) {
+                    pass.hot += 1;
+                    continue;
+                }
+                todo.push((sj, tj, (*s_oid, *t_oid), ids.clone()));
+            }
+        }
         let (s_rows, t_rows) = tokio::try_join!(
-            s.measure_rows(s_jobs.clone(), mode, opts.workers, None),
-            t.measure_rows(t_jobs.clone(), mode, opts.workers, None)
+            s.measure_rows(todo.iter().map(|j| j.0.clone()).collect(), mode, opts.workers, None),
+            t.measure_rows(todo.iter().map(|j| j.1.clone()).collect(), mode, opts.workers, None)
         )?;
         tokio::join!(s.close(), t.close());
-        let mut jobs = HashMap::new();
-        let mut pass = Pass { measured: 0, agree: 0, rows: 0, seconds: 0.0 };
-        for (sj, tj) in s_jobs.into_iter().zip(t_jobs) {
+        let mut taken = self.taken.lock().expect("taken lock");
+        if first {
+            *taken = Some(Taken { form, mode, jobs: HashMap::new(), last_pass: at });
+        }
+        let k = taken.as_mut().expect("taken");
+        k.last_pass = at;
+        for (sj, tj, oids, relations) in todo {
             let (Some(Ok(ss)), Some(Ok(ts))) = (s_rows.get(&sj.name), t_rows.get(&tj.name)) else { continue };
-            let Some((s_oid, ids)) = relations.get(relation_of(&sj)) else { continue };
-            let Some(Some(t_oid)) = t_oids.get(relation_of(&tj)) else { continue };
             pass.measured += 1;
             pass.rows += ss.rows;
             pass.agree += usize::from(ss == ts);
-            let name = sj.name.clone();
-            let hashed = Hashed {
-                source: (sj, ss.clone()),
-                target: (tj, ts.clone()),
-                oids: (*s_oid, *t_oid),
-                relations: ids.clone(),
-            };
-            jobs.insert(name, hashed);
+            let hashed =
+                Hashed { source: (sj.clone(), ss.clone()), target: (tj, ts.clone()), oids, relations, taken_at: at };
+            k.jobs.insert(sj.name, hashed);
         }
-        *self.taken.lock().expect("taken lock") = Some(Taken { form, mode, jobs });
+        let touches = self.touched.lock().expect("touched lock");
+        pass.current = k.jobs.values().filter(|h| h.current(&touches)).count();
         pass.seconds = started.elapsed().as_secs_f64();
         Ok(pass)
     }
@@ -125,11 +183,11 @@ impl LiveHashes {
         let (form, mode, candidates) = {
             let taken = self.taken.lock().expect("taken lock");
             let taken = taken.as_ref()?;
-            let touched = self.touched.lock().expect("touched lock");
+            let touches = self.touched.lock().expect("touched lock");
             let candidates: Vec<(String, Measured, (u32, u32))> = taken
                 .jobs
                 .iter()
-                .filter(|(_, h)| !h.relations.iter().any(|r| touched.contains(r)))
+                .filter(|(_, h)| h.current(&touches))
                 .map(|(name, h)| (name.clone(), (h.source.clone(), h.target.clone()), h.oids))
                 .collect();
             (taken.form, taken.mode, candidates)

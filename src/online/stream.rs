@@ -281,6 +281,10 @@ fn shape_error(table: &str, what: &str) -> UserError {
     )
 }
 
+/// How long the stream may be silent before what was received is committed and the cutover
+/// request looked for: the request's pickup waits at most this.
+const IDLE: Duration = Duration::from_millis(50);
+
 /// Streams from `start` and applies every change after the stored position, until `until`.
 pub async fn follow(
     ctx: &StageContext,
@@ -353,7 +357,7 @@ pub async fn follow(
             client.abort();
             return Err(StageError::Cancelled);
         }
-        let event = match tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
+        let event = match tokio::time::timeout(IDLE, client.recv()).await {
             Err(_) => None,
             Ok(Ok(Some(ev))) => Some(ev),
             Ok(Ok(None)) => {

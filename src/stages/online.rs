@@ -55,8 +55,10 @@ pub struct CatchUpStage {
     live: Option<(Arc<LiveHashes>, VerifyOptions)>,
 }
 
-/// How long the catch-up applies before it measures both sides for live verification.
+/// How long the catch-up applies before it measures both sides for live verification, and the
+/// pause between two passes.
 const LIVE_HASH_AFTER: Duration = Duration::from_secs(2);
+const LIVE_PASS_PAUSE: Duration = Duration::from_secs(3);
 
 impl CatchUpStage {
     /// `handover` is shared with the run's cutover stage.
@@ -70,34 +72,46 @@ impl CatchUpStage {
         self
     }
 
-    /// Live verification: both sides measured while the stream applies; what it leaves alone
-    /// until the cutover is not read again inside the window. Never fails the catch-up.
+    /// Live verification: both sides measured while the stream applies, in passes; what it leaves
+    /// alone until the cutover is not read again inside the window. Never fails the catch-up, and
+    /// ends with it.
     async fn measure_live(&self, ctx: &StageContext) {
         let Some((live, options)) = &self.live else { return std::future::pending().await };
-        tokio::time::sleep(LIVE_HASH_AFTER).await;
+        let Some(state) = ctx.run_dir().and_then(OnlineState::load) else { return std::future::pending().await };
         let (source, target) = (ctx.tagged(&self.source), ctx.tagged(&self.target));
-        let Some(state) = ctx.run_dir().and_then(OnlineState::load) else { return };
-        match live.take(&source, &target, &state.publication, *options).await {
-            Ok(p) => {
-                ctx.info(
-                    "catch-up",
-                    format!(
-                        "live verification: {} tables and chunks ({} rows) {} on both sides in {:.1} s while the stream \
-                         applies; {} agree now, the rest differ by the lag; what the stream touches from here on is \
-                         read again at cutover",
-                        p.measured,
-                        p.rows,
-                        if options.checksums { "counted and hashed" } else { "counted" },
-                        p.seconds,
-                        p.agree
-                    ),
-                )
-                .await
-            }
-            Err(e) => {
-                ctx.info("catch-up", format!("live verification left out: {} (the cutover's verify reads everything)", e.message))
+        tokio::time::sleep(LIVE_HASH_AFTER).await;
+        loop {
+            match live.pass(&source, &target, &state.publication, *options).await {
+                Ok(p) if p.first || p.measured > 0 => {
+                    ctx.info(
+                        "catch-up",
+                        format!(
+                            "live verification: {} tables and chunks ({} source rows) {} on both sides in {:.1} s ({} \
+                             agree now, the rest differ by the lag); {} of {} current, {} still being written (left \
+                             for a later pass or the cutover)",
+                            p.measured,
+                            p.rows,
+                            if options.checksums { "counted and hashed" } else { "counted" },
+                            p.seconds,
+                            p.agree,
+                            p.current,
+                            p.candidates,
+                            p.hot
+                        ),
+                    )
                     .await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ctx.info(
+                        "catch-up",
+                        format!("live verification left out: {} (the cutover's verify reads everything)", e.message),
+                    )
+                    .await;
+                    return std::future::pending().await;
+                }
             }
+            tokio::time::sleep(LIVE_PASS_PAUSE).await;
         }
     }
 }

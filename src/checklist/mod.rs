@@ -183,6 +183,7 @@ pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared
     let workers = plan.data.jobs.max(1);
     let options = VerifyOptions { checksums: plan.verify.checksums, workers };
     let target_user = target.config.get_user().unwrap_or("postgres").to_string();
+    let allow = planned_differences(&plan, &target_user)?;
     // the catch-up's hashes of what its stream leaves alone, taken by verify
     let live = online.as_ref().map(|_| std::sync::Arc::new(crate::online::live_hashes::LiveHashes::default()));
     let online_stages: Vec<Box<dyn Stage>> = match (&online, &live) {
@@ -197,7 +198,7 @@ pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared
                         slot.clone(),
                         handover.clone(),
                     )
-                    .with_live(live.clone(), options),
+                    .with_live(live.clone(), options, allow.clone()),
                 ),
                 Box::new(
                     CutoverStage::new(source.clone(), target.clone(), handover, plan.tuning.compress_chunks)
@@ -207,7 +208,7 @@ pub fn prepare(plan_path: &Path, restart: bool, online: bool) -> Result<Prepared
         }
         _ => Vec::new(),
     };
-    let mut verify = VerifyStage::new(source, target, planned_differences(&plan, &target_user)?, options);
+    let mut verify = VerifyStage::new(source, target, allow, options);
     if let Some(live) = live {
         verify = verify.with_live(live);
     }

@@ -18,6 +18,7 @@ use crate::online::live_hashes::LiveHashes;
 use crate::online::slot::{self, parse_lsn, CutoverRequest, OnlineState};
 use crate::online::stream::{follow, Handover, Until};
 use crate::online::{preflight, OnlineSlot};
+use crate::plan::allow::AllowList;
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::caggs::{self, RefreshState};
 use crate::timescaledb::chunks::{self, ChunkState};
@@ -52,7 +53,7 @@ pub struct CatchUpStage {
     quiet: Duration,
     holder: OnlineSlot,
     handover: Handover,
-    live: Option<(Arc<LiveHashes>, VerifyOptions)>,
+    live: Option<(Arc<LiveHashes>, VerifyOptions, AllowList)>,
 }
 
 /// How long the catch-up applies before it measures both sides for live verification, and the
@@ -66,9 +67,10 @@ impl CatchUpStage {
         Self { source, target, quiet, holder, handover, live: None }
     }
 
-    /// Measures both sides during the catch-up (as verify would, with `options`) into `live`.
-    pub fn with_live(mut self, live: Arc<LiveHashes>, options: VerifyOptions) -> Self {
-        self.live = Some((live, options));
+    /// Measures both sides during the catch-up (as verify would, with `options` and the plan's
+    /// planned differences `allow`) into `live`.
+    pub fn with_live(mut self, live: Arc<LiveHashes>, options: VerifyOptions, allow: AllowList) -> Self {
+        self.live = Some((live, options, allow));
         self
     }
 
@@ -76,12 +78,33 @@ impl CatchUpStage {
     /// alone until the cutover is not read again inside the window. Never fails the catch-up, and
     /// ends with it.
     async fn measure_live(&self, ctx: &StageContext) {
-        let Some((live, options)) = &self.live else { return std::future::pending().await };
+        let Some((live, options, allow)) = &self.live else { return std::future::pending().await };
         let Some(state) = ctx.run_dir().and_then(OnlineState::load) else { return std::future::pending().await };
         let (source, target) = (ctx.tagged(&self.source), ctx.tagged(&self.target));
         tokio::time::sleep(LIVE_HASH_AFTER).await;
+        let mut drift_seen: Vec<String> = Vec::new();
         loop {
-            match live.pass(&source, &target, &state.publication, *options).await {
+            let pass = live.pass(&source, &target, &state.publication, *options, allow).await;
+            if let Ok(p) = &pass {
+                // said when it changes: red in the console at once, not at the cutover's verify
+                if p.drift != drift_seen {
+                    if p.drift.is_empty() {
+                        ctx.info("catch-up", "live verification: the catalogs agree again").await;
+                    } else {
+                        ctx.warning(format!(
+                            "live verification: the catalogs differ now ({} difference(s): {}{}): a schema change \
+                             on one side? The stream does not carry DDL: make the same change on the other side, or \
+                             the cutover's verify fails",
+                            p.drift.len(),
+                            p.drift.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+                            if p.drift.len() > 5 { "; ..." } else { "" }
+                        ))
+                        .await;
+                    }
+                    drift_seen = p.drift.clone();
+                }
+            }
+            match pass {
                 Ok(p) if p.first || p.measured > 0 => {
                     ctx.info(
                         "catch-up",
@@ -141,7 +164,7 @@ impl Stage for CatchUpStage {
             self.holder.release().await;
             let mut state = state_of(dir)?;
             let mut applier = Applier::open(&ctx.tagged(&self.target), &state.slot).await?;
-            if let Some((live, _)) = &self.live {
+            if let Some((live, _, _)) = &self.live {
                 applier.record_into(live.touched());
             }
             let start = start_of(&applier, &state).await?;

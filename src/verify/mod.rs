@@ -197,27 +197,14 @@ pub async fn verify_watched(
         }
     }
     tokio::join!(s.close(), t.close());
-    let respelled = align_view_spelling(target, &mut s_inv, &t_inv).await;
     let settings = setting_differences(source, target).await;
-
-    // a class one side could not read is compared on neither (said in the report)
-    for class in [Class::RolePasswords] {
-        if s_inv.objects.contains_key(&class) != t_inv.objects.contains_key(&class) {
-            s_inv.objects.remove(&class);
-            t_inv.objects.remove(&class);
-        }
-    }
-    // a user mapping whose options one side may not read: its options compared on neither (the
-    // report names it as not compared), its presence still compared
-    unreadable_on_either(&mut s_inv, &mut t_inv, Class::UserMappings, rare_classes::OPTIONS_NOT_READABLE);
+    let (classes, mut differences, normalized) = compare_catalogs(target, &mut s_inv, &mut t_inv, allow).await;
     let not_compared: Vec<String> = s_inv
         .not_compared
         .iter()
         .map(|w| format!("source: {w}"))
         .chain(t_inv.not_compared.iter().map(|w| format!("target: {w}")))
         .collect();
-    let (classes, mut differences, mut normalized) = diff::compare_objects(&s_inv, &t_inv, allow);
-    normalized.extend(respelled);
     let (tables, row_diffs) = diff::compare_rows(&s_inv, &t_inv, allow);
     differences.extend(row_diffs);
     let naive = diff::naive_rows(&s_inv, &t_inv, &classes);
@@ -259,6 +246,30 @@ pub async fn verify_watched(
         // a class that could not be read was not compared: that is not a clean result
         clean: unexpected == 0 && warnings_empty,
     })
+}
+
+/// The object classes side by side: a view's query in the target's spelling where the majors
+/// differ, a class one side could not read compared on neither.
+pub async fn compare_catalogs(
+    target: &ConnSpec,
+    s_inv: &mut Inventory,
+    t_inv: &mut Inventory,
+    allow: &AllowList,
+) -> (Vec<ClassCount>, Vec<Difference>, Vec<Normalized>) {
+    let respelled = align_view_spelling(target, s_inv, t_inv).await;
+    // a class one side could not read is compared on neither (said in the report)
+    for class in [Class::RolePasswords] {
+        if s_inv.objects.contains_key(&class) != t_inv.objects.contains_key(&class) {
+            s_inv.objects.remove(&class);
+            t_inv.objects.remove(&class);
+        }
+    }
+    // a user mapping whose options one side may not read: its options compared on neither (the
+    // report names it as not compared), its presence still compared
+    unreadable_on_either(s_inv, t_inv, Class::UserMappings, rare_classes::OPTIONS_NOT_READABLE);
+    let (classes, differences, mut normalized) = diff::compare_objects(s_inv, t_inv, allow);
+    normalized.extend(respelled);
+    (classes, differences, normalized)
 }
 
 /// Where the source runs another major, its server deparses the same view query differently

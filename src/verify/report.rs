@@ -163,7 +163,7 @@ fn human_bytes(b: i64) -> String {
 
 // ---------------------------------------------------------------- verify
 
-fn change_word(c: Change) -> &'static str {
+pub fn change_word(c: Change) -> &'static str {
     match c {
         Change::Missing => "missing on target",
         Change::Extra => "extra on target",

@@ -353,3 +353,31 @@ async fn published_relations(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_measurement_is_current_until_a_later_commit_touches_one_of_its_relations() {
+        let mut touches = Touches::default();
+        let job = RowJob { name: "t".into(), from: "ONLY t".into(), columns: vec![], form: HashForm::Text };
+        let stats = RowStats { rows: 1, checksum: None };
+        // the chunk itself (1) and its compressed table (2); relation 3 is another table
+        let h = Hashed {
+            source: (job.clone(), stats.clone()),
+            target: (job, stats),
+            oids: (1, 10),
+            relations: vec![1, 2],
+            taken_at: 5,
+        };
+        assert!(h.current(&touches), "never touched");
+        touches.last.insert(1, 5);
+        touches.last.insert(3, 9);
+        assert!(h.current(&touches), "touched by a commit counted before the measurement");
+        touches.last.insert(2, 6);
+        assert!(!h.current(&touches), "touched through its compressed table after it");
+        assert_eq!(last_touch(&[1, 2, 3], &touches), 9);
+        assert_eq!(relation_of(&h.source.0), "t");
+    }
+}

@@ -406,3 +406,42 @@ fn side(spec: &ConnSpec, inv: Inventory) -> Side {
         excluded: inv.excluded,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, from: &str, columns: &[&str]) -> RowJob {
+        RowJob {
+            name: name.into(),
+            from: from.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            form: HashForm::InServer,
+        }
+    }
+
+    fn stats(rows: i64) -> RowStats {
+        RowStats { rows, checksum: Some(format!("srv:{rows}")) }
+    }
+
+    #[test]
+    fn only_the_very_same_jobs_are_taken_from_an_earlier_measurement() {
+        let mut jobs = std::collections::HashMap::new();
+        jobs.insert("a".to_string(), ((job("a", "ONLY a", &["x"]), stats(1)), (job("a", "ONLY a", &["x"]), stats(1))));
+        // the source's columns changed since
+        jobs.insert("b".to_string(), ((job("b", "ONLY b", &["x"]), stats(2)), (job("b", "ONLY b", &["x"]), stats(2))));
+        let reuse = Reuse { form: HashForm::InServer, mode: RowMode::Checksum, jobs };
+        let mut s_jobs = vec![job("a", "ONLY a", &["x"]), job("b", "ONLY b", &["x", "y"]), job("c", "ONLY c", &[])];
+        let mut t_jobs = vec![job("a", "ONLY a", &["x"]), job("b", "ONLY b", &["x", "y"]), job("c", "ONLY c", &[])];
+        let (s, t) = take_reused(Some(&reuse), HashForm::InServer, RowMode::Checksum, &mut s_jobs, &mut t_jobs);
+        assert_eq!(s.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(t["a"], Ok(stats(1)));
+        assert_eq!(s_jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), vec!["b", "c"]);
+        assert_eq!(t_jobs.len(), 2);
+        // measured another way (counts only, or another hash form): nothing taken
+        let (s, _) = take_reused(Some(&reuse), HashForm::InServer, RowMode::Count, &mut s_jobs, &mut t_jobs);
+        assert!(s.is_empty());
+        let (s, _) = take_reused(Some(&reuse), HashForm::Text, RowMode::Checksum, &mut s_jobs, &mut t_jobs);
+        assert!(s.is_empty());
+    }
+}

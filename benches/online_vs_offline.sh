@@ -4,7 +4,8 @@
 # --online` while pgbench inserts into the hypertable at a fixed rate (new chunks included) through
 # the backup, the copy and the first part of the catch-up; then the writer stops, one transaction
 # inserts BULK rows (the insert-heavy apply rate, and memory whatever a transaction's size), and
-# once they are applied the DBA asks for the cutover (`pgshift online cutover`: "writes stopped");
+# once they are applied the DBA asks for a read-only cutover (`pgshift online cutover --read-only`:
+# "writes stopped");
 # the run drains, cuts over and verifies with checksums. Prints rows written and applied, the
 # catch-up's apply rate and lag (p50/p99, backlog of the copy included), the bulk apply rate, the
 # window (writes stopped → verified), the offline run's time and their ratio, and pgshift's peak
@@ -92,7 +93,8 @@ after=$((written + bulk))
 until [ "$(count_target)" = "$after" ]; do kill -0 $run 2>/dev/null || die "online run ended during the bulk apply"; sleep 0.2; done
 bulk_applied=$(now)
 stopped=$(now)
-./target/release/pgshift online cutover --plan "$work/plan-bench_online_dst.toml"
+# read-only: the source provably quiet after the drain, so verify may use live verification's measurements
+./target/release/pgshift online cutover --plan "$work/plan-bench_online_dst.toml" --read-only
 wait $run || { tail -5 "$work/online.err"; grep -v '"output"' "$work/online.jsonl" | tail -5; die "online run failed"; }
 ended=$(now)
 after=$(psql17 -p "$SOURCE_PORT" -d bench_online -Atc 'SELECT count(*) FROM readings')

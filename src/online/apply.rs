@@ -425,15 +425,17 @@ impl Applier {
             )
             .await
             .map_err(|e| self.error("storing the applied position", &e))?;
-        self.client.batch_execute("COMMIT").await.map_err(|e| self.error("COMMIT", &e))?;
-        self.open = false;
-        self.pending_changes = 0;
+        let committed = self.client.batch_execute("COMMIT").await;
+        // recorded even when the COMMIT's answer is lost (it may have committed): the safe side
         if let Some(touched) = &self.touched {
             let mut t = touched.lock().expect("touched lock");
             t.commits += 1;
             let n = t.commits;
             t.last.extend(self.touching.drain().map(|id| (id, n)));
         }
+        committed.map_err(|e| self.error("COMMIT", &e))?;
+        self.open = false;
+        self.pending_changes = 0;
         Ok(())
     }
 

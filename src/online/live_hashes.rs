@@ -26,6 +26,7 @@ use crate::error::UserError;
 use crate::online::apply::{TouchedRelations, Touches, POSITION_SCHEMA};
 use crate::plan::allow::AllowList;
 use crate::postgres::conn::ConnSpec;
+use crate::verify::diff::Difference;
 use crate::verify::report::change_word;
 use crate::verify::{compare_catalogs, hash_form, row_jobs, Measured, Reuse, VerifyOptions};
 
@@ -66,6 +67,8 @@ struct Taken {
 pub struct LiveHashes {
     touched: TouchedRelations,
     taken: Mutex<Option<Taken>>,
+    /// Set by the cutover once its drain is done: before that, nothing may be reused.
+    drained: std::sync::atomic::AtomicBool,
 }
 
 /// What a pass did, for the DBA.
@@ -91,6 +94,11 @@ impl LiveHashes {
     /// The set the appliers record into.
     pub fn touched(&self) -> TouchedRelations {
         self.touched.clone()
+    }
+
+    /// The cutover's drain is done: the measurements may be used, once.
+    pub fn mark_drained(&self) {
+        self.drained.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// One pass over the qualifying tables and chunks (those `publication` publishes): measures,
@@ -185,11 +193,15 @@ impl LiveHashes {
 
     /// The measurements of the tables and chunks the stream has not touched since they were taken
     /// (once it has stopped: after the cutover's drain), whose relations are still the same on
-    /// both sides, for verify to use instead of reading them. None when nothing was taken, or a
-    /// side cannot be read (verify then reads everything).
+    /// both sides, for verify to use instead of reading them, once. None before the drain, when
+    /// nothing was taken, or a side cannot be read (verify then reads everything).
     pub async fn untouched(&self, source: &ConnSpec, target: &ConnSpec) -> Option<Reuse> {
+        if !self.drained.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let (form, mode, candidates) = {
-            let taken = self.taken.lock().expect("taken lock");
+            // once: a verify run again (after the DBA changed something) reads everything
+            let taken = self.taken.lock().expect("taken lock").take();
             let taken = taken.as_ref()?;
             let touches = self.touched.lock().expect("touched lock");
             let candidates: Vec<(String, Measured, (u32, u32))> = taken
@@ -251,11 +263,13 @@ async fn catalog_drift(
         }
     }
     let lagging = [Class::Sequences.key(), Class::Chunks.key()];
+    // the cutover's --read-only sets it on the source alone (verify takes it as planned)
+    let frozen = |d: &Difference| d.class == Class::Database.key() && d.name.ends_with("default_transaction_read_only");
     compare_catalogs(target, s_inv, t_inv, allow)
         .await
         .1
         .iter()
-        .filter(|d| d.allowed.is_none() && d.part_of.is_none() && !lagging.contains(&d.class.as_str()))
+        .filter(|d| d.allowed.is_none() && d.part_of.is_none() && !lagging.contains(&d.class.as_str()) && !frozen(d))
         .map(|d| format!("{} {}: {}", d.class, d.name, change_word(d.change)))
         .collect()
 }

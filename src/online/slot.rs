@@ -118,8 +118,7 @@ pub async fn freeze_source(
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS g(v) \
              WHERE s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
-               AND s.setrole = 0 AND lower(g.v) IN ('default_transaction_read_only=on', \
-                   'default_transaction_read_only=true', 'default_transaction_read_only=1'))",
+               AND s.setrole = 0 AND lower(g.v) ~ '^default_transaction_read_only=(on|true|yes|1|t|y|tr|tru|ye)$')",
             &[],
         )
         .await
@@ -132,37 +131,45 @@ pub async fn freeze_source(
     c.batch_execute(&format!("ALTER DATABASE {db} SET default_transaction_read_only = on"))
         .await
         .map_err(|e| fail(&e))?;
-    // from PostgreSQL 14 on, each termination waits (up to 5 s) until the session is gone
-    let wait = if c
-        .query_one("SHOW server_version_num", &[])
-        .await
-        .ok()
-        .and_then(|r| r.get::<_, String>(0).parse::<i32>().ok())
-        .unwrap_or(0)
-        >= 140000
-    {
-        ", 5000"
-    } else {
-        ""
-    };
+    let others = "FROM pg_catalog.pg_stat_activity WHERE datname = current_database() \
+                  AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend' \
+                  AND application_name NOT LIKE 'pgshift%'";
     let ended = c
-        .query_one(
-            &format!(
-                "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid{wait})) FROM pg_catalog.pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend' \
-                   AND application_name NOT LIKE 'pgshift%'"
-            ),
-            &[],
-        )
+        .query_one(&format!("SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) {others}"), &[])
         .await;
+    // a session is gone only once its backend has ended: up to 5 s
+    let mut left = 0i64;
+    if ended.is_ok() {
+        for _ in 0..50 {
+            left = match c.query_one(&format!("SELECT count(*) {others}"), &[]).await {
+                Ok(r) => r.get(0),
+                Err(_) => -1,
+            };
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     match ended {
-        Ok(r) => Ok(Some(r.get(0))),
-        Err(e) => {
+        Ok(r) if left == 0 => Ok(Some(r.get(0))),
+        outcome => {
             // the database is writable again, as before the request
             if c.batch_execute(&format!("ALTER DATABASE {db} RESET default_transaction_read_only")).await.is_ok() {
                 record(false)?;
             }
-            Err(fail(&e))
+            Err(match outcome {
+                Err(e) => fail(&e),
+                Ok(_) => UserError::new(
+                    format!(
+                        "source {}: {left} session(s) of the database were still there 5 s after they were ended: the \
+                         database is writable again",
+                        spec.label()
+                    ),
+                    "end them (pg_terminate_backend), or stop the application and request the cutover without \
+                     --read-only",
+                ),
+            })
         }
     }
 }
@@ -461,8 +468,9 @@ async fn take_back(spec: &ConnSpec, source: &tokio_postgres::Client, state: &Onl
 }
 
 /// Puts the tables given REPLICA IDENTITY FULL back as they were (NOTHING for those in
-/// `was_nothing`, else DEFAULT) once no publication publishes them or their chunks any more (two
-/// online runs on one database); a table dropped since is skipped. Best effort: returns, for each
+/// `was_nothing`, else DEFAULT) once no publication that publishes updates or deletes publishes
+/// them or their chunks any more (two online runs on one database: without an identity, the
+/// source's refreshes would fail); a table dropped since is skipped. Best effort: returns, for each
 /// table left FULL (which costs WAL but breaks nothing), one line saying why, with the fix.
 pub async fn reset_identities(spec: &ConnSpec, tables: &[String], was_nothing: &[String]) -> Vec<(String, String)> {
     let undo = |t: &String| {
@@ -489,11 +497,12 @@ pub async fn reset_identities(spec: &ConnSpec, tables: &[String], was_nothing: &
         let still = c
             .query_one(
                 "SELECT string_agg(DISTINCT p.pubname::text, ', ') FROM pg_catalog.pg_publication_tables p \
-                 WHERE format('%I.%I', p.schemaname, p.tablename) = $1 \
+                 JOIN pg_catalog.pg_publication b ON b.pubname = p.pubname AND (b.pubupdate OR b.pubdelete) \
+                 WHERE (format('%I.%I', p.schemaname, p.tablename) = $1 \
                     OR EXISTS (SELECT 1 FROM _timescaledb_catalog.chunk k \
                                JOIN _timescaledb_catalog.hypertable h ON h.id = k.hypertable_id \
                                WHERE format('%I.%I', h.schema_name, h.table_name) = $1 \
-                                 AND k.schema_name = p.schemaname AND k.table_name = p.tablename)",
+                                 AND k.schema_name = p.schemaname AND k.table_name = p.tablename))",
                 &[t],
             )
             .await

@@ -382,6 +382,9 @@ impl Stage for CutoverStage {
             for sql in &setvals {
                 self.on_target(&target, "setting a sequence", sql).await?;
             }
+            if let Some(live) = &self.live {
+                live.mark_drained();
+            }
             ctx.info(
                 "cutover",
                 format!(

@@ -66,9 +66,20 @@ impl Stage for VerifyStage {
                     reason: Some("the cutover made the source read-only (pgshift online cutover --read-only)".into()),
                 }])?;
             }
-            let reuse = match &self.live {
-                Some(live) => live.untouched(&source, &target).await,
-                None => None,
+            // the catch-up's measurements hold only if nothing wrote the source after the drain:
+            // shown by a read-only cutover, not by the DBA's word that writes stopped
+            let reuse = match (&self.live, &online) {
+                (Some(live), Some(state)) if state.source_read_only => live.untouched(&source, &target).await,
+                (Some(_), Some(_)) => {
+                    ctx.info(
+                        "verify",
+                        "every table is read again: only a read-only cutover (pgshift online cutover --read-only) \
+                         proves the source quiet after the drain, so that the catch-up's measurements can be used",
+                    )
+                    .await;
+                    None
+                }
+                _ => None,
             };
             let item = if self.options.checksums { "tables counted and hashed" } else { "tables counted" };
             let work = ctx.metered(

@@ -191,6 +191,30 @@ impl LiveHashes {
         Ok(pass)
     }
 
+    /// Keeps only the measurements whose source relation is still published as it was when it was
+    /// measured (same OID, ancestors and compressed table): DDL since (a partition detached, a
+    /// table made unlogged or taken out of the publication) would take it out of the stream
+    /// unseen. Run before the publication is dropped; on an error nothing is kept.
+    pub async fn confirm_published(&self, source: &ConnSpec, publication: &str) {
+        let names: Vec<String> = match self.taken.lock().expect("taken lock").as_ref() {
+            Some(k) => k.jobs.values().map(|h| relation_of(&h.source.0).to_string()).collect(),
+            None => return,
+        };
+        let now = published_relations(source, &names, publication).await;
+        let mut taken = self.taken.lock().expect("taken lock");
+        match (now, taken.as_mut()) {
+            (Ok(now), Some(k)) => k.jobs.retain(|_, h| {
+                now.get(relation_of(&h.source.0)).is_some_and(|(oid, ids)| {
+                    let (mut a, mut b) = (ids.clone(), h.relations.clone());
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    *oid == h.oids.0 && a == b
+                })
+            }),
+            _ => *taken = None,
+        }
+    }
+
     /// The measurements of the tables and chunks the stream has not touched since they were taken
     /// (once it has stopped: after the cutover's drain), whose relations are still the same on
     /// both sides, for verify to use instead of reading them, once. None before the drain, when
@@ -319,7 +343,8 @@ async fn oids(side: &ConnSpec, names: &[String]) -> Result<HashMap<String, Optio
 
 /// The published relations among `names`: each one's OID and the OIDs whose changes also move it —
 /// its ancestors (a partition's changes are published as its root's) and, for a chunk, its
-/// compressed table. Published: it or an ancestor is in `publication`'s tables.
+/// compressed table. Published: it is in `publication`'s tables, or it is a partition and an
+/// ancestor is (a chunk is not published by its hypertable: only by itself or its schema).
 async fn published_relations(
     source: &ConnSpec,
     names: &[String],
@@ -328,15 +353,17 @@ async fn published_relations(
     let c = source.connect().await?;
     let rows = c
         .query(
-            "WITH RECURSIVE given AS (SELECT r, pg_catalog.to_regclass(r)::oid AS rel FROM unnest($1::text[]) r), \
+            "WITH RECURSIVE given AS (SELECT r, c.oid AS rel, c.relispartition AS part FROM unnest($1::text[]) r \
+                                      JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r)), \
              up(r, anc) AS (SELECT r, rel FROM given WHERE rel IS NOT NULL \
                             UNION SELECT up.r, i.inhparent FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.anc), \
              published AS (SELECT c.oid FROM pg_catalog.pg_publication_tables p \
                             JOIN pg_catalog.pg_namespace n ON n.nspname = p.schemaname \
                             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
                             WHERE p.pubname = $2) \
-             SELECT up.r, g.rel, array_agg(up.anc) FROM up JOIN given g USING (r) GROUP BY up.r, g.rel \
-             HAVING bool_or(up.anc IN (SELECT oid FROM published))",
+             SELECT up.r, g.rel, array_agg(up.anc ORDER BY up.anc) FROM up JOIN given g USING (r) \
+             GROUP BY up.r, g.rel, g.part \
+             HAVING bool_or(up.anc IN (SELECT oid FROM published) AND (up.anc = g.rel OR g.part))",
             &[&names, &publication],
         )
         .await

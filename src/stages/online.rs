@@ -395,6 +395,9 @@ impl Stage for CutoverStage {
             )
             .await;
             let step = Instant::now();
+            if let Some(live) = &self.live {
+                live.confirm_published(&ctx.tagged(&self.source), &state.publication).await;
+            }
             slot::drop_slot(&ctx.tagged(&self.source), &state.slot, &state.publication).await?;
             for (_, why) in
                 slot::reset_identities(&ctx.tagged(&self.source), &state.identity_full, &state.identity_was_nothing)

@@ -28,6 +28,7 @@ use rows::{RowJob, RowMode, RowStats};
 
 use crate::error::UserError;
 use crate::postgres::conn::ConnSpec;
+use crate::postgres::transient;
 
 /// Name → normalized definition, for one class.
 pub type Definitions = BTreeMap<String, String>;
@@ -296,8 +297,7 @@ impl Session {
     /// The database's own properties (settings, privileges, comment, connection limit, locale).
     pub async fn database_properties(&self) -> Result<Vec<database::Property>, UserError> {
         let rows = self
-            .client
-            .query(database::PROPERTIES_SQL, &[])
+            .guarded_query(database::PROPERTIES_SQL)
             .await
             .map_err(|e| self.query_error("database properties", &e))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
@@ -306,14 +306,12 @@ impl Session {
     /// Every class, TimescaleDB and pgvector state, exclusions, naive counts and the table list.
     /// Row counts are not read here (see [`Session::measure_rows`]).
     pub async fn inventory(&self) -> Result<Inventory, UserError> {
-        let c = &self.client;
-        let row = c
-            .query_one(
+        let row = self
+            .guarded_row(
+                "server version",
                 "SELECT version(), current_setting('server_version_num')::int, current_database(), current_user",
-                &[],
             )
-            .await
-            .map_err(|e| self.query_error("server version", &e))?;
+            .await?;
         let server =
             ServerInfo { version: row.get(0), version_num: row.get(1), database: row.get(2), user: row.get(3) };
 
@@ -325,8 +323,8 @@ impl Session {
         }
 
         if server.version_num >= 150000 {
-            let rows = c
-                .query(rare_classes::PUBLICATION_SCHEMAS, &[])
+            let rows = self
+                .guarded_query(rare_classes::PUBLICATION_SCHEMAS)
                 .await
                 .map_err(|e| self.query_error("publications' schemas", &e))?;
             let publications = objects.entry(Class::Publications).or_default();
@@ -340,11 +338,7 @@ impl Session {
         objects.insert(Class::Database, database::definitions(&props));
         let mut warnings = Vec::new();
         let mut not_compared = Vec::new();
-        let readable: bool = c
-            .query_one(queries::PASSWORDS_READABLE, &[])
-            .await
-            .map_err(|e| self.query_error("role passwords", &e))?
-            .get(0);
+        let readable: bool = self.guarded_row("role passwords", queries::PASSWORDS_READABLE).await?.get(0);
         if readable {
             objects.insert(
                 Class::RolePasswords,
@@ -356,8 +350,8 @@ impl Session {
                 server.user
             ));
         }
-        let hidden: Vec<String> = c
-            .query(&rare_classes::unreadable_user_mappings(), &[])
+        let hidden: Vec<String> = self
+            .guarded_query(&rare_classes::unreadable_user_mappings())
             .await
             .map_err(|e| self.query_error("user mappings", &e))?
             .iter()
@@ -370,9 +364,8 @@ impl Session {
                 hidden.join(", ")
             ));
         }
-        let timescaledb = match c.query_opt(extensions::TIMESCALE_VERSION, &[]).await {
-            Ok(Some(r)) => Some(TimescaleInfo { version: r.get(0), license: r.get(1) }),
-            Ok(None) => None,
+        let timescaledb = match self.guarded_query(extensions::TIMESCALE_VERSION).await {
+            Ok(rows) => rows.first().map(|r| TimescaleInfo { version: r.get(0), license: r.get(1) }),
             Err(e) => return Err(self.query_error("TimescaleDB version", &e)),
         };
         let mut cagg_names = BTreeSet::new();
@@ -415,8 +408,8 @@ impl Session {
                 views.retain(|name, _| !cagg_names.contains(name));
             }
         }
-        let pgvector = match c.query_opt(extensions::VECTOR_VERSION, &[]).await {
-            Ok(r) => r.map(|r| r.get::<_, String>(0)),
+        let pgvector = match self.guarded_query(extensions::VECTOR_VERSION).await {
+            Ok(rows) => rows.first().map(|r| r.get::<_, String>(0)),
             Err(e) => return Err(self.query_error("pgvector version", &e)),
         };
         if pgvector.is_some() {
@@ -431,14 +424,14 @@ impl Session {
             }
         }
 
-        let excluded = c
-            .query(queries::excluded_counts(), &[])
+        let excluded = self
+            .guarded_query(queries::excluded_counts())
             .await
             .map_err(|e| self.query_error("excluded objects", &e))?
             .iter()
             .map(|r| Excluded { owner: r.get(0), what: r.get(1), count: r.get(2) })
             .collect();
-        let n = c.query_one(queries::naive_counts(), &[]).await.map_err(|e| self.query_error("naive counts", &e))?;
+        let n = self.guarded_row("naive counts", queries::naive_counts()).await?;
         let naive = NaiveCounts {
             tables: n.get(0),
             views: n.get(1),
@@ -449,7 +442,7 @@ impl Session {
         };
 
         let mut tables = Vec::new();
-        for r in c.query(&queries::row_tables(), &[]).await.map_err(|e| self.query_error("table list", &e))? {
+        for r in self.guarded_query(&queries::row_tables()).await.map_err(|e| self.query_error("table list", &e))? {
             let name: String = r.get(0);
             let relkind: String = r.get(1);
             let kind = if hypertable_names.contains(&name) {
@@ -485,7 +478,7 @@ impl Session {
 
         // A hypertable's own relation is empty: its size is its chunks'.
         let chunks: BTreeMap<String, (i64, i64)> = if timescaledb.is_some() {
-            match c.query(extensions::HYPERTABLE_CHUNKS, &[]).await {
+            match self.guarded_query(extensions::HYPERTABLE_CHUNKS).await {
                 Ok(rows) => rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect(),
                 Err(e) => return Err(self.query_error("hypertable chunks", &e)),
             }
@@ -602,7 +595,7 @@ impl Session {
     }
 
     async fn definitions(&self, class: Class, sql: &str) -> Result<Definitions, UserError> {
-        let rows = self.client.query(sql, &[]).await.map_err(|e| self.query_error(&class.label(), &e))?;
+        let rows = self.guarded_query(sql).await.map_err(|e| self.query_error(&class.label(), &e))?;
         Ok(named_rows(&rows))
     }
 
@@ -618,13 +611,31 @@ impl Session {
         Ok(self.guarded_query(sql).await?.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
-    /// A query inside a savepoint, so its failure does not abort the snapshot transaction.
+    /// A query inside a savepoint, so its failure does not abort the snapshot transaction; tried
+    /// again (at the same snapshot) when the server's error was a transient one.
     async fn guarded_query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        self.client.batch_execute("SAVEPOINT guarded").await?;
-        let result = self.client.query(sql, &[]).await;
-        let undo = if result.is_ok() { "RELEASE SAVEPOINT guarded" } else { "ROLLBACK TO SAVEPOINT guarded" };
-        self.client.batch_execute(undo).await?;
-        result
+        let mut attempt = 1;
+        loop {
+            self.client.batch_execute("SAVEPOINT guarded").await?;
+            let result = self.client.query(sql, &[]).await;
+            let undo = if result.is_ok() { "RELEASE SAVEPOINT guarded" } else { "ROLLBACK TO SAVEPOINT guarded" };
+            self.client.batch_execute(undo).await?;
+            match result {
+                Err(e) if transient::is_transient(&e) && attempt < transient::READ_ATTEMPTS => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    /// The first row of `sql`, which always returns one (see [`Session::guarded_query`]).
+    async fn guarded_row(&self, what: &str, sql: &str) -> Result<tokio_postgres::Row, UserError> {
+        let rows = self.guarded_query(sql).await.map_err(|e| self.query_error(what, &e))?;
+        rows.into_iter().next().ok_or_else(|| {
+            UserError::new(
+                format!("{} {}: reading {what} returned no row", self.spec.role, self.spec.label()),
+                "report a bug with the server's version",
+            )
+        })
     }
 
     fn query_error(&self, what: &str, e: &tokio_postgres::Error) -> UserError {

@@ -19,6 +19,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::UserError;
 use crate::postgres::conn::ConnSpec;
+use crate::postgres::transient;
 
 /// Output settings that make a row's text identical on any server of the same major version.
 pub const CANONICAL_SETTINGS: &str = "SET search_path = pg_catalog; SET DateStyle = 'ISO, YMD'; \
@@ -182,21 +183,30 @@ async fn prepare(client: &Client, snapshot: Option<&str>) -> Result<(), tokio_po
 }
 
 async fn read_one(client: &Client, job: &RowJob, mode: RowMode, in_tx: bool) -> Result<RowStats, String> {
-    if in_tx {
-        client.batch_execute("SAVEPOINT row_read").await.map_err(|e| e.to_string())?;
+    let mut attempt = 1;
+    loop {
+        if in_tx {
+            client.batch_execute("SAVEPOINT row_read").await.map_err(|e| e.to_string())?;
+        }
+        let result = match mode {
+            RowMode::Count => count(client, job).await,
+            RowMode::Checksum => checksum(client, job).await,
+        };
+        if in_tx {
+            let undo = if result.is_ok() { "RELEASE SAVEPOINT row_read" } else { "ROLLBACK TO SAVEPOINT row_read" };
+            client.batch_execute(undo).await.map_err(|e| e.to_string())?;
+        }
+        match result {
+            // the same read at the same snapshot: a transient error said nothing about the rows
+            Err(e) if transient::is_transient(&e) && attempt < transient::READ_ATTEMPTS => attempt += 1,
+            result => {
+                return result.map_err(|e| match e.as_db_error() {
+                    Some(db) => db.message().to_string(),
+                    None => e.to_string(),
+                })
+            }
+        }
     }
-    let result = match mode {
-        RowMode::Count => count(client, job).await,
-        RowMode::Checksum => checksum(client, job).await,
-    };
-    if in_tx {
-        let undo = if result.is_ok() { "RELEASE SAVEPOINT row_read" } else { "ROLLBACK TO SAVEPOINT row_read" };
-        client.batch_execute(undo).await.map_err(|e| e.to_string())?;
-    }
-    result.map_err(|e| match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
-    })
 }
 
 async fn count(client: &Client, job: &RowJob) -> Result<RowStats, tokio_postgres::Error> {

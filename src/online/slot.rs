@@ -17,6 +17,7 @@ use crate::files;
 use crate::postgres::conn::ConnSpec;
 use crate::postgres::sql::{quote_ident, quote_literal};
 use crate::postgres::tls::{RootCert, SslMode};
+use crate::postgres::transient;
 
 /// The run-directory file naming the slot, the publication and the snapshot's position.
 pub const ONLINE_STATE: &str = "online.json";
@@ -347,19 +348,21 @@ impl SlotHolder {
             take_back(&self.spec, &source, &state, dir).await;
             return Err(e);
         }
-        let made = source
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR {} WITH (publish_via_partition_root = true)",
-                quote_ident(&name),
-                members.join(", ")
-            ))
-            .await
-            .map_err(|e| {
-                UserError::new(
-                    format!("source {}: CREATE PUBLICATION failed ({})", self.spec.label(), db_message(&e)),
-                    "connect to the source as a superuser or as the owner of every table",
-                )
-            });
+        // it locks every member: the application's writes (a new chunk's creation) can deadlock
+        // with it, and the victim's statement is rolled back whole
+        let create = format!(
+            "CREATE PUBLICATION {} FOR {} WITH (publish_via_partition_root = true)",
+            quote_ident(&name),
+            members.join(", ")
+        );
+        let made = transient::execute_through_lock_conflicts(&source, &create).await.map_err(|e| {
+            let fix = if transient::is_lock_conflict(&e) {
+                "the application's writes took the tables' locks each time: run again, or when fewer sessions write"
+            } else {
+                "connect to the source as a superuser or as the owner of every table"
+            };
+            UserError::new(format!("source {}: CREATE PUBLICATION failed ({})", self.spec.label(), db_message(&e)), fix)
+        });
         if let Err(e) = made {
             take_back(&self.spec, &source, &state, dir).await;
             return Err(e);
@@ -448,10 +451,8 @@ fn identity_error(spec: &ConnSpec, e: &tokio_postgres::Error) -> UserError {
 /// Gives `tables` REPLICA IDENTITY FULL (which reaches their chunks, and new ones).
 async fn give_identity(spec: &ConnSpec, source: &tokio_postgres::Client, tables: &[String]) -> Result<(), UserError> {
     for t in tables {
-        source
-            .batch_execute(&format!("SET lock_timeout = '10s'; ALTER TABLE {t} REPLICA IDENTITY FULL"))
-            .await
-            .map_err(|e| identity_error(spec, &e))?;
+        let sql = format!("SET lock_timeout = '10s'; ALTER TABLE {t} REPLICA IDENTITY FULL");
+        transient::execute_through_lock_conflicts(source, &sql).await.map_err(|e| identity_error(spec, &e))?;
     }
     Ok(())
 }

@@ -10,3 +10,31 @@ pub const READ_ATTEMPTS: usize = 3;
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| db.message().contains("when extension isn't loaded"))
 }
+
+/// A statement that lost a lock race with the application's own sessions (chosen as a deadlock's
+/// victim, or out of `lock_timeout`): it was rolled back whole and may simply be run again.
+pub fn is_lock_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// How often a DDL statement on a busy source is run in all before its lock conflict is reported.
+pub const LOCK_ATTEMPTS: u32 = 5;
+
+/// Runs `sql` (one statement, or several that succeed or fail as one) until it succeeds, fails
+/// for another reason, or lost [`LOCK_ATTEMPTS`] lock races, waiting a little longer each time.
+pub async fn execute_through_lock_conflicts(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let mut attempt = 1;
+    loop {
+        match client.batch_execute(sql).await {
+            Err(e) if is_lock_conflict(&e) && attempt < LOCK_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}

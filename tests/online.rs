@@ -24,6 +24,9 @@ CREATE TRIGGER accounts_audit AFTER INSERT OR UPDATE ON public.accounts FOR EACH
 CREATE TABLE public.events_full (k int, v text);
 ALTER TABLE public.events_full REPLICA IDENTITY FULL;
 CREATE SEQUENCE public.tickets;
+-- its changes are not in the WAL: copied again at cutover (a generated column it must not write)
+CREATE UNLOGGED TABLE public.cache (id int PRIMARY KEY, hits int NOT NULL, twice int GENERATED ALWAYS AS (hits * 2) STORED);
+INSERT INTO public.cache (id, hits) SELECT i, i FROM generate_series(1, 100) i;
 CREATE TABLE public.metrics (ts timestamptz NOT NULL, device int NOT NULL, value double precision, PRIMARY KEY (device, ts));
 SELECT create_hypertable('public.metrics', 'ts', chunk_time_interval => interval '1 day');
 ALTER TABLE public.metrics SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
@@ -78,6 +81,8 @@ async fn write_until(url: String, stop: Arc<AtomicBool>) -> u64 {
              INSERT INTO public.metrics VALUES ('2026-01-03'::timestamptz + interval '1 minute' * {r}, {}, {r});
              UPDATE public.metrics SET value = value + 1000 WHERE device = 1 AND ts = '2026-01-01'::timestamptz + interval '10 minutes' * {};
              SELECT nextval('public.tickets');
+             INSERT INTO public.cache (id, hits) VALUES ({r} + 100, {r});
+             UPDATE public.cache SET hits = hits + 1 WHERE id = {r} % 100 + 1;
              COMMIT;",
             r * 7 % 2000 + 1,
             r * 13 % 2000 + 1,
@@ -164,6 +169,10 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
     assert!(out.contains("catch-up") && out.contains("cutover"), "{out}");
 
     same_rows(&src, &dst).await;
+    assert!(out.contains("unlogged table(s) copied again"), "{out}");
+    let cache = "SELECT count(*)::text || ' ' || sum(hits)::text || ' ' || sum(twice)::text FROM public.cache";
+    assert_eq!(one(&src, cache).await, one(&dst, cache).await, "the unlogged table's changes reach the target");
+    assert_ne!(one(&dst, cache).await, "100 5050 10100", "the writer changed the unlogged table");
     let written = one(&src, "SELECT count(*)::text FROM public.accounts WHERE name LIKE 'w%'").await;
     assert!(written.parse::<u64>().unwrap() > 0);
     assert_eq!(
@@ -319,7 +328,14 @@ impl Catching {
 }
 
 async fn same_rows(src: &str, dst: &str) {
-    for table in ["public.accounts", "public.audit", "public.events_full", "public.metrics", "public.metrics_hourly"] {
+    for table in [
+        "public.accounts",
+        "public.audit",
+        "public.events_full",
+        "public.cache",
+        "public.metrics",
+        "public.metrics_hourly",
+    ] {
         let sql = format!("SELECT count(*)::text || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t");
         assert_eq!(one(src, &sql).await, one(dst, &sql).await, "{table} is the same on both sides");
     }

@@ -145,22 +145,10 @@ pub async fn check(source: &ConnSpec, own_slot: Option<&str>) -> Result<Vec<Stri
             }
         }
     }
-    let unlogged: Vec<String> = c
-        .query(
-            &format!(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' AND c.relpersistence = 'u' AND {} ORDER BY 1",
-                queries::user_ns("n")
-            ),
-            &[],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
-    for t in unlogged {
+    for t in super::unlogged::names(&c).await.unwrap_or_default() {
         notes.push(format!(
-            "{t} is unlogged: its changes after the copy are not in the WAL and do not reach the target"
+            "{t} is unlogged: its changes are not in the WAL, so the stream does not carry them; the cutover \
+             copies it again, whole, after the drain (inside the window)"
         ));
     }
     Ok(notes)

@@ -17,7 +17,7 @@ use crate::online::apply::Applier;
 use crate::online::live_hashes::LiveHashes;
 use crate::online::slot::{self, parse_lsn, CutoverRequest, OnlineState};
 use crate::online::stream::{follow, Handover, Until};
-use crate::online::{preflight, OnlineSlot};
+use crate::online::{preflight, unlogged, OnlineSlot};
 use crate::plan::allow::AllowList;
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::caggs::{self, RefreshState};
@@ -352,6 +352,21 @@ impl Stage for CutoverStage {
                     "{} changes arrived after writes were thought stopped: the application may still write",
                     done.changes
                 ))
+                .await;
+            }
+            // writes stopped: what the stream cannot carry is copied as it now is
+            let again = unlogged::copy_again(&ctx.tagged(&self.source), &ctx.tagged(&self.target)).await?;
+            if !again.is_empty() {
+                let rows: u64 = again.iter().map(|(_, n)| n).sum();
+                let names: Vec<&str> = again.iter().map(|(t, _)| t.as_str()).collect();
+                ctx.info(
+                    "cutover",
+                    format!(
+                        "{} unlogged table(s) copied again, {rows} rows (their changes are not in the WAL): {}",
+                        again.len(),
+                        names.join(", ")
+                    ),
+                )
                 .await;
             }
             let session = Session::open(&ctx.tagged(&self.source)).await?;

@@ -1,0 +1,86 @@
+//! Unlogged tables in an online run: their changes are not written to the WAL, so the stream never
+//! carries them. After the drain (writes stopped) the cutover copies each one again, whole, in one
+//! target transaction: the target then holds what the source holds at that moment.
+
+use futures_util::{pin_mut, SinkExt, StreamExt};
+use tokio_postgres::Client;
+
+use crate::catalog::rows::CANONICAL_SETTINGS;
+use crate::catalog::{db_message, queries};
+use crate::error::UserError;
+use crate::postgres::conn::ConnSpec;
+
+/// Each unlogged user table of the source (not an extension's) with the columns a copy writes:
+/// neither dropped nor generated (`attgenerated` read through jsonb: absent before 12).
+fn unlogged_tables_sql() -> String {
+    format!(
+        "SELECT format('%I.%I', n.nspname, c.relname), \
+                (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND coalesce(to_jsonb(a) ->> 'attgenerated', '') = '') \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND c.relpersistence = 'u' AND {} AND {} ORDER BY 1",
+        queries::user_ns("n"),
+        queries::not_ext("pg_class", "c.oid")
+    )
+}
+
+/// The source's unlogged tables, by name (what the pre-flight names).
+pub async fn names(source: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(source.query(&unlogged_tables_sql(), &[]).await?.iter().map(|r| r.get(0)).collect())
+}
+
+/// Copies every unlogged table again, source to target (its rows on the target replaced, no user
+/// trigger fired), all in one target transaction; returns (table, rows) per table.
+pub async fn copy_again(source: &ConnSpec, target: &ConnSpec) -> Result<Vec<(String, u64)>, UserError> {
+    let src = source.connect().await?;
+    let read = |e: tokio_postgres::Error| {
+        UserError::new(
+            format!("source {}: copying the unlogged tables again failed ({})", source.label(), db_message(&e)),
+            "connect to the source as a superuser or a role that may read every table",
+        )
+    };
+    // the text form both sides read alike (floats exact, dates unambiguous), as the copy's
+    src.batch_execute(&format!("{CANONICAL_SETTINGS}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        .await
+        .map_err(read)?;
+    let tables: Vec<(String, Option<String>)> =
+        src.query(&unlogged_tables_sql(), &[]).await.map_err(read)?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dst = target.connect().await?;
+    let write = |e: tokio_postgres::Error| {
+        UserError::new(
+            format!("target {}: writing the unlogged tables again failed ({})", target.label(), db_message(&e)),
+            "connect to the target as a superuser (no user trigger may fire) and check that its table has the \
+             source's columns, then run again to resume the cutover",
+        )
+    };
+    dst.batch_execute(
+        "SET session_replication_role = replica; SET statement_timeout = 0; SET DateStyle = 'ISO, YMD'; \
+         SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; BEGIN",
+    )
+    .await
+    .map_err(write)?;
+    let mut copied = Vec::new();
+    for (table, columns) in tables {
+        dst.batch_execute(&format!("DELETE FROM ONLY {table}")).await.map_err(write)?;
+        let Some(columns) = columns else {
+            copied.push((table, 0));
+            continue;
+        };
+        let reader =
+            src.copy_out(&format!("COPY (SELECT {columns} FROM ONLY {table}) TO STDOUT")).await.map_err(read)?;
+        let sink = dst.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await.map_err(write)?;
+        pin_mut!(reader);
+        pin_mut!(sink);
+        while let Some(chunk) = reader.next().await {
+            sink.send(chunk.map_err(read)?).await.map_err(write)?;
+        }
+        copied.push((table, sink.finish().await.map_err(write)?));
+    }
+    dst.batch_execute("COMMIT").await.map_err(write)?;
+    let _ = src.batch_execute("COMMIT").await;
+    Ok(copied)
+}

@@ -57,12 +57,10 @@ pub async fn copy_again(source: &ConnSpec, target: &ConnSpec) -> Result<Vec<(Str
              source's columns, then run again to resume the cutover",
         )
     };
-    dst.batch_execute(
-        "SET session_replication_role = replica; SET statement_timeout = 0; SET DateStyle = 'ISO, YMD'; \
-         SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; BEGIN",
-    )
-    .await
-    .map_err(write)?;
+    // the catch-up's applier's settings: the same text form, no user trigger
+    dst.batch_execute(&format!("{CANONICAL_SETTINGS}; SET session_replication_role = replica; BEGIN"))
+        .await
+        .map_err(write)?;
     let mut copied = Vec::new();
     for (table, columns) in tables {
         dst.batch_execute(&format!("DELETE FROM ONLY {table}")).await.map_err(write)?;

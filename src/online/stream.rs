@@ -331,18 +331,43 @@ pub async fn follow(
     let mut group = Group::default();
     let mut first_change: Option<Instant> = None;
 
+    // the walsender sends only flushed WAL: a marker left to the WAL writer would arrive up to
+    // `wal_writer_delay` (200 ms by default) late, and the drain is inside the DBA's window
+    let flush = catalog
+        .query_one("SELECT current_setting('server_version_num')::int >= 170000", &[])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
     let send_marker = |seq: u64| {
         let token = format!("{}:{seq}", state.slot);
         let c = &catalog;
         async move {
-            c.execute("SELECT pg_catalog.pg_logical_emit_message(false, $1, $2)", &[&SYNC_PREFIX, &token])
-                .await
-                .map_err(|e| {
-                    UserError::new(
-                        format!("source: writing the catch-up's marker failed ({})", db_message(&e)),
-                        "connect to the source as a role with REPLICATION (or a superuser)",
-                    )
-                })
+            let sent = if flush {
+                c.execute("SELECT pg_catalog.pg_logical_emit_message(false, $1, $2, true)", &[&SYNC_PREFIX, &token])
+                    .await
+            } else {
+                // before 17 no flush argument: a transactional message's commit flushes the WAL
+                // (in the stream, an empty transaction with a message nobody reads)
+                match c
+                    .execute("SELECT pg_catalog.pg_logical_emit_message(false, $1, $2)", &[&SYNC_PREFIX, &token])
+                    .await
+                {
+                    Ok(_) => c
+                        .batch_execute(
+                            "BEGIN; SET LOCAL synchronous_commit = local; \
+                             SELECT pg_catalog.pg_logical_emit_message(true, 'pgshift-flush', ''); COMMIT",
+                        )
+                        .await
+                        .map(|_| 0),
+                    Err(e) => Err(e),
+                }
+            };
+            sent.map_err(|e| {
+                UserError::new(
+                    format!("source: writing the catch-up's marker failed ({})", db_message(&e)),
+                    "connect to the source as a role with REPLICATION (or a superuser)",
+                )
+            })
         }
     };
     let request_file = ctx.run_dir().map(|d| d.join(CUTOVER_REQUEST));

@@ -131,8 +131,8 @@ pub async fn measure(
     progress.tables.store(jobs.len() as u64, Ordering::Relaxed);
     let workers = workers.clamp(1, jobs.len().max(1));
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
-    let mut handles = Vec::new();
-    for _ in 0..workers {
+    // the readers' sessions are set up side by side: each costs a connection's setup
+    let clients = futures_util::future::try_join_all((0..workers).map(|_| async {
         let client = spec.connect().await?;
         prepare(&client, snapshot.as_deref()).await.map_err(|e| {
             UserError::new(
@@ -140,6 +140,11 @@ pub async fn measure(
                 "check that the server allows REPEATABLE READ snapshots and enough connections",
             )
         })?;
+        Ok::<_, UserError>(client)
+    }))
+    .await?;
+    let mut handles = Vec::new();
+    for client in clients {
         let queue = queue.clone();
         let in_tx = snapshot.is_some();
         let progress = progress.clone();

@@ -474,23 +474,38 @@ async fn take_back(spec: &ConnSpec, source: &tokio_postgres::Client, state: &Onl
 /// source's refreshes would fail); a table dropped since is skipped. Best effort: returns, for each
 /// table left FULL (which costs WAL but breaks nothing), one line saying why, with the fix.
 pub async fn reset_identities(spec: &ConnSpec, tables: &[String], was_nothing: &[String]) -> Vec<(String, String)> {
-    let undo = |t: &String| {
-        let to = if was_nothing.contains(t) { "NOTHING" } else { "DEFAULT" };
-        (to, format!("ALTER TABLE {t} REPLICA IDENTITY {to}"))
-    };
     if tables.is_empty() {
         return Vec::new();
     }
-    let Ok(c) = writable_session(spec).await else {
-        return tables
+    match writable_session(spec).await {
+        Ok(c) => reset_identities_on(&c, tables, was_nothing).await,
+        Err(_) => tables
             .iter()
             .map(|t| {
-                (
-                    t.clone(),
-                    format!("{t} keeps REPLICA IDENTITY FULL on the source (no session to put it back): {}", undo(t).1),
-                )
+                let sql = format!("ALTER TABLE {t} REPLICA IDENTITY {}", identity_before(t, was_nothing));
+                (t.clone(), format!("{t} keeps REPLICA IDENTITY FULL on the source (no session to put it back): {sql}"))
             })
-            .collect();
+            .collect(),
+    }
+}
+
+fn identity_before(table: &String, was_nothing: &[String]) -> &'static str {
+    if was_nothing.contains(table) {
+        "NOTHING"
+    } else {
+        "DEFAULT"
+    }
+}
+
+/// [`reset_identities`] on a writable source session (the cutover's).
+pub async fn reset_identities_on(
+    c: &tokio_postgres::Client,
+    tables: &[String],
+    was_nothing: &[String],
+) -> Vec<(String, String)> {
+    let undo = |t: &String| {
+        let to = identity_before(t, was_nothing);
+        (to, format!("ALTER TABLE {t} REPLICA IDENTITY {to}"))
     };
     let mut left = Vec::new();
     for t in tables {
@@ -555,7 +570,16 @@ pub async fn writable_session(spec: &ConnSpec) -> Result<tokio_postgres::Client,
 
 /// Drops the slot and the publication, waiting a little for a walsender that is still ending.
 pub async fn drop_slot(spec: &ConnSpec, slot: &str, publication: &str) -> Result<(), UserError> {
-    let c = writable_session(spec).await?;
+    drop_slot_on(&writable_session(spec).await?, spec, slot, publication).await
+}
+
+/// [`drop_slot`] on a writable session of `spec` (the cutover's).
+pub async fn drop_slot_on(
+    c: &tokio_postgres::Client,
+    spec: &ConnSpec,
+    slot: &str,
+    publication: &str,
+) -> Result<(), UserError> {
     for attempt in 0.. {
         let r = c
             .batch_execute(&format!(

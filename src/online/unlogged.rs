@@ -31,9 +31,14 @@ pub async fn names(source: &Client) -> Result<Vec<String>, tokio_postgres::Error
 }
 
 /// Copies every unlogged table again, source to target (its rows on the target replaced, no user
-/// trigger fired), all in one target transaction; returns (table, rows) per table.
-pub async fn copy_again(source: &ConnSpec, target: &ConnSpec) -> Result<Vec<(String, u64)>, UserError> {
-    let src = source.connect().await?;
+/// trigger fired), all in one target transaction; returns (table, rows) per table. Runs on the
+/// cutover's sessions: what it sets lasts only as long as its transactions.
+pub async fn copy_again(
+    src: &Client,
+    dst: &Client,
+    source: &ConnSpec,
+    target: &ConnSpec,
+) -> Result<Vec<(String, u64)>, UserError> {
     let read = |e: tokio_postgres::Error| {
         UserError::new(
             format!("source {}: copying the unlogged tables again failed ({})", source.label(), db_message(&e)),
@@ -41,15 +46,21 @@ pub async fn copy_again(source: &ConnSpec, target: &ConnSpec) -> Result<Vec<(Str
         )
     };
     // the text form both sides read alike (floats exact, dates unambiguous), as the copy's
-    src.batch_execute(&format!("{CANONICAL_SETTINGS}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+    src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}", local(CANONICAL_SETTINGS)))
         .await
         .map_err(read)?;
-    let tables: Vec<(String, Option<String>)> =
-        src.query(&unlogged_tables_sql(), &[]).await.map_err(read)?.iter().map(|r| (r.get(0), r.get(1))).collect();
-    if tables.is_empty() {
-        return Ok(Vec::new());
-    }
-    let dst = target.connect().await?;
+    let listed = src.query(&unlogged_tables_sql(), &[]).await;
+    let tables: Vec<(String, Option<String>)> = match listed {
+        Ok(rows) if rows.is_empty() => {
+            let _ = src.batch_execute("COMMIT").await;
+            return Ok(Vec::new());
+        }
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(e) => {
+            let _ = src.batch_execute("ROLLBACK").await;
+            return Err(read(e));
+        }
+    };
     let write = |e: tokio_postgres::Error| {
         UserError::new(
             format!("target {}: writing the unlogged tables again failed ({})", target.label(), db_message(&e)),
@@ -57,28 +68,62 @@ pub async fn copy_again(source: &ConnSpec, target: &ConnSpec) -> Result<Vec<(Str
              source's columns, then run again to resume the cutover",
         )
     };
+    let copied = copy_tables(src, dst, tables, read, write).await;
+    let (src_end, dst_end) = if copied.is_ok() { ("COMMIT", "COMMIT") } else { ("ROLLBACK", "ROLLBACK") };
+    let ended = dst.batch_execute(dst_end).await;
+    let _ = src.batch_execute(src_end).await;
+    let copied = copied?;
+    ended.map_err(write)?;
+    Ok(copied)
+}
+
+/// The copies themselves, inside the transactions `copy_again` opened (the target's opened here).
+async fn copy_tables(
+    src: &Client,
+    dst: &Client,
+    tables: Vec<(String, Option<String>)>,
+    read: impl Fn(tokio_postgres::Error) -> UserError,
+    write: impl Fn(tokio_postgres::Error) -> UserError,
+) -> Result<Vec<(String, u64)>, UserError> {
     // the catch-up's applier's settings: the same text form, no user trigger
-    dst.batch_execute(&format!("{CANONICAL_SETTINGS}; SET session_replication_role = replica; BEGIN"))
+    dst.batch_execute(&format!("BEGIN; {}; SET LOCAL session_replication_role = replica", local(CANONICAL_SETTINGS)))
         .await
-        .map_err(write)?;
+        .map_err(&write)?;
     let mut copied = Vec::new();
     for (table, columns) in tables {
-        dst.batch_execute(&format!("DELETE FROM ONLY {table}")).await.map_err(write)?;
+        dst.batch_execute(&format!("DELETE FROM ONLY {table}")).await.map_err(&write)?;
         let Some(columns) = columns else {
             copied.push((table, 0));
             continue;
         };
         let reader =
-            src.copy_out(&format!("COPY (SELECT {columns} FROM ONLY {table}) TO STDOUT")).await.map_err(read)?;
-        let sink = dst.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await.map_err(write)?;
+            src.copy_out(&format!("COPY (SELECT {columns} FROM ONLY {table}) TO STDOUT")).await.map_err(&read)?;
+        let sink = dst.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await.map_err(&write)?;
         pin_mut!(reader);
         pin_mut!(sink);
         while let Some(chunk) = reader.next().await {
-            sink.send(chunk.map_err(read)?).await.map_err(write)?;
+            sink.send(chunk.map_err(&read)?).await.map_err(&write)?;
         }
-        copied.push((table, sink.finish().await.map_err(write)?));
+        copied.push((table, sink.finish().await.map_err(&write)?));
     }
-    dst.batch_execute("COMMIT").await.map_err(write)?;
-    let _ = src.batch_execute("COMMIT").await;
     Ok(copied)
+}
+
+/// Session settings (`SET x = ...; ...`) as the transaction's own (`SET LOCAL`), so a shared
+/// session is left as it was.
+fn local(settings: &str) -> String {
+    settings.replace("SET ", "SET LOCAL ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_become_the_transaction_s() {
+        let l = local(CANONICAL_SETTINGS);
+        assert!(l.starts_with("SET LOCAL search_path = pg_catalog; SET LOCAL DateStyle"), "{l}");
+        assert_eq!(l.matches("SET LOCAL ").count(), CANONICAL_SETTINGS.matches("SET ").count());
+        assert!(!l.contains("LOCAL LOCAL"));
+    }
 }

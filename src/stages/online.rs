@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 
-use crate::catalog::{self, Session};
+use crate::catalog;
 use crate::engine::{Stage, StageContext, StageError};
 use crate::error::UserError;
 use crate::online::apply::Applier;
@@ -310,14 +310,20 @@ impl Stage for CutoverStage {
         Box::pin(async move {
             let dir = run_dir(ctx)?;
             let state = state_of(dir)?;
-            let mut applier = Applier::open(&ctx.tagged(&self.target), &state.slot).await?;
+            // one session on each side for the whole cutover (each new one costs the window a
+            // connection's setup), opened beside the applier's
+            let (src_spec, dst_spec) = (ctx.tagged(&self.source), ctx.tagged(&self.target));
+            let (mut applier, source, target) = tokio::try_join!(
+                Applier::open(&dst_spec, &state.slot),
+                slot::writable_session(&src_spec),
+                dst_spec.connect()
+            )?;
             if let Some(live) = &self.live {
                 applier.record_into(live.touched());
             }
             let start = start_of(&applier, &state).await?;
             // the aggregates' refresh state is read before the drain's marker is written: every
             // refresh it reflects is then in the stream before the marker, so applied
-            let source = ctx.tagged(&self.source).connect().await?;
             let aggregates = read_features(&source).await?.continuous_aggregates;
             let refresh = if aggregates.is_empty() {
                 None
@@ -332,7 +338,6 @@ impl Stage for CutoverStage {
                     )
                 })?)
             };
-            drop(source);
             let live = self.handover.lock().await.take();
             ctx.info(
                 "cutover",
@@ -355,7 +360,7 @@ impl Stage for CutoverStage {
                 .await;
             }
             // writes stopped: what the stream cannot carry is copied as it now is
-            let again = unlogged::copy_again(&ctx.tagged(&self.source), &ctx.tagged(&self.target)).await?;
+            let again = unlogged::copy_again(&source, &target, &src_spec, &dst_spec).await?;
             if !again.is_empty() {
                 let rows: u64 = again.iter().map(|(_, n)| n).sum();
                 let names: Vec<&str> = again.iter().map(|(t, _)| t.as_str()).collect();
@@ -369,15 +374,15 @@ impl Stage for CutoverStage {
                 )
                 .await;
             }
-            let session = Session::open(&ctx.tagged(&self.source)).await?;
-            let setvals = catalog::sequences::setvals(&session).await?;
-            drop(session);
-            let source = ctx.tagged(&self.source).connect().await?;
-            let target = ctx.tagged(&self.target).connect().await?;
+            let setvals = catalog::sequences::setvals_on(&source).await.map_err(|e| {
+                UserError::new(
+                    format!("source {}: reading sequences failed ({})", src_spec.label(), catalog::db_message(&e)),
+                    "connect as a superuser or a role that may read every sequence",
+                )
+            })?;
             if has_chunks(&source).await && has_chunks(&target).await {
                 self.match_compression(ctx, &source, &target).await?;
             }
-            drop(source);
             // the refreshes the catch-up replicated moved the source's watermarks and logs
             if let Some(state) = &refresh {
                 for (what, sql) in caggs::state_statements(&aggregates, state) {
@@ -413,10 +418,8 @@ impl Stage for CutoverStage {
             if let Some(live) = &self.live {
                 live.confirm_published(&ctx.tagged(&self.source), &state.publication).await;
             }
-            slot::drop_slot(&ctx.tagged(&self.source), &state.slot, &state.publication).await?;
-            for (_, why) in
-                slot::reset_identities(&ctx.tagged(&self.source), &state.identity_full, &state.identity_was_nothing)
-                    .await
+            slot::drop_slot_on(&source, &src_spec, &state.slot, &state.publication).await?;
+            for (_, why) in slot::reset_identities_on(&source, &state.identity_full, &state.identity_was_nothing).await
             {
                 ctx.warning(why).await;
             }

@@ -119,5 +119,7 @@ echo "online run, per stage:"
 jq -r 'select(.event == "stage_finished") | "  \(.stage):\t\(.elapsed_ms / 1000)s"' "$work/online.jsonl"
 echo "pgshift peak memory (max RSS):      $(( $(cat "$work/rss") / 1024 )) MiB"
 [ "$applied" = "$after" ] || die "the target holds $applied rows where the source holds $after"
+# KEEP=1 keeps the run directory and the databases, to look into afterwards
+[ -n "${KEEP:-}" ] && exit 0
 for db in bench_offline bench_online_dst; do psql17 -p "$TARGET_PORT" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done
 psql17 -p "$SOURCE_PORT" -d postgres -c 'DROP DATABASE bench_online WITH (FORCE)'

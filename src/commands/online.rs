@@ -51,7 +51,7 @@ pub async fn abort(plan_path: &Path) -> Result<i32, UserError> {
     identities.dedup();
     let left = slot::reset_identities(&source, &identities, &was_nothing).await;
     for t in identities.iter().filter(|t| !left.iter().any(|(l, _)| l == *t)) {
-        let to = if was_nothing.contains(t) { "NOTHING" } else { "DEFAULT" };
+        let to = slot::identity_before(t, &was_nothing);
         println!("{t}: replica identity back to {to} on the source");
     }
     for (_, why) in &left {

@@ -489,8 +489,9 @@ pub async fn reset_identities(spec: &ConnSpec, tables: &[String], was_nothing: &
     }
 }
 
-fn identity_before(table: &String, was_nothing: &[String]) -> &'static str {
-    if was_nothing.contains(table) {
+/// The replica identity `table` goes back to: NOTHING where it had none before the run, else DEFAULT.
+pub fn identity_before(table: &str, was_nothing: &[String]) -> &'static str {
+    if was_nothing.iter().any(|t| t == table) {
         "NOTHING"
     } else {
         "DEFAULT"

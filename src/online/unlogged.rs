@@ -69,9 +69,9 @@ pub async fn copy_again(
         )
     };
     let copied = copy_tables(src, dst, tables, read, write).await;
-    let (src_end, dst_end) = if copied.is_ok() { ("COMMIT", "COMMIT") } else { ("ROLLBACK", "ROLLBACK") };
-    let ended = dst.batch_execute(dst_end).await;
-    let _ = src.batch_execute(src_end).await;
+    let end = if copied.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = dst.batch_execute(end).await;
+    let _ = src.batch_execute(end).await;
     let copied = copied?;
     ended.map_err(write)?;
     Ok(copied)

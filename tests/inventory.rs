@@ -247,3 +247,36 @@ async fn a_session_reads_at_another_sessions_snapshot_while_it_is_held() {
     own.close().await;
     common::drop_db(&s.source, "inv_snapshot").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classes_that_start_from_the_roles_in_use_read_them_once_and_alike() {
+    let s = common::servers();
+    let url = common::rich_db(&s.source, "inv_roles_once").await;
+    let session = catalog::Session::open(&common::spec("source", &url)).await.expect("session");
+    let inv = session.inventory().await.expect("inventory");
+    session.close().await;
+    // each class's own query, with the role search written out in full, on a plain session
+    let client = common::connect(&url).await;
+    client.batch_execute("SET search_path = pg_catalog").await.unwrap();
+    let classes = [
+        (Class::Roles, catalog::queries::class_query(Class::Roles).unwrap()),
+        (Class::Comments, catalog::queries::class_query(Class::Comments).unwrap()),
+        (Class::RolePasswords, catalog::queries::role_passwords()),
+        (Class::SecurityLabels, catalog::queries::class_query(Class::SecurityLabels).unwrap()),
+    ];
+    for (class, sql) in classes {
+        assert!(sql.contains(&catalog::queries::used_roles_cte()), "{class:?} starts from the roles in use");
+        let full: catalog::Definitions = client
+            .query(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{class:?}: {e}"))
+            .iter()
+            .map(|r| (r.get::<_, String>(0), catalog::normalize(r.get(1))))
+            .collect();
+        assert_eq!(inv.class(class), &full, "{class:?}");
+    }
+    assert!(inv.class(Class::Roles).contains_key("pgshift_tenant"), "the fixture's roles are there");
+    assert!(inv.class(Class::RolePasswords).contains_key("pgshift_tenant"), "and its login roles");
+    common::drop_db(&s.source, "inv_roles_once").await;
+}
+

@@ -178,9 +178,10 @@ pub const HYPERTABLE_CHUNKS: &str = "SELECT format('%I.%I', h.hypertable_schema,
          WHERE hh.schema_name = h.hypertable_schema AND hh.table_name = h.hypertable_name AND NOT c.dropped)
      FROM timescaledb_information.hypertables h";
 
-/// Continuous aggregates are views in user schemas; this lists them so the views class leaves them out.
+/// Continuous aggregates are views in user schemas; this lists them so the views class leaves them
+/// out (from the catalog table, alike in every TimescaleDB 2.x, as `user_hypertable_sql`).
 pub const CAGG_VIEWS: &str =
-    "SELECT format('%I.%I', view_schema, view_name) FROM timescaledb_information.continuous_aggregates";
+    "SELECT format('%I.%I', user_view_schema, user_view_name) FROM _timescaledb_catalog.continuous_agg";
 
 /// Hypertables, whose rows live in chunks and are counted through the hypertable itself.
 pub const HYPERTABLE_NAMES: &str =

@@ -280,3 +280,55 @@ async fn classes_that_start_from_the_roles_in_use_read_them_once_and_alike() {
     common::drop_db(&s.source, "inv_roles_once").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn row_readers_stopped_midway_stop_on_the_server_too() {
+    use pgshift::catalog::rows::{self, HashForm, RowJob};
+    let s = common::servers();
+    let url = common::db_with(&s.source, "inv_readers_stop", "CREATE TABLE t (i int)").await;
+    let spec = common::spec("source", &url);
+    // four jobs that each take 30 s on the server, for two readers
+    let jobs: Vec<RowJob> = (0..4)
+        .map(|i| RowJob {
+            name: format!("slow {i}"),
+            from: "(SELECT pg_sleep(30)) s".into(),
+            columns: vec![],
+            form: HashForm::Text,
+        })
+        .collect();
+    let measuring = tokio::spawn(async move { rows::measure(&spec, None, jobs, RowMode::Count, 2, None).await });
+    let watcher = common::connect(&url).await;
+    let sleeping = || async {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' \
+                 AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut busy = 0;
+    for _ in 0..100 {
+        busy = sleeping().await;
+        if busy == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(busy, 2, "both readers are on a job");
+    // what a cutover does to a live pass in flight, or Ctrl-C to a verify: the future is dropped
+    measuring.abort();
+    let mut left = busy;
+    for _ in 0..50 {
+        left = sleeping().await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the servers' queries were cancelled");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sleeping().await, 0, "and no reader took the next job");
+    common::drop_db(&s.source, "inv_readers_stop").await;
+}

@@ -143,12 +143,13 @@ pub async fn measure(
         Ok::<_, UserError>(client)
     }))
     .await?;
-    let mut handles = Vec::new();
+    let mut readers = Readers { spec: spec.clone(), running: Vec::new() };
     for client in clients {
+        let token = client.cancel_token();
         let queue = queue.clone();
         let in_tx = snapshot.is_some();
         let progress = progress.clone();
-        handles.push(tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut out = RowResults::new();
             loop {
                 let job = queue.lock().expect("queue lock").pop_front();
@@ -162,16 +163,44 @@ pub async fn measure(
             }
             let _ = client.batch_execute("COMMIT").await;
             out
-        }));
+        });
+        readers.running.push((reader, token));
     }
     let mut all = RowResults::new();
-    for h in handles {
+    for (reader, _) in &mut readers.running {
         all.extend(
-            h.await
+            reader
+                .await
                 .map_err(|e| UserError::new(format!("row reader stopped: {e}"), "retry; report a bug if it repeats"))?,
         );
     }
+    readers.running.clear();
     Ok(all)
+}
+
+/// The readers of one [`measure`], stopped when it is dropped before they are done (a live pass
+/// cut short by the cutover, a cancelled verify): each reader's task would go on through the
+/// queue, and each server on its query, taking the cores from what runs next.
+struct Readers {
+    spec: ConnSpec,
+    running: Vec<(tokio::task::JoinHandle<RowResults>, tokio_postgres::CancelToken)>,
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for (reader, token) in self.running.drain(..) {
+            if reader.is_finished() {
+                continue;
+            }
+            reader.abort();
+            let spec = self.spec.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = spec.cancel(&token).await;
+                });
+            }
+        }
+    }
 }
 
 async fn prepare(client: &Client, snapshot: Option<&str>) -> Result<(), tokio_postgres::Error> {

@@ -158,46 +158,11 @@ pub async fn verify_watched(
     progress: Option<&VerifyProgress>,
     reuse: Option<&Reuse>,
 ) -> Result<VerifyReport, UserError> {
-    let (s, t) = tokio::try_join!(Session::open(source), Session::open(target))?;
-    let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
-
-    let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
-    let form = hash_form(&s, &t, &s_inv, &t_inv).await;
-    let (mut s_jobs, mut t_jobs) = row_jobs(&s_inv, &t_inv, form);
-    let (s_reused, t_reused) = take_reused(reuse, form, mode, &mut s_jobs, &mut t_jobs);
-    let mut reused: Vec<String> = s_reused
-        .keys()
-        .map(|name| name.replace('\u{1f}', " [") + if name.contains('\u{1f}') { "]" } else { "" })
-        .collect();
-    reused.sort();
-    let (mut s_rows, mut t_rows) = tokio::try_join!(
-        s.measure_rows(s_jobs, mode, opts.workers, progress.map(|p| p.source.clone())),
-        t.measure_rows(t_jobs, mode, opts.workers, progress.map(|p| p.target.clone()))
-    )?;
-    s_rows.extend(s_reused);
-    t_rows.extend(t_reused);
-    s_inv.apply_rows(&s_rows);
-    t_inv.apply_rows(&t_rows);
-    let any_large_object = [&s_inv, &t_inv].iter().any(|i| !i.class(Class::LargeObjects).is_empty());
-    if opts.checksums && any_large_object {
-        match tokio::join!(s.large_object_contents(), t.large_object_contents()) {
-            (Ok(a), Ok(b)) => {
-                s_inv.objects.insert(Class::LargeObjectContents, a);
-                t_inv.objects.insert(Class::LargeObjectContents, b);
-            }
-            (a, b) => {
-                for (inv, e) in [(&mut s_inv, a.err()), (&mut t_inv, b.err())] {
-                    if let Some(e) = e {
-                        inv.not_compared.push(format!(
-                            "large object contents: {e} (connect as a superuser, or grant SELECT on every large object)"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    tokio::join!(s.close(), t.close());
-    let settings = setting_differences(source, target).await;
+    // the settings are read on sessions of their own (the snapshot sessions set canonical
+    // ones), beside everything else
+    let (read, settings) =
+        tokio::join!(read_both(source, target, opts, progress, reuse), setting_differences(source, target));
+    let (mut s_inv, mut t_inv, form, reused) = read?;
     let (classes, mut differences, normalized) = compare_catalogs(target, &mut s_inv, &mut t_inv, allow).await;
     let not_compared: Vec<String> = s_inv
         .not_compared
@@ -246,6 +211,57 @@ pub async fn verify_watched(
         // a class that could not be read was not compared: that is not a clean result
         clean: unexpected == 0 && warnings_empty,
     })
+}
+
+/// Both inventories with their rows (counted or hashed, or reused), each at its side's snapshot;
+/// with the hash form used and the tables whose measurements were reused.
+async fn read_both(
+    source: &ConnSpec,
+    target: &ConnSpec,
+    opts: VerifyOptions,
+    progress: Option<&VerifyProgress>,
+    reuse: Option<&Reuse>,
+) -> Result<(Inventory, Inventory, HashForm, Vec<String>), UserError> {
+    let (s, t) = tokio::try_join!(Session::open(source), Session::open(target))?;
+    let (mut s_inv, mut t_inv) = tokio::try_join!(s.inventory(), t.inventory())?;
+
+    let mode = if opts.checksums { RowMode::Checksum } else { RowMode::Count };
+    let form = hash_form(&s, &t, &s_inv, &t_inv).await;
+    let (mut s_jobs, mut t_jobs) = row_jobs(&s_inv, &t_inv, form);
+    let (s_reused, t_reused) = take_reused(reuse, form, mode, &mut s_jobs, &mut t_jobs);
+    let mut reused: Vec<String> = s_reused
+        .keys()
+        .map(|name| name.replace('\u{1f}', " [") + if name.contains('\u{1f}') { "]" } else { "" })
+        .collect();
+    reused.sort();
+    let (mut s_rows, mut t_rows) = tokio::try_join!(
+        s.measure_rows(s_jobs, mode, opts.workers, progress.map(|p| p.source.clone())),
+        t.measure_rows(t_jobs, mode, opts.workers, progress.map(|p| p.target.clone()))
+    )?;
+    s_rows.extend(s_reused);
+    t_rows.extend(t_reused);
+    s_inv.apply_rows(&s_rows);
+    t_inv.apply_rows(&t_rows);
+    let any_large_object = [&s_inv, &t_inv].iter().any(|i| !i.class(Class::LargeObjects).is_empty());
+    if opts.checksums && any_large_object {
+        match tokio::join!(s.large_object_contents(), t.large_object_contents()) {
+            (Ok(a), Ok(b)) => {
+                s_inv.objects.insert(Class::LargeObjectContents, a);
+                t_inv.objects.insert(Class::LargeObjectContents, b);
+            }
+            (a, b) => {
+                for (inv, e) in [(&mut s_inv, a.err()), (&mut t_inv, b.err())] {
+                    if let Some(e) = e {
+                        inv.not_compared.push(format!(
+                            "large object contents: {e} (connect as a superuser, or grant SELECT on every large object)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    tokio::join!(s.close(), t.close());
+    Ok((s_inv, t_inv, form, reused))
 }
 
 /// The object classes side by side: a view's query in the target's spelling where the majors

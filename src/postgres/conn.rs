@@ -117,6 +117,17 @@ impl ConnSpec {
         Ok(client)
     }
 
+    /// This connection for a session of small catalog reads: the planner's estimates on a catalog
+    /// never analyzed (TimescaleDB's, on a freshly loaded server) start parallel workers for
+    /// queries of a few rows, 15-20 ms each. Set at connection start, after any `options` of the
+    /// connection string.
+    pub fn for_catalog_reads(&self) -> ConnSpec {
+        let mut spec = self.clone();
+        let given = self.config.get_options().unwrap_or_default();
+        spec.config.options(format!("{given} -c max_parallel_workers_per_gather=0").trim_start());
+        spec
+    }
+
     /// Asks the server to cancel what `token`'s session runs, over the same kind of connection.
     pub async fn cancel(&self, token: &CancelToken) -> Result<(), tokio_postgres::Error> {
         match self.tls.connector().filter(|_| !self.unix_only()) {
@@ -440,6 +451,16 @@ mod tests {
         assert_eq!(c.label(), "alice@db.example:6543/app");
         let c = ConnSpec::parse("source", "host=h port=1 user=u password=s3cret dbname=d").unwrap();
         assert!(!format!("{c:?} {}", c.label()).contains("s3cret"));
+    }
+
+    #[test]
+    fn catalog_reads_keep_the_users_options() {
+        let c = ConnSpec::parse("source", "host=h dbname=d options='-c search_path=app'").unwrap();
+        let r = c.for_catalog_reads();
+        assert_eq!(r.config.get_options(), Some("-c search_path=app -c max_parallel_workers_per_gather=0"));
+        assert_eq!(r.label(), c.label());
+        let bare = ConnSpec::parse("source", "host=h dbname=d").unwrap().for_catalog_reads();
+        assert_eq!(bare.config.get_options(), Some("-c max_parallel_workers_per_gather=0"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::plan::allow::AllowList;
 use crate::postgres::conn::ConnSpec;
 use crate::timescaledb::caggs::{self, RefreshState};
 use crate::timescaledb::chunks::{self, ChunkState};
-use crate::timescaledb::features::read_features;
+use crate::timescaledb::features::read_aggregates;
 use crate::verify::VerifyOptions;
 
 fn run_dir(ctx: &StageContext) -> Result<&Path, UserError> {
@@ -313,10 +313,11 @@ impl Stage for CutoverStage {
             // one session on each side for the whole cutover (each new one costs the window a
             // connection's setup), opened beside the applier's
             let (src_spec, dst_spec) = (ctx.tagged(&self.source), ctx.tagged(&self.target));
+            let (src_reads, dst_reads) = (src_spec.for_catalog_reads(), dst_spec.for_catalog_reads());
             let (mut applier, source, target) = tokio::try_join!(
                 Applier::open(&dst_spec, &state.slot),
-                slot::writable_session(&src_spec),
-                dst_spec.connect()
+                slot::writable_session(&src_reads),
+                dst_reads.connect()
             )?;
             if let Some(live) = &self.live {
                 applier.record_into(live.touched());
@@ -324,7 +325,7 @@ impl Stage for CutoverStage {
             let start = start_of(&applier, &state).await?;
             // the aggregates' refresh state is read before the drain's marker is written: every
             // refresh it reflects is then in the stream before the marker, so applied
-            let aggregates = read_features(&source).await?.continuous_aggregates;
+            let aggregates = read_aggregates(&source).await?;
             let refresh = if aggregates.is_empty() {
                 None
             } else {

@@ -180,34 +180,7 @@ pub async fn read_features(client: &Client) -> Result<Features, UserError> {
             c.order_by.push(order_term(&col, asc.unwrap_or(true), nulls_first.unwrap_or(false)));
         }
     }
-    for r in client
-        .query(
-            &format!(
-                "SELECT format('%I.%I', a.view_schema, a.view_name), a.view_definition, a.materialized_only,
-                        format('%I.%I', a.materialization_hypertable_schema, a.materialization_hypertable_name),
-                        {raw}, quote_ident(a.view_owner::text), (to_jsonb(a) ->> 'finalized')::bool,
-                        (SELECT d.time_interval::text FROM timescaledb_information.dimensions d
-                         WHERE d.hypertable_schema = a.materialization_hypertable_schema
-                           AND d.hypertable_name = a.materialization_hypertable_name AND d.dimension_number = 1)
-                 FROM timescaledb_information.continuous_aggregates a ORDER BY 1",
-                raw = user_hypertable_sql("a.hypertable_schema", "a.hypertable_name")
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| q("continuous aggregates", e))?
-    {
-        f.continuous_aggregates.push(ContinuousAggregate {
-            view: r.get(0),
-            definition: r.get(1),
-            materialized_only: r.get(2),
-            materialization: r.get(3),
-            source: r.get(4),
-            owner: r.get(5),
-            finalized: r.get::<_, Option<bool>>(6).unwrap_or(true),
-            chunk_interval: r.get(7),
-        });
-    }
+    f.continuous_aggregates = read_aggregates(client).await?;
     for r in client
         .query(
             &format!(
@@ -258,6 +231,46 @@ pub async fn read_features(client: &Client) -> Result<Features, UserError> {
         f.compressed_until.push((r.get(0), r.get(1)));
     }
     Ok(f)
+}
+
+/// The source's continuous aggregates, by view name (none without TimescaleDB).
+pub async fn read_aggregates(client: &Client) -> Result<Vec<ContinuousAggregate>, UserError> {
+    let q = |what: &str, e: tokio_postgres::Error| {
+        UserError::new(format!("reading the source's {what}: {}", catalog::db_message(&e)), "connect as a superuser")
+    };
+    let mut aggregates = Vec::new();
+    if !has_timescaledb(client).await.map_err(|e| q("extensions", e))? {
+        return Ok(aggregates);
+    }
+    for r in client
+        .query(
+            &format!(
+                "SELECT format('%I.%I', a.view_schema, a.view_name), a.view_definition, a.materialized_only,
+                        format('%I.%I', a.materialization_hypertable_schema, a.materialization_hypertable_name),
+                        {raw}, quote_ident(a.view_owner::text), (to_jsonb(a) ->> 'finalized')::bool,
+                        (SELECT d.time_interval::text FROM timescaledb_information.dimensions d
+                         WHERE d.hypertable_schema = a.materialization_hypertable_schema
+                           AND d.hypertable_name = a.materialization_hypertable_name AND d.dimension_number = 1)
+                 FROM timescaledb_information.continuous_aggregates a ORDER BY 1",
+                raw = user_hypertable_sql("a.hypertable_schema", "a.hypertable_name")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| q("continuous aggregates", e))?
+    {
+        aggregates.push(ContinuousAggregate {
+            view: r.get(0),
+            definition: r.get(1),
+            materialized_only: r.get(2),
+            materialization: r.get(3),
+            source: r.get(4),
+            owner: r.get(5),
+            finalized: r.get::<_, Option<bool>>(6).unwrap_or(true),
+            chunk_interval: r.get(7),
+        });
+    }
+    Ok(aggregates)
 }
 
 pub fn order_term(col: &str, asc: bool, nulls_first: bool) -> String {

@@ -206,6 +206,72 @@ async fn an_online_run_carries_every_change_made_during_the_copy_and_leaves_no_s
     );
 }
 
+/// From an older major (PostgreSQL 15 with TimescaleDB 2.15.3, onto 17 with 2.19.3). TimescaleDB
+/// before 2.16 writes no compression markers: a source with compression is refused, nothing made
+/// on it. Without compression it runs; before 17 no logical message can ask for its own flush, so
+/// each of the stream's markers (the quiet time's, the cutover's drain) is flushed by a small
+/// transaction of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_run_from_an_older_major_carries_every_change() {
+    let s = servers();
+    let src = online_source(&s.old_source, "online_old_src").await;
+    drop_db(&s.target, "online_old_dst").await;
+    let dst = url_for(&s.target, "online_old_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), &src, &dst, "[online]\nenabled = true\nquiet_seconds = 3\n");
+    let identities = "SELECT string_agg(relname::text || relreplident::text, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r'";
+    let before = one(&src, identities).await;
+    let (code, out) = run_plan(&plan);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("enable_compression_wal_markers is unknown (TimescaleDB before 2.16)"), "{out}");
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "refused before anything was made");
+    assert_eq!(one(&src, identities).await, before);
+    // what a DBA on 2.15 can do for the window: no compression during it
+    connect(&src)
+        .await
+        .batch_execute(
+            "SELECT decompress_chunk(c) FROM show_chunks('public.metrics') c WHERE c IN \
+               (SELECT format('%I.%I', chunk_schema, chunk_name)::regclass FROM timescaledb_information.chunks WHERE is_compressed);
+             SELECT remove_compression_policy('public.metrics');
+             ALTER TABLE public.metrics SET (timescaledb.compress = false);",
+        )
+        .await
+        .unwrap();
+    drop_db(&s.target, "online_old_dst").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(src.clone(), stop.clone()));
+    let run = {
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || run_plan(&plan))
+    };
+    // the writer goes on into the catch-up, then stops: the quiet time ends the catch-up
+    let stopper = {
+        let stop = stop.clone();
+        let dir = dir.path().to_path_buf();
+        tokio::spawn(async move {
+            until_journal_names_catch_up(&dir).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let (code, out) = run.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.await.unwrap();
+    stopper.abort();
+    assert_eq!(code, 0, "the online run from PostgreSQL 15 ends verified clean:\n{out}");
+    assert!(rounds > 20, "the writer wrote during the run ({rounds} rounds)");
+    assert!(out.contains("catch-up") && out.contains("cutover"), "{out}");
+    same_rows(&src, &dst).await;
+    assert_eq!(
+        one(&src, "SELECT last_value::text FROM public.tickets").await,
+        one(&dst, "SELECT last_value::text FROM public.tickets").await,
+        "the sequence is set at cutover"
+    );
+    assert_eq!(leftovers(&src).await, Vec::<String>::new(), "no slot or publication is left on the source");
+    drop_db(&s.old_source, "online_old_src").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_replica_identity_is_refused_with_nothing_made_on_the_source() {
     let s = servers();

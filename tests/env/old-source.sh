@@ -73,6 +73,20 @@ full_page_writes = off
 log_min_messages = warning
 CONF
 fi
+# logical decoding: an online migration from an older major (a restart if the server runs)
+if ! grep -q '^# pgshift test logical decoding' "$data/postgresql.conf"; then
+    cat >> "$data/postgresql.conf" <<CONF
+# pgshift test logical decoding: the online migration's slots
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
+CONF
+    if as_host_postgres "$PG15/bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        as_host_postgres "$PG15/bin/pg_ctl" -D "$data" -l "$data/server.log" -m fast -w -t 60 restart >/dev/null \
+            || { tail -n 20 "$data/server.log" >&2; die "old source server did not restart"; }
+        log "old source restarted (logical decoding added)"
+    fi
+fi
 if as_host_postgres "$PG15/bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     log "old source already running on 127.0.0.1:$OLD_PORT"
 else

@@ -308,26 +308,22 @@ async fn row_readers_stopped_midway_stop_on_the_server_too() {
             .unwrap()
             .get::<_, i64>(0)
     };
-    let mut busy = 0;
-    for _ in 0..100 {
-        busy = sleeping().await;
-        if busy == 2 {
-            break;
+    // the count of sleeping readers once it is `want`, or after `tries` tenths of a second
+    let until = |want: i64, tries: u32| async move {
+        let mut seen = sleeping().await;
+        for _ in 0..tries {
+            if seen == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            seen = sleeping().await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(busy, 2, "both readers are on a job");
+        seen
+    };
+    assert_eq!(until(2, 100).await, 2, "both readers are on a job");
     // what a cutover does to a live pass in flight, or Ctrl-C to a verify: the future is dropped
     measuring.abort();
-    let mut left = busy;
-    for _ in 0..50 {
-        left = sleeping().await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, 0, "the servers' queries were cancelled");
+    assert_eq!(until(0, 50).await, 0, "the servers' queries were cancelled");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(sleeping().await, 0, "and no reader took the next job");
     common::drop_db(&s.source, "inv_readers_stop").await;

@@ -625,8 +625,10 @@ impl Session {
     /// A query inside a savepoint, so its failure does not abort the snapshot transaction; tried
     /// again (at the same snapshot) when the server's error was a transient one.
     async fn guarded_query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        let cte = queries::used_roles_cte();
-        if !sql.contains(&cte) {
+        // built once: every guarded query is looked through for it
+        static USED_ROLES_CTE: std::sync::LazyLock<String> = std::sync::LazyLock::new(queries::used_roles_cte);
+        let cte = USED_ROLES_CTE.as_str();
+        if !sql.contains(cte) {
             return self.guarded_query_as_is(sql).await;
         }
         // several classes start from the roles the database uses; found once (the snapshot does
@@ -639,7 +641,7 @@ impl Session {
                 self.used_roles.get_or_init(|| used).clone()
             }
         };
-        self.guarded_query_as_is(&sql.replace(&cte, &queries::used_roles_given(&used))).await
+        self.guarded_query_as_is(&sql.replace(cte, &queries::used_roles_given(&used))).await
     }
 
     async fn guarded_query_as_is(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
